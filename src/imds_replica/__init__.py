@@ -1,0 +1,70 @@
+"""imds-replica: a durable, convergent per-host replica of fleet metadata.
+
+Events ``(source, key, version, value | deleted)`` from source adapters go into a durable
+append log and merge last-writer-wins into a materialized ``View``; any two replicas that
+saw the same set of events hold identical views. See ``docs/architecture.md``.
+"""
+
+from ._clock import HybridClock, hlc_version, version_wall_ms
+from ._codec import JSONValue
+from ._errors import (
+    ClientError,
+    ConfigError,
+    CorruptLogError,
+    ImdsError,
+    ServerError,
+    StorageError,
+    Unavailable,
+    ValidationError,
+)
+from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
+from ._liveliness import LivelinessPolicy, LivelinessTracker, SourceState, SourceStatus
+from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
+from ._merge import merge, order_key, supersedes
+from ._push import PushSource
+from ._replica import Replica, ReplicaStatistics, SubmitResult, open_replica
+from ._source import Source, SourceSink
+from ._view import DocumentInfo, View, ViewStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
+    "Checkpoint",
+    "ClientError",
+    "ConfigError",
+    "CorruptLogError",
+    "DocumentInfo",
+    "Event",
+    "EventLog",
+    "HybridClock",
+    "ImdsError",
+    "JSONValue",
+    "Key",
+    "LivelinessPolicy",
+    "LivelinessTracker",
+    "MemoryLog",
+    "PushSource",
+    "Recovery",
+    "Replica",
+    "ReplicaStatistics",
+    "ServerError",
+    "Source",
+    "SourceSink",
+    "SourceState",
+    "SourceStatus",
+    "StorageError",
+    "SubmitResult",
+    "Unavailable",
+    "ValidationError",
+    "View",
+    "ViewStatistics",
+    "__version__",
+    "hlc_version",
+    "merge",
+    "open_replica",
+    "order_key",
+    "supersedes",
+    "validate_batch",
+    "version_wall_ms",
+]

@@ -1,0 +1,77 @@
+"""Canonical encoding of JSON-representable values.
+
+One value has exactly one encoding: msgpack with map keys sorted, ints as ints, floats as
+64-bit floats. Digests (the LWW tie-break, the view digest, ETags) and the log are built on
+it, so it must be identical across processes, machines and Python versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import msgpack
+
+from ._errors import ValidationError
+
+#: Values nest at most this deep (a list or object counts as one level).
+MAX_DEPTH = 32
+
+JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]
+
+
+def normalize(value: object, *, what: str = "value") -> JSONValue:
+    """Return ``value`` as plain JSON types with sorted object keys, or raise.
+
+    Tuples become lists; anything not JSON-representable (non-str keys, NaN, sets, bytes,
+    nesting deeper than ``MAX_DEPTH``) raises ``ValidationError`` naming the path.
+    """
+    return _normalize(value, what, 0)
+
+
+def _normalize(value: object, path: str, depth: int) -> JSONValue:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise ValidationError(f"{path}: integer out of the 64-bit range")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValidationError(f"{path}: {value!r} is not a finite number")
+        return value
+    if depth >= MAX_DEPTH:
+        raise ValidationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
+        return [_normalize(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        out = {}
+        for k in sorted(value, key=_key_order(path)):
+            out[k] = _normalize(value[k], f"{path}.{k}", depth + 1)
+        return out
+    raise ValidationError(f"{path}: {type(value).__name__} is not JSON-representable")
+
+
+def _key_order(path: str) -> Any:
+    def check(k: object) -> str:
+        if not isinstance(k, str):
+            raise ValidationError(f"{path}: object key {k!r} is not a string")
+        return k
+
+    return check
+
+
+def encode(value: JSONValue) -> bytes:
+    """Canonical bytes of an already-normalized value."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def decode(data: bytes) -> JSONValue:
+    """Inverse of :func:`encode`; raises ``ValueError`` subclasses on garbage."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+
+
+def digest(data: bytes) -> bytes:
+    """A 16-byte digest used for tie-breaks and content ETags."""
+    return hashlib.blake2b(data, digest_size=16).digest()

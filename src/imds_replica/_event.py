@@ -1,0 +1,186 @@
+"""The event: the only way data enters a replica.
+
+``Event(source, key, version, value | deleted, seq)`` is validated at construction, so an
+invalid event cannot exist. Its canonical value encoding and digest are computed once and
+kept with it: the merge order, the log and the view digest all use them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from . import _codec
+from ._errors import ValidationError
+
+SOURCE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
+MAX_KEY_PARTS = 32
+MAX_KEY_BYTES = 1024
+MAX_VERSION = 2**63 - 1
+#: Default limit on a value's canonical encoding; a replica may be configured otherwise.
+DEFAULT_MAX_VALUE_BYTES = 64 * 1024
+#: Absolute ceiling an event's value may never exceed, whatever the configuration.
+HARD_MAX_VALUE_BYTES = 16 * 1024 * 1024
+
+Key = tuple[str, ...]
+
+
+def _convert_key(key: object) -> Key:
+    if isinstance(key, list):
+        return tuple(key)
+    return key  # type: ignore[return-value]  # validated below
+
+
+def _check_source(_: Any, __: Any, source: Any) -> None:
+    if not isinstance(source, str) or not SOURCE_RE.match(source):
+        raise ValidationError(
+            f"source: {source!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}"
+        )
+
+
+def _check_key(_: Any, __: Any, key: Any) -> None:
+    if not isinstance(key, tuple) or not key:
+        raise ValidationError(f"key: {key!r} must be a non-empty list of strings")
+    if len(key) > MAX_KEY_PARTS:
+        raise ValidationError(f"key: {len(key)} parts, at most {MAX_KEY_PARTS} allowed")
+    size = 0
+    for i, part in enumerate(key):
+        if not isinstance(part, str) or not part:
+            raise ValidationError(f"key[{i}]: {part!r} must be a non-empty string")
+        if "\x00" in part:
+            raise ValidationError(f"key[{i}]: contains NUL")
+        size += len(part.encode("utf-8", "surrogatepass")) + 1
+    if size > MAX_KEY_BYTES:
+        raise ValidationError(f"key: {size} bytes encoded, at most {MAX_KEY_BYTES} allowed")
+
+
+def _check_version(_: Any, __: Any, version: Any) -> None:
+    if type(version) is not int:
+        raise ValidationError(f"version: {version!r} must be an integer")
+    if not 0 <= version <= MAX_VERSION:
+        raise ValidationError(f"version: {version} out of range 0..2**63-1")
+
+
+def _check_seq(_: Any, __: Any, seq: Any) -> None:
+    if seq is not None and (type(seq) is not int or seq < 0):
+        raise ValidationError(f"seq: {seq!r} must be a non-negative integer or absent")
+
+
+@attrs.frozen(eq=False, repr=False, slots=True, weakref_slot=False)
+class Event:
+    """One versioned write (or deletion, ``deleted=True``) of one register.
+
+    Two events are equal when source, key, version, deletion and value are equal; ``seq``
+    (the source's delivery sequence) is delivery metadata and does not take part.
+    """
+
+    source: str = attrs.field(validator=_check_source)
+    key: Key = attrs.field(converter=_convert_key, validator=_check_key)
+    version: int = attrs.field(validator=_check_version)
+    value: Any = None
+    deleted: bool = attrs.field(default=False, kw_only=True)
+    seq: int | None = attrs.field(default=None, kw_only=True, validator=_check_seq)
+    #: Canonical msgpack encoding of the value (``b""`` for a tombstone).
+    encoded: bytes = attrs.field(init=False)
+    #: 16-byte digest of ``encoded``: the last tie-break of the merge order.
+    digest: bytes = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if type(self.deleted) is not bool:
+            raise ValidationError(f"deleted: {self.deleted!r} must be a boolean")
+        if self.deleted:
+            if self.value is not None:
+                raise ValidationError("value: a deletion (deleted=true) takes no value")
+            encoded = b""
+        else:
+            value = _codec.normalize(self.value)
+            object.__setattr__(self, "value", value)
+            encoded = _codec.encode(value)
+            if len(encoded) > HARD_MAX_VALUE_BYTES:
+                raise ValidationError(
+                    f"value: {len(encoded)} bytes encoded, at most {HARD_MAX_VALUE_BYTES}"
+                )
+        object.__setattr__(self, "encoded", encoded)
+        object.__setattr__(self, "digest", _codec.digest(b"\x01" if self.deleted else encoded))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Event):
+            return NotImplemented
+        return (
+            self.version == other.version
+            and self.source == other.source
+            and self.key == other.key
+            and self.deleted == other.deleted
+            and self.encoded == other.encoded
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.key, self.version, self.deleted, self.encoded))
+
+    def __repr__(self) -> str:
+        body = "deleted=True" if self.deleted else f"value={self.value!r}"
+        seq = "" if self.seq is None else f", seq={self.seq}"
+        return f"Event({self.source!r}, {self.key!r}, {self.version}, {body}{seq})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: what ``POST /events`` accepts and ``log dump`` prints."""
+        out: dict[str, Any] = {"source": self.source, "key": list(self.key),
+                               "version": self.version}
+        if self.deleted:
+            out["deleted"] = True
+        else:
+            out["value"] = self.value
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+    @classmethod
+    def from_dict(cls, data: object, *, index: int | None = None) -> Event:
+        """Build an event from its wire form; errors name the field (and ``index``)."""
+        try:
+            if not isinstance(data, Mapping):
+                raise ValidationError(f"must be an object, not {type(data).__name__}")
+            unknown = set(data) - {"source", "key", "version", "value", "deleted", "seq"}
+            if unknown:
+                raise ValidationError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
+            for name in ("source", "key", "version"):
+                if name not in data:
+                    raise ValidationError(f"{name}: missing")
+            deleted = data.get("deleted", False)
+            if deleted is True and "value" in data:
+                raise ValidationError("value: a deletion (deleted=true) takes no value")
+            if deleted is not True and "value" not in data:
+                raise ValidationError("value: missing (or set deleted=true)")
+            key = data["key"]
+            if not isinstance(key, (list, tuple)):
+                raise ValidationError(f"key: {key!r} must be a list of strings")
+            return cls(data["source"], tuple(key), data["version"], data.get("value"),
+                       deleted=deleted, seq=data.get("seq"))
+        except ValidationError as exc:
+            if index is None:
+                raise
+            raise ValidationError(exc.message, index=index) from None
+
+
+def validate_batch(
+    events: Sequence[object], *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+) -> tuple[Event, ...]:
+    """Check a whole batch; the first bad event raises with its index, nothing is returned.
+
+    Accepts ``Event`` objects or their wire-form dicts.
+    """
+    if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
+        raise ValidationError("a batch must be a list of events")
+    out = []
+    for i, item in enumerate(events):
+        event = item if isinstance(item, Event) else Event.from_dict(item, index=i)
+        if len(event.encoded) > max_value_bytes:
+            raise ValidationError(
+                f"value: {len(event.encoded)} bytes encoded, at most {max_value_bytes} allowed",
+                index=i,
+            )
+        out.append(event)
+    return tuple(out)

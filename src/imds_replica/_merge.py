@@ -1,0 +1,33 @@
+"""The last-writer-wins order: the whole of the merge semantics in one place.
+
+Events on the same key are ordered by ``(version, source, digest)``; a tombstone's digest is
+that of a fixed marker, so it orders like any other value. Because this is a total order on
+distinct events and the register keeps the maximum, merge is commutative, associative and
+idempotent: the view depends only on the *set* of events received.
+"""
+
+from __future__ import annotations
+
+from ._event import Event
+
+OrderKey = tuple[int, str, bytes]
+
+
+def order_key(event: Event) -> OrderKey:
+    return (event.version, event.source, event.digest)
+
+
+def supersedes(new: Event, old: Event | None) -> bool:
+    """True when ``new`` wins over the register's current event ``old``."""
+    if old is None:
+        return True
+    return order_key(new) > order_key(old)
+
+
+def merge(a: Event | None, b: Event | None) -> Event | None:
+    """The winner of two events for one key (``None`` stands for no event)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if order_key(b) > order_key(a) else a

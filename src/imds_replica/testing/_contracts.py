@@ -1,0 +1,117 @@
+"""Conformance test classes for the ports: subclass one per implementation.
+
+``EventLogContract``: implement ``new_log(tmp_path)`` (a fresh, empty log) and
+``reopen(log, tmp_path)`` (a new instance over the same durable state, as after a restart).
+Every test here must pass for every log implementation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .._event import Event
+from .._logport import Checkpoint, EventLog, Recovery
+from .._view import View
+
+
+async def _started(nursery: trio.Nursery, log: EventLog, view: View) -> Recovery:
+    recovery: Recovery = await nursery.start(log.run, view)
+    return recovery
+
+
+class EventLogContract:
+    """The contract of the ``EventLog`` port (see ``imds_replica._logport``)."""
+
+    def new_log(self, tmp_path: Path) -> EventLog:
+        raise NotImplementedError
+
+    def reopen(self, log: EventLog, tmp_path: Path) -> EventLog:
+        raise NotImplementedError
+
+    async def _restart(self, log: EventLog, tmp_path: Path) -> tuple[View, Recovery, Any]:
+        view = View()
+        log2 = self.reopen(log, tmp_path)
+        async with trio.open_nursery() as nursery:
+            recovery = await _started(nursery, log2, view)
+            nursery.cancel_scope.cancel()
+        return view, recovery, log2
+
+    async def test_empty_log_recovers_nothing(self, tmp_path: Path) -> None:
+        view = View()
+        async with trio.open_nursery() as nursery:
+            recovery = await _started(nursery, self.new_log(tmp_path), view)
+            nursery.cancel_scope.cancel()
+        assert len(view) == 0
+        assert recovery.events == 0
+        assert dict(recovery.checkpoints) == {}
+
+    async def test_append_applies_in_order_and_reports_changes(self, tmp_path: Path) -> None:
+        view = View()
+        log = self.new_log(tmp_path)
+        a1 = Event("src", ("k",), 1, "one")
+        a2 = Event("src", ("k",), 2, "two")
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            assert await log.append([a2]) == (True,)
+            assert await log.append([a1, a2]) == (False, False)
+            nursery.cancel_scope.cancel()
+        assert view.document(("k",)) == "two"
+
+    async def test_restart_recovers_identical_view_and_checkpoints(self, tmp_path: Path) -> None:
+        view = View()
+        log = self.new_log(tmp_path)
+        batches = [
+            [Event("fabric", ("vms", f"vm{i}", "compute", "name"), i + 1, f"n{i}")
+             for i in range(5)],
+            [Event("tags", ("vms", "vm1", "compute", "tags"), 7, "a:b"),
+             Event("fabric", ("vms", "vm2", "compute", "name"), 9, None, deleted=True)],
+            [Event("fabric", ("vms", "vm3", "compute", "name"), 1, "older-loses")],
+        ]
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            await log.append(batches[0], Checkpoint("fabric", 5))
+            await log.append(batches[1], Checkpoint("tags", "etag-1"))
+            await log.append(batches[2], Checkpoint("fabric", 6))
+            nursery.cancel_scope.cancel()
+        recovered, recovery, _ = await self._restart(log, tmp_path)
+        assert recovered.digest() == view.digest()
+        assert recovered.document(("vms",)) == view.document(("vms",))
+        assert dict(recovery.checkpoints) == {"fabric": 6, "tags": "etag-1"}
+        assert recovery.events >= 1
+
+    async def test_restart_twice_appending_between(self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, View())
+            await log.append([Event("s", ("a",), 1, 1)])
+            nursery.cancel_scope.cancel()
+        view = View()
+        log2 = self.reopen(log, tmp_path)
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log2, view)
+            await log2.append([Event("s", ("b",), 1, 2)], Checkpoint("s", {"pos": 2}))
+            nursery.cancel_scope.cancel()
+        recovered, recovery, _ = await self._restart(log2, tmp_path)
+        assert recovered.digest() == view.digest()
+        assert recovered.document(("a",)) == 1
+        assert recovered.document(("b",)) == 2
+        assert dict(recovery.checkpoints) == {"s": {"pos": 2}}
+
+    async def test_concurrent_appends_all_durable(self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        view = View()
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            async with trio.open_nursery() as writers:
+                for w in range(16):
+                    async def write(w: int = w) -> None:
+                        for i in range(10):
+                            await log.append([Event("s", ("w", str(w), str(i)), i, w)])
+                    writers.start_soon(write)
+            nursery.cancel_scope.cancel()
+        assert len(view) == 160
+        recovered, _, _ = await self._restart(log, tmp_path)
+        assert recovered.digest() == view.digest()
