@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 
-import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -19,14 +17,3 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 #: The convergence property's example count in the ``ci`` profile (the issue asks >= 1,000).
 CONVERGENCE_EXAMPLES = {"dev": 300, "ci": 1000, "nightly": 50_000}
-
-
-def require_tool(name: str, package: str) -> str:
-    """Path of a system tool; skip locally if missing, fail under CI (where it must exist)."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not installed (apt-get install {package}, or run scripts/install-tools)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " — CI must have it", pytrace=False)
-        pytest.skip(message)
-    return path
