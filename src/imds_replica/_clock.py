@@ -41,10 +41,12 @@ class HybridClock:
     def now(self, wall_ms: int) -> int:
         """A version greater than every one issued or observed, near ``wall_ms``."""
         candidate = hlc_version(max(wall_ms, 0))
-        self._last = max(candidate, self._last + 1)
-        if self._last > _MAX_VERSION:
+        version = max(candidate, self._last + 1)
+        if version > _MAX_VERSION:
+            # Checked before storing: a failed call leaves the clock usable and in range.
             raise OverflowError("hybrid clock exhausted the version space")
-        return self._last
+        self._last = version
+        return version
 
     def observe(self, remote_version: int) -> None:
         """Account for a version seen from elsewhere, so later ``now`` calls exceed it."""

@@ -17,6 +17,10 @@ from ._errors import ValidationError
 
 #: Values nest at most this deep (a list or object counts as one level).
 MAX_DEPTH = 32
+#: What a tombstone's digest is taken over. 0xc1 is the one byte msgpack never uses, so no
+#: value's canonical encoding equals it and a tombstone never ties with a value in the merge
+#: order (``b"\x01"`` would: it is the encoding of the integer 1).
+TOMBSTONE_MARKER = b"\xc1"
 
 JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]
 
@@ -31,16 +35,20 @@ def normalize(value: object, *, what: str = "value") -> JSONValue:
 
 
 def _normalize(value: object, path: str, depth: int) -> JSONValue:
-    if value is None or isinstance(value, (bool, str)):
+    # Subclasses (IntEnum, str enums, ...) become their plain type, so a stored value never
+    # carries a foreign type and compares, prints and encodes like what a log replay returns.
+    if value is None or type(value) is bool or type(value) is str:
         return value
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
             raise ValidationError(f"{path}: integer out of the 64-bit range")
-        return value
+        return value if type(value) is int else int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValidationError(f"{path}: {value!r} is not a finite number")
-        return value
+        return value if type(value) is float else float(value)
     if depth >= MAX_DEPTH:
         raise ValidationError(f"{path}: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, (list, tuple)):

@@ -18,6 +18,7 @@ from ._errors import ValidationError
 
 SOURCE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}\Z")
 MAX_KEY_PARTS = 32
+#: A key's size is its parts' UTF-8 bytes plus one separator byte per part.
 MAX_KEY_BYTES = 1024
 MAX_VERSION = 2**63 - 1
 #: Default limit on a value's canonical encoding; a replica may be configured otherwise.
@@ -52,7 +53,12 @@ def _check_key(_: Any, __: Any, key: Any) -> None:
             raise ValidationError(f"key[{i}]: {part!r} must be a non-empty string")
         if "\x00" in part:
             raise ValidationError(f"key[{i}]: contains NUL")
-        size += len(part.encode("utf-8", "surrogatepass")) + 1
+        try:
+            # Strict UTF-8: a lone surrogate would pass here but break the canonical encoding
+            # (log records, the view digest) later.
+            size += len(part.encode("utf-8")) + 1
+        except UnicodeEncodeError:
+            raise ValidationError(f"key[{i}]: not valid Unicode (lone surrogate)") from None
     if size > MAX_KEY_BYTES:
         raise ValidationError(f"key: {size} bytes encoded, at most {MAX_KEY_BYTES} allowed")
 
@@ -98,13 +104,18 @@ class Event:
         else:
             value = _codec.normalize(self.value)
             object.__setattr__(self, "value", value)
-            encoded = _codec.encode(value)
+            try:
+                encoded = _codec.encode(value)
+            except UnicodeEncodeError:
+                raise ValidationError("value: a string is not valid Unicode (lone surrogate)")
             if len(encoded) > HARD_MAX_VALUE_BYTES:
                 raise ValidationError(
                     f"value: {len(encoded)} bytes encoded, at most {HARD_MAX_VALUE_BYTES}"
                 )
         object.__setattr__(self, "encoded", encoded)
-        object.__setattr__(self, "digest", _codec.digest(b"\x01" if self.deleted else encoded))
+        object.__setattr__(
+            self, "digest", _codec.digest(_codec.TOMBSTONE_MARKER if self.deleted else encoded)
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):

@@ -181,7 +181,9 @@ class LivelinessTracker:
         return self.status(source, now).state
 
     def status(self, source: str, now: float) -> SourceStatus:
-        track = self._track(source)
+        # Asking about a source never heard of does not start tracking it: ``sources()``
+        # lists only configured sources and those that made contact or failed.
+        track = self._tracks.get(source) or _Track(self._default)
         policy = track.policy
         age = None if track.last_contact is None else max(0.0, now - track.last_contact)
         if policy.always_live or age is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence, Sized
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -80,7 +80,10 @@ class Replica:
             batch = validate_batch(events, max_value_bytes=self._max_value_bytes)
         except ValidationError:
             self._rejected += 1
-            self._rejected_events[source or _claimed_source(events)] += len(events)
+            # ``events`` may be anything a caller passed (validation rejected it): count
+            # only what has a length, so the ValidationError is what propagates.
+            size = len(events) if isinstance(events, Sized) else 0
+            self._rejected_events[source or _claimed_source(events)] += size
             raise
         changed = await self.log.append(batch, checkpoint)
         self._submitted += 1

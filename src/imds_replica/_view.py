@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import Any
 
 import attrs
@@ -93,15 +94,20 @@ class View:
                 del doc.sources[old.source]
         self._tombstones += event.deleted
         doc.sources[event.source] += 1
-        doc.counter += 1
-        doc.etag = None
         if event.version > doc.max_version:
             doc.max_version = event.version
+        self._changed(doc_key)
+        return True
+
+    def _changed(self, doc_key: Key) -> None:
+        doc = self._docs.get(doc_key)
+        if doc is not None:
+            doc.counter += 1
+            doc.etag = None
         self._seq += 1
         self._history.append((self._seq, doc_key))
         for listener in self._listeners:
             listener(doc_key)
-        return True
 
     def forget_tombstones(self, horizon_version: int) -> int:
         """Drop tombstones older than ``horizon_version`` (compaction); returns how many.
@@ -110,15 +116,22 @@ class View:
         horizon must exceed the longest delivery delay of any source.
         """
         dead = [k for k, e in self._registers.items() if e.deleted and e.version < horizon_version]
+        touched: dict[Key, None] = {}
         for key in dead:
             event = self._registers.pop(key)
-            doc = self._docs[key[: self.document_depth]]
+            doc_key = key[: self.document_depth]
+            doc = self._docs[doc_key]
             doc.sources[event.source] -= 1
             if not doc.sources[event.source]:
                 del doc.sources[event.source]
             if not doc.sources:
-                del self._docs[key[: self.document_depth]]
+                del self._docs[doc_key]
+            touched[doc_key] = None
         self._tombstones -= len(dead)
+        # A tombstone may have hidden part of a shallower register's value, so dropping it
+        # can change the document: count it as a change (fresh ETag, watchers woken).
+        for doc_key in touched:
+            self._changed(doc_key)
         return len(dead)
 
     # -- reading ---------------------------------------------------------------------------
@@ -143,30 +156,46 @@ class View:
 
         Each register places its value at its path below the prefix; a deeper register
         overrides a shallower one at its path; a tombstone removes its path (deeper live
-        registers still place their values). The result is a fresh object the caller owns.
+        registers still place their values; a removed list element leaves the list, later
+        elements moving up). A path part addresses a list element when it is a canonical
+        decimal index within the list (``"0"``, ``"12"``, as in JSON Pointer); a register
+        whose path runs through anything else that is not an object replaces it with one.
+        Asking inside a register's value is the same as walking the document above:
+        ``document(p + (k,))`` equals ``document(p)[k]``. The result is a fresh object the
+        caller owns.
         """
         prefix = tuple(prefix)
-        n = len(prefix)
-        regs = sorted(self.registers(prefix), key=lambda e: len(e.key))
-        # A register *above* the prefix may hold the data (asking inside a document value).
-        for depth in range(n - 1, 0, -1):
-            above = self._registers.get(prefix[:depth])
-            if above is not None:
-                regs.insert(0, above)
+        # Build from the shallowest register above the prefix, if any, then walk down: a
+        # sibling register below that one (a list-element tombstone, an object replacing a
+        # list) can change what the prefix's path holds, so reading only the nearest
+        # ancestor's stored value would disagree with the document above.
+        base = prefix
+        get = self._registers.get
+        for depth in range(1, len(prefix)):
+            if get(prefix[:depth]) is not None:
+                base = prefix[:depth]
                 break
-        root = _MISSING
+        root = self._build(base)
+        if base is not prefix and root is not _MISSING:
+            root = _walk(root, prefix[len(base):])
+        return None if root is _MISSING else root
+
+    def _build(self, base: Key) -> Any:
+        n = len(base)
+        # Shallow before deep (so deeper overrides), key order within a depth: the same
+        # registers always give the same steps, whatever order they arrived in.
+        regs = sorted(self.registers(base), key=lambda e: len(e.key))
+        root: Any = _MISSING
+        holes = _Holes()
         for event in regs:
-            rel = event.key[n:] if len(event.key) >= n else ()
-            if len(event.key) < n:  # the value above: walk down to the prefix
-                if event.deleted:
-                    continue
-                root = _walk(_codec.decode(event.encoded), prefix[len(event.key):])
-                continue
+            rel = event.key[n:]
             if event.deleted:
-                root = _delete(root, rel)
+                root = _delete(root, rel, holes)
             else:
                 root = _place(root, rel, _codec.decode(event.encoded))
-        return None if root is _MISSING else root
+        if holes.made:
+            root = _compact(root)
+        return root
 
     def digest(self) -> bytes:
         """Stable 32-byte hash of every register (key, version, source, tombstone, value)."""
@@ -189,7 +218,7 @@ class View:
         if doc is None:
             return None
         if doc.etag is None:
-            body = self.document(doc_key)
+            body = _canonical(self.document(doc_key))
             doc.etag = _codec.digest(_codec.encode(body)).hex()
         return DocumentInfo(tuple(doc_key), doc.counter, doc.etag,
                             frozenset(doc.sources), doc.max_version)
@@ -205,7 +234,9 @@ class View:
             return frozenset()
         if not self._history or self._history[0][0] > seq + 1:
             return None
-        return frozenset(doc for s, doc in reversed(self._history) if s > seq)
+        # Change numbers are consecutive, so the changes after ``seq`` are exactly the last
+        # ``_seq - seq`` entries: no scan of the older history.
+        return frozenset(doc for _, doc in islice(reversed(self._history), self._seq - seq))
 
     def subscribe(self, listener: Callable[[Key], None]) -> Callable[[], None]:
         """Call ``listener(document_key)`` synchronously on every change; returns unsubscribe."""
@@ -223,12 +254,35 @@ class View:
         )
 
 
+class _Holes:
+    """Set when a tombstone removed a list element: it leaves a hole until the end, so
+    indexes of other registers still address the elements they named."""
+
+    __slots__ = ("made",)
+
+    def __init__(self) -> None:
+        self.made = False
+
+
+def _index(container: list[Any], part: str) -> int | None:
+    """``part`` as an index into ``container``: canonical decimal (JSON Pointer), in range."""
+    if not part.isascii() or not part.isdigit() or (part[0] == "0" and len(part) > 1):
+        return None
+    i = int(part)
+    return i if i < len(container) else None
+
+
 def _walk(value: Any, path: Key) -> Any:
     for part in path:
-        if isinstance(value, dict) and part in value:
+        if isinstance(value, dict):
+            if part not in value:
+                return _MISSING
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
+        elif isinstance(value, list):
+            i = _index(value, part)
+            if i is None:
+                return _MISSING
+            value = value[i]
         else:
             return _MISSING
     return value
@@ -238,29 +292,53 @@ def _place(root: Any, path: Key, value: Any) -> Any:
     if not path:
         return value
     head, rest = path[0], path[1:]
-    if isinstance(root, list) and head.isdigit() and int(head) < len(root):
-        root[int(head)] = _place(root[int(head)], rest, value)
-        return root
+    if isinstance(root, list):
+        i = _index(root, head)
+        if i is not None:
+            root[i] = _place(root[i], rest, value)
+            return root
     if not isinstance(root, dict):
         root = {}
     root[head] = _place(root.get(head, _MISSING), rest, value)
     return root
 
 
-def _delete(root: Any, path: Key) -> Any:
+def _delete(root: Any, path: Key, holes: _Holes) -> Any:
     if not path:
         return _MISSING
     head, rest = path[0], path[1:]
-    if isinstance(root, dict) and head in root:
-        child = _delete(root[head], rest)
-        if child is _MISSING:
-            del root[head]
-        else:
-            root[head] = child
-    elif isinstance(root, list) and head.isdigit() and int(head) < len(root):
-        child = _delete(root[int(head)], rest)
-        if child is _MISSING:
-            del root[int(head)]
-        else:
-            root[int(head)] = child
+    if isinstance(root, dict):
+        if head in root:
+            child = _delete(root[head], rest, holes)
+            if child is _MISSING:
+                del root[head]
+            else:
+                root[head] = child
+    elif isinstance(root, list):
+        i = _index(root, head)
+        if i is not None:
+            child = _delete(root[i], rest, holes)
+            if child is _MISSING:
+                holes.made = True
+            root[i] = child
     return root
+
+
+def _compact(value: Any) -> Any:
+    """Drop the holes tombstones left in lists (anywhere in ``value``)."""
+    if isinstance(value, list):
+        return [_compact(v) for v in value if v is not _MISSING]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            value[k] = _compact(v)
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` with object keys sorted at every level, for a content hash that depends
+    only on the document's content (not on the order its registers placed the keys)."""
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value

@@ -1,0 +1,158 @@
+"""The ``imds-replica`` command: ``imds-replica log verify|dump|stats|compact|repair DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ._errors import CorruptLogError, StorageError
+from ._log import compact_log, dump_log, repair_log, stats_log, verify_log
+
+EXIT_OK = 0
+EXIT_CORRUPT = 1  # the log (or a snapshot) is damaged: what and where is on stderr
+EXIT_USAGE = 2  # bad arguments (argparse's own code)
+EXIT_UNUSABLE = 3  # not a log directory, a newer format, in use, or unreadable
+
+_EPILOG = """\
+exit status: 0 valid (a torn tail that the next open truncates counts as valid and is
+reported), 1 corruption found (what and where on stderr), 2 usage error, 3 the directory
+is not a usable log (not ours, newer format, locked by a running replica, unreadable).
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imds-replica", description="Inspect and maintain an imds-replica data directory.")
+    top = parser.add_subparsers(dest="area", required=True, metavar="{log}")
+    log = top.add_parser("log", help="the durable event log", epilog=_EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = log.add_subparsers(dest="command", required=True)
+    helps = {
+        "verify": "check every segment and snapshot; exit 1 on corruption",
+        "dump": "print every stored event once, one JSON object per line",
+        "stats": "records, segments, bytes, live keys, tombstones, version range",
+        "compact": "rewrite the log as its winning events (needs the replica stopped)",
+        "repair": "move a damaged suffix aside into DIR/damaged/ and say what was lost",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("dir", metavar="DIR", help="the log directory")
+        if name == "stats":
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        if name == "compact":
+            p.add_argument("--tombstones-before", type=int, metavar="VERSION",
+                           help="drop tombstones with a version below VERSION (default: "
+                                "keep all; must exceed any source's delivery delay)")
+    return parser
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _verify(directory: str) -> int:
+    report = verify_log(directory)
+    for note in report.notes:
+        _out(f"note: {note}")
+    for problem in report.problems:
+        print(f"imds-replica: {directory}: {problem}", file=sys.stderr)
+    if report.ok:
+        _out(f"ok: {report.segments} segment(s), {report.records} records, "
+             f"{report.events} events, {report.bytes} bytes")
+        return EXIT_OK
+    return EXIT_CORRUPT
+
+
+def _dump(directory: str) -> int:
+    for event in dump_log(directory):
+        _out(json.dumps(event, ensure_ascii=False, separators=(", ", ": ")))
+    return EXIT_OK
+
+
+def _stats(directory: str, as_json: bool) -> int:
+    report = stats_log(directory)
+    fields: dict[str, Any] = {
+        "records": report.records, "segments": report.segments, "bytes": report.bytes,
+        "live_keys": report.live_keys, "tombstones": report.tombstones,
+        "oldest_version": report.oldest_version, "newest_version": report.newest_version,
+        "batches": report.batches, "events": report.events,
+        "generation": report.generation, "snapshots": list(report.snapshots),
+        "checkpoints": report.checkpoints,
+    }
+    if as_json:
+        _out(json.dumps(fields, sort_keys=True))
+    else:
+        for key, value in fields.items():
+            _out(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return EXIT_OK
+
+
+def _compact(directory: str, tombstones_before: int | None) -> int:
+    report = compact_log(directory, tombstones_before=tombstones_before)
+    for note in report.notes:
+        _out(f"note: {note}")
+    _out(f"compacted to generation {report.generation}: {report.bytes_before} -> "
+         f"{report.bytes_after} bytes, {report.registers} registers kept, "
+         f"{report.tombstones_dropped} tombstones dropped")
+    return EXIT_OK
+
+
+def _repair(directory: str) -> int:
+    report = repair_log(directory)
+    if report.damage is None:
+        _out("nothing to repair: the log is valid")
+        return EXIT_OK
+    _out(f"damage: {report.damage}")
+    _out(f"moved aside (kept) into {report.moved_to}:")
+    for name in report.moved:
+        _out(f"  {name}")
+    _out(f"lost from the log: {report.lost_bytes} bytes, of which {report.lost_records} "
+         f"records ({report.lost_events} events) were still readable; they stay in the "
+         f"moved files")
+    _out("sources resume from these cursors and redeliver what followed:")
+    for source, cursor in sorted(report.cursors.items()):
+        _out(f"  {source}: {json.dumps(cursor)}")
+    if not report.cursors:
+        _out("  (no source cursors recorded: sources redeliver from their beginning)")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    directory = args.dir
+    try:
+        if not os.path.isdir(directory):
+            raise StorageError(f"{directory} is not a directory")
+        if args.command == "verify":
+            return _verify(directory)
+        if args.command == "dump":
+            return _dump(directory)
+        if args.command == "stats":
+            return _stats(directory, args.json)
+        if args.command == "compact":
+            return _compact(directory, args.tombstones_before)
+        return _repair(directory)
+    except CorruptLogError as exc:
+        print(f"imds-replica: {directory}: {exc.message}", file=sys.stderr)
+        if args.command != "repair":
+            print("imds-replica: `imds-replica log repair DIR` moves the damaged part aside",
+                  file=sys.stderr)
+        return EXIT_CORRUPT
+    except StorageError as exc:
+        print(f"imds-replica: {exc.message}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    except BrokenPipeError:  # e.g. `dump | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except OSError as exc:
+        print(f"imds-replica: {directory}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_UNUSABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""``FileLog``: the durable ``EventLog`` — segments, group commit, snapshots, compaction.
+
+One appender task owns the files. ``append`` frames its batch in the caller's task and
+queues it; the appender takes everything queued, writes it with one ``write`` and one
+``fdatasync`` in a worker thread (batches that arrive meanwhile form the next group), then
+applies the group to the view in log order and wakes the callers. Snapshots and compaction
+run in the same task between groups, so they see a view that equals the log exactly.
+
+Any storage error (a failed write, fdatasync, rotation, snapshot or compaction) is fatal:
+Linux may have dropped the dirty pages, so an fsync is never retried. The log refuses every
+later append and ``run`` raises ``StorageError``; a restart recovers what was durable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import ConfigError, StorageError, ValidationError
+from .._event import Event
+from .._logport import Checkpoint, Recovery
+from .._view import View
+from ._compact import CompactionResult, compact_directory
+from ._frame import (
+    DEFAULT_MAX_RECORD_BYTES,
+    FILE_HEADER_SIZE,
+    RecordType,
+    batch_payload,
+    frame,
+    pack,
+)
+from ._replay import Recovered, recover_directory
+from ._segment import SegmentWriter, fsync_dir, lock_directory, snapshot_name, storage_error
+from ._snapshot import Counters, encode_snapshot, write_snapshot
+
+#: Events applied to the view per step of recovery before yielding to the event loop.
+APPLY_CHUNK = 2000
+
+
+@attrs.frozen
+class FileLogStatistics:
+    generation: int  # bumped by every compaction
+    segments: int
+    bytes: int  # size of the live generation's segments
+    records: int  # records in the live generation
+    batches: int
+    events: int
+    commits: int  # group commits since open
+    last_group_size: int  # batches in the latest group commit
+    fsyncs: int
+    fsync_seconds: float  # total time spent in fdatasync since open
+    snapshots: int  # snapshots written since open
+    compactions: int  # compactions since open
+    failed: bool  # a storage error made the log refuse appends
+
+
+class _Pending:
+    __slots__ = ("checkpoint", "done", "error", "events", "frame", "result")
+
+    def __init__(self, data: bytes, events: tuple[Event, ...],
+                 checkpoint: Checkpoint | None) -> None:
+        self.frame = data
+        self.events = events
+        self.checkpoint = checkpoint
+        self.done = trio.Event()
+        self.result: tuple[bool, ...] = ()
+        self.error: BaseException | None = None
+
+
+class FileLog:
+    """A durable log in ``directory`` (created if missing). See the module docstring.
+
+    ``fsync="none"`` skips every fsync: fast, and a power loss may lose or tear anything —
+    for tests and benchmarks only. ``on_commit(batches_in_group, fsync_seconds)`` is called
+    after each group commit. A snapshot is written after every ``snapshot_every`` appended
+    events (None: never); when the log has grown past ``compact_ratio`` times the live
+    state (and past one segment) that snapshot becomes a compaction instead (None: only on
+    request). ``tombstone_horizon()`` gives the version below which compaction drops
+    tombstones (None keeps them all: the horizon must exceed any source's delivery delay).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: str = "always",
+                 segment_bytes: int = 64 * 2**20,
+                 on_commit: Callable[[int, float], None] | None = None,
+                 snapshot_every: int | None = 100_000, compact_ratio: float | None = 8.0,
+                 tombstone_horizon: Callable[[], int] | None = None,
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+        if fsync not in ("always", "none"):
+            raise ConfigError(f"{fsync!r} is not one of 'always', 'none'", key="fsync")
+        if segment_bytes < 4096:
+            raise ConfigError("must be at least 4096", key="segment_bytes")
+        if snapshot_every is not None and snapshot_every < 1:
+            raise ConfigError("must be positive or None", key="snapshot_every")
+        self.directory = Path(directory)
+        self._fsync = fsync == "always"
+        self._segment_bytes = segment_bytes
+        self._on_commit = on_commit
+        self._snapshot_every = snapshot_every
+        self._compact_ratio = compact_ratio
+        self._horizon = tombstone_horizon
+        self._max_record = max_record_bytes
+        self._view: View | None = None
+        self._writer: SegmentWriter | None = None
+        self._queue: list[_Pending] = []
+        self._inflight: list[_Pending] = []  # taken from the queue, not yet answered
+        self._requests: list[tuple[str, _Pending]] = []
+        self._wake = trio.Event()
+        self._failure: StorageError | None = None
+        self._closed = False
+        self._checkpoints: dict[str, Any] = {}
+        self._generation = 0
+        self._first_segment = 1
+        self._bytes = 0
+        self._counters = Counters()
+        self._live_bytes = 0  # size of the last snapshot or compaction output
+        self._since_snapshot = 0
+        self._commits = self._fsyncs = self._snapshots = self._compactions = 0
+        self._last_group = 0
+        self._fsync_seconds = 0.0
+
+    # -- the port --------------------------------------------------------------------------
+    async def run(self, view: View, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self._view is not None or self._closed:
+            raise RuntimeError("FileLog.run may be called once per instance")
+        started = time.perf_counter()
+        lock_fd = -1
+        try:
+            lock_fd, rec, winners = await trio.to_thread.run_sync(self._open_sync)
+            for i in range(0, len(winners), APPLY_CHUNK):
+                for event in winners[i:i + APPLY_CHUNK]:
+                    view.apply(event)
+                await trio.lowlevel.checkpoint()  # let a server answer "starting" meanwhile
+            self._view = view
+            task_status.started(Recovery(dict(rec.reducer.checkpoints), rec.reducer.batches,
+                                         rec.reducer.events, time.perf_counter() - started,
+                                         rec.notes))
+            await self._serve()
+        finally:
+            self._closed = True
+            self._fail_waiters(self._failure or StorageError(
+                "the log was closed before this batch was written"))
+            if self._writer is not None:
+                self._writer.close()
+            if lock_fd >= 0:
+                os.close(lock_fd)
+
+    async def append(self, events: Sequence[Event],
+                     checkpoint: Checkpoint | None = None) -> tuple[bool, ...]:
+        """Durable and applied on return; one flag per event: did it change the view."""
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise StorageError("the log is closed")
+        if self._view is None:
+            raise RuntimeError("FileLog.append before run() recovered")
+        batch = tuple(events)
+        data = frame(RecordType.BATCH, batch_payload(batch, checkpoint))
+        if len(data) > self._max_record:
+            raise ValidationError(f"batch: {len(data)} bytes encoded, at most "
+                                  f"{self._max_record} per batch")
+        pending = _Pending(data, batch, checkpoint)
+        self._queue.append(pending)
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def statistics(self) -> FileLogStatistics:
+        writer = self._writer
+        segments = 0 if writer is None else writer.seq - self._first_segment + 1
+        return FileLogStatistics(
+            self._generation, segments, self._bytes, self._counters.records,
+            self._counters.batches, self._counters.events, self._commits, self._last_group,
+            self._fsyncs, self._fsync_seconds, self._snapshots, self._compactions,
+            self._failure is not None)
+
+    # -- maintenance on request ------------------------------------------------------------
+    async def snapshot(self) -> None:
+        """Write a snapshot now (between two group commits) and return when durable."""
+        await self._request("snapshot")
+
+    async def compact(self) -> CompactionResult:
+        """Rewrite the log as its winners now; appends wait meanwhile."""
+        result: CompactionResult = await self._request("compact")
+        return result
+
+    async def _request(self, what: str) -> Any:
+        if self._failure is not None:
+            raise self._failure
+        if self._view is None or self._closed:
+            raise RuntimeError(f"FileLog.{what} needs a running log")
+        pending = _Pending(b"", (), None)
+        self._requests.append((what, pending))
+        self._wake.set()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    # -- the appender ----------------------------------------------------------------------
+    def _open_sync(self) -> tuple[int, Recovered, list[Event]]:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            lock_fd = lock_directory(self.directory)
+        except OSError as exc:
+            raise storage_error(f"opening {self.directory}", exc)
+        try:
+            rec = recover_directory(self.directory, writable=True, fsync=self._fsync,
+                                    max_record=self._max_record)
+            self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
+                                         fsync=self._fsync)
+            winners = rec.reducer.winners()
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        self._generation = rec.generation
+        self._first_segment = rec.segments[0]
+        self._bytes = rec.bytes
+        self._counters = rec.reducer.counters
+        self._checkpoints = dict(rec.reducer.checkpoints)
+        return lock_fd, rec, winners
+
+    async def _serve(self) -> None:
+        try:
+            while True:
+                while not self._queue and not self._requests:
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                requests, self._requests = self._requests, []
+                self._inflight = [p for _, p in requests]
+                for what, request in requests:
+                    request.result = await self._maintain(what)  # type: ignore[assignment]
+                    request.done.set()
+                if self._queue:
+                    self._inflight, self._queue = self._queue, []
+                    await self._commit(self._inflight)
+                self._inflight = []
+        except StorageError as exc:
+            self._failure = exc
+            raise
+        except OSError as exc:
+            self._failure = storage_error(f"log {self.directory} failed; it refuses every "
+                                          f"later append", exc)
+            raise self._failure from exc
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        data = b"".join(p.frame for p in group)
+        seconds = await trio.to_thread.run_sync(self._write_sync, data)
+        # Durable: apply in log order. Nothing below awaits, so no other group can
+        # interleave and the view stays equal to a replay of the log.
+        assert self._view is not None
+        apply = self._view.apply
+        events = 0
+        for p in group:
+            p.result = tuple([apply(e) for e in p.events])
+            events += len(p.events)
+            if p.checkpoint is not None:
+                self._checkpoints[p.checkpoint.source] = p.checkpoint.cursor
+            p.done.set()
+        c = self._counters
+        self._counters = Counters(c.records + len(group), c.batches + len(group),
+                                  c.events + events)
+        self._commits += 1
+        self._last_group = len(group)
+        self._since_snapshot += events
+        if self._fsync:
+            self._fsyncs += 1
+            self._fsync_seconds += seconds
+        if self._on_commit is not None:
+            self._on_commit(len(group), seconds)
+        if self._snapshot_every is not None and self._since_snapshot >= self._snapshot_every:
+            await self._maintain("auto")
+
+    def _write_sync(self, data: bytes) -> float:
+        writer = self._writer
+        assert writer is not None
+        if writer.offset > FILE_HEADER_SIZE and writer.offset + len(data) > self._segment_bytes:
+            writer.rotate()
+            self._bytes += FILE_HEADER_SIZE
+        seconds = writer.write(data)
+        self._bytes += len(data)
+        return seconds
+
+    async def _maintain(self, what: str) -> CompactionResult | None:
+        if what == "auto":
+            grown = self._bytes > max(self._segment_bytes, self._live_bytes * (
+                self._compact_ratio or 0))
+            what = "compact" if self._compact_ratio is not None and grown and \
+                self._live_bytes else "snapshot"
+        self._since_snapshot = 0
+        if what == "snapshot":
+            await self._snapshot()
+            return None
+        return await self._compact()
+
+    async def _snapshot(self) -> None:
+        writer, view = self._writer, self._view
+        assert writer is not None
+        assert view is not None
+        events = list(view.registers())
+        checkpoints = dict(self._checkpoints)
+        generation, seq, offset, counters = self._generation, writer.seq, writer.offset, \
+            self._counters
+
+        def write() -> int:
+            data = encode_snapshot(generation, seq, offset, counters, events, checkpoints)
+            name = snapshot_name(generation, seq, offset)
+            write_snapshot(self.directory / name, data, fsync=self._fsync)
+            for old in os.listdir(self.directory):  # the newest snapshot is all we need
+                if old.endswith(".snap") and old != name:
+                    os.unlink(self.directory / old)
+            if self._fsync:
+                fsync_dir(self.directory)
+            self._write_sync(frame(RecordType.SNAPSHOT, pack([name])))
+            return len(data)
+
+        self._live_bytes = await trio.to_thread.run_sync(write)
+        c = self._counters
+        self._counters = Counters(c.records + 1, c.batches, c.events)
+        self._snapshots += 1
+
+    async def _compact(self) -> CompactionResult:
+        writer, view = self._writer, self._view
+        assert writer is not None
+        assert view is not None
+        # Forget in the view too, so the view keeps equalling a replay of the new log.
+        dropped = 0 if self._horizon is None else view.forget_tombstones(self._horizon())
+        events = list(view.registers())
+        checkpoints = dict(self._checkpoints)
+
+        def rewrite() -> CompactionResult:
+            writer.close()
+            result, written = compact_directory(
+                self.directory, self._generation, self._bytes, events, checkpoints, dropped,
+                segment_bytes=self._segment_bytes, fsync=self._fsync)
+            self._writer = SegmentWriter(self.directory, result.generation, written.segments,
+                                         fsync=self._fsync)
+            self._generation, self._first_segment = result.generation, 1
+            self._bytes, self._counters = written.bytes, written.counters
+            self._live_bytes = written.bytes
+            return result
+
+        result = await trio.to_thread.run_sync(rewrite)
+        self._compactions += 1
+        return result
+
+    def _fail_waiters(self, error: StorageError) -> None:
+        waiting = self._inflight + self._queue + [p for _, p in self._requests]
+        self._inflight, self._queue, self._requests = [], [], []
+        for p in waiting:
+            if not p.done.is_set():
+                p.error = error
+                p.done.set()

@@ -1,0 +1,162 @@
+"""Record framing and payloads: pure functions over bytes, no files.
+
+A record on disk is ``crc32c u32 | length u32 | type u8 | payload`` (little-endian). The
+CRC covers length, type and payload, so a flipped length or type is caught like a flipped
+payload byte. Payloads are canonical msgpack. An event inside a payload is the tuple
+``(source, key, version, deleted, encoded, seq)``: ``encoded`` is the event's canonical
+value bytes (already validated when it was first accepted), so replay never re-normalizes
+or re-encodes a value.
+
+File headers (segments, snapshots) are 16 bytes: an 8-byte magic, u16 format version,
+u16 zero, and the CRC32C of the first 12 bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import crc32c as _crc32c
+import msgpack
+
+from .._codec import decode as decode_value
+from .._codec import digest as value_digest
+from .._codec import encode as encode_value
+from .._event import Event
+from .._logport import Checkpoint
+
+#: The on-disk format version this build writes and reads (segments, snapshots, metadata).
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<IIB")
+HEADER_SIZE = HEADER.size  # 9
+FILE_HEADER = struct.Struct("<8sHHI")
+FILE_HEADER_SIZE = FILE_HEADER.size  # 16
+SEGMENT_MAGIC = b"IMDSRLOG"
+SNAPSHOT_MAGIC = b"IMDSSNAP"
+#: Default ceiling on one record (one batch): a larger frame is refused on write and is
+#: read as damage on recovery, so a flipped length bit can never make us allocate gigabytes.
+DEFAULT_MAX_RECORD_BYTES = 64 * 2**20
+
+crc32c = _crc32c.crc32c
+#: A tombstone's digest, taken from ``Event`` itself so the two can never disagree.
+TOMBSTONE_DIGEST = Event("x", ("x",), 0, deleted=True).digest
+
+#: A stored event: (source, key, version, deleted, encoded value, seq).
+EventTuple = tuple[str, tuple[str, ...], int, bool, bytes, "int | None"]
+
+
+class RecordType(enum.IntEnum):
+    BATCH = 1  # [[event tuple, ...], [source, cursor bytes] | nil]: all-or-nothing
+    CHECKPOINT = 2  # [source, cursor bytes]: a resume cursor on its own (compaction output)
+    SNAPSHOT = 3  # [snapshot file name]: a snapshot of the view up to here became durable
+    SNAPSHOT_HEAD = 4  # snapshot files only: [generation, segment, offset, counters]
+    SNAPSHOT_END = 5  # snapshot files only: [events, checkpoints]: the file is whole
+
+
+KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+
+
+# -- writing -------------------------------------------------------------------------------
+def frame(rtype: RecordType, payload: bytes) -> bytes:
+    """One framed record."""
+    body = struct.pack("<IB", len(payload), rtype) + payload
+    return struct.pack("<I", crc32c(body)) + body
+
+
+def file_header(magic: bytes) -> bytes:
+    head = struct.pack("<8sHH", magic, FORMAT_VERSION, 0)
+    return head + struct.pack("<I", crc32c(head))
+
+
+def event_tuple(event: Event) -> list[Any]:
+    return [event.source, list(event.key), event.version, event.deleted, event.encoded,
+            event.seq]
+
+
+def cursor_pair(checkpoint: Checkpoint) -> list[Any]:
+    # The cursor travels as its own msgpack bytes: the batch is decoded with tuples for
+    # speed, and a list cursor must come back as a list.
+    return [checkpoint.source, encode_value(checkpoint.cursor)]
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def batch_payload(events: Sequence[Event], checkpoint: Checkpoint | None) -> bytes:
+    cp = None if checkpoint is None else cursor_pair(checkpoint)
+    return pack([[event_tuple(e) for e in events], cp])
+
+
+def tuples_payload(events: Iterable[EventTuple]) -> bytes:
+    """A checkpoint-less batch of already-stored events (snapshots, compaction)."""
+    return pack([[list(t) for t in events], None])
+
+
+# -- reading -------------------------------------------------------------------------------
+class FileHeader(enum.Enum):
+    OK = "ok"
+    SHORT = "shorter than a header"  # a file created but not yet written (crash)
+    DAMAGED = "damaged header"
+    FOREIGN = "not an imds-replica file"
+    FUTURE = "written by a newer format version"
+
+
+def check_file_header(buf: bytes | memoryview, magic: bytes) -> tuple[FileHeader, int]:
+    """Classify a file header; the int is the format version found (0 if unknown)."""
+    if len(buf) < FILE_HEADER_SIZE:
+        return FileHeader.SHORT, 0
+    found, version, _, crc = FILE_HEADER.unpack_from(buf, 0)
+    if crc != crc32c(bytes(buf[:12])):
+        # A magic off by a byte or two is our file, damaged, and so are zeros (a power loss
+        # after the file was created); anything else is foreign.
+        if any(buf[:FILE_HEADER_SIZE]) and sum(
+                a != b for a, b in zip(found, magic, strict=True)) > 2:
+            return FileHeader.FOREIGN, 0
+        return FileHeader.DAMAGED, 0
+    if found != magic:
+        return FileHeader.FOREIGN, 0
+    if version > FORMAT_VERSION:
+        return FileHeader.FUTURE, version
+    return FileHeader.OK, version
+
+
+def unpack(payload: bytes | memoryview) -> Any:
+    return msgpack.unpackb(payload, use_list=False, raw=False)
+
+
+def decode_cursor(pair: Sequence[Any]) -> tuple[str, Any]:
+    source, raw = pair
+    return source, decode_value(raw)
+
+
+def trusted_event(t: EventTuple) -> Event:
+    """Rebuild an ``Event`` from a stored tuple without re-validating it.
+
+    Stored events passed validation when first accepted and are protected by the record
+    CRC; re-validating (normalize, re-encode) would make replay several times slower. The
+    result equals ``Event(...)`` field for field (a test pins this).
+    """
+    source, key, version, deleted, encoded, seq = t
+    event: Event = object.__new__(Event)
+    setattr_ = object.__setattr__
+    setattr_(event, "source", source)
+    setattr_(event, "key", tuple(key))
+    setattr_(event, "version", version)
+    setattr_(event, "deleted", deleted)
+    setattr_(event, "seq", seq)
+    setattr_(event, "encoded", encoded)
+    if deleted:
+        setattr_(event, "value", None)
+        setattr_(event, "digest", TOMBSTONE_DIGEST)
+    else:
+        setattr_(event, "value", decode_value(encoded))
+        setattr_(event, "digest", value_digest(encoded))
+    return event
+
+
+def stored_digest(t: EventTuple) -> bytes:
+    """The merge-order digest of a stored event (equal to its ``Event.digest``)."""
+    return TOMBSTONE_DIGEST if t[3] else value_digest(t[4])

@@ -1,0 +1,223 @@
+"""Recovery of a log directory into winners and cursors (blocking; run it in a thread).
+
+Replay does not apply every stored event to the view: it folds them per key into the LWW
+winner first (cheap tuple comparisons, no ``Event`` objects), then builds ``Event``s only
+for the winners. Because the merge is a max over a total order, and ties keep the first
+event in log order exactly as ``View.apply`` does, the resulting registers are identical to
+applying every event in log order; only the view's change counters differ.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._errors import CorruptLogError, StorageError
+from .._event import Event, Key
+from ._frame import (
+    FILE_HEADER_SIZE,
+    FORMAT_VERSION,
+    SEGMENT_MAGIC,
+    EventTuple,
+    FileHeader,
+    RecordType,
+    check_file_header,
+    decode_cursor,
+    file_header,
+    stored_digest,
+    trusted_event,
+    unpack,
+)
+from ._recovery import Outcome, find_whole_record, scan_records
+from ._segment import (
+    Listing,
+    fsync_dir,
+    init_directory,
+    list_directory,
+    read_meta,
+    segment_name,
+    storage_error,
+)
+from ._snapshot import Counters, SnapshotDamaged, load_snapshot
+
+
+def _tie_key(t: EventTuple) -> tuple[str, bytes]:
+    return t[0], stored_digest(t)
+
+
+class Reducer:
+    """Folds stored records, in log order, into per-key winners and the latest cursors."""
+
+    def __init__(self, counters: Counters | None = None) -> None:
+        counters = counters or Counters()
+        self.best: dict[Key, EventTuple] = {}
+        self.checkpoints: dict[str, Any] = {}
+        self.records = counters.records
+        self.batches = counters.batches
+        self.events = counters.events
+
+    def add_events(self, events: Iterable[EventTuple]) -> None:
+        best = self.best
+        get = best.get
+        for t in events:
+            key = t[1]
+            cur = get(key)
+            if cur is None or t[2] > cur[2] or (
+                    t[2] == cur[2] and _tie_key(t) > _tie_key(cur)):
+                best[key] = t
+
+    def add_record(self, rtype: int, payload: memoryview) -> None:
+        """Fold one whole record; ValueError/TypeError if its payload is unreadable."""
+        self.records += 1
+        if rtype == RecordType.BATCH:
+            events, checkpoint = unpack(payload)
+            self.add_events(events)
+            self.batches += 1
+            self.events += len(events)
+            if checkpoint is not None:
+                source, cursor = decode_cursor(checkpoint)
+                self.checkpoints[source] = cursor
+        elif rtype == RecordType.CHECKPOINT:
+            source, cursor = decode_cursor(unpack(payload))
+            self.checkpoints[source] = cursor
+        # SNAPSHOT markers carry nothing replay needs.
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(self.records, self.batches, self.events)
+
+    def winners(self) -> list[Event]:
+        return [trusted_event(t) for t in self.best.values()]
+
+
+@attrs.frozen
+class Recovered:
+    generation: int
+    reducer: Reducer
+    segments: list[int]
+    last_segment: int
+    end: int  # where the next record goes in the last segment
+    bytes: int  # total bytes of the live generation's segments
+    notes: tuple[str, ...]
+    snapshot: str | None  # the snapshot replay started from
+    listing: Listing
+
+
+def recover_directory(directory: Path, *, writable: bool, fsync: bool, max_record: int,
+                      use_snapshots: bool = True,
+                      reducer: Reducer | None = None) -> Recovered:
+    """Recover the live generation: winners, cursors, and where to append.
+
+    Writable: creates a fresh directory, removes leftovers, truncates a torn tail (and
+    says so in ``notes``). Raises ``CorruptLogError`` on mid-log corruption and
+    ``StorageError`` for a foreign or newer directory.
+    """
+    notes: list[str] = []
+    try:
+        meta = init_directory(directory, fsync=fsync) if writable else read_meta(directory)
+        listing = list_directory(directory, meta.generation)
+        if writable and listing.leftovers:
+            for name in listing.leftovers:
+                os.unlink(directory / name)
+            if fsync:
+                fsync_dir(directory)
+            notes.append(f"removed {len(listing.leftovers)} leftover file(s) of an "
+                         f"interrupted compaction or snapshot: {', '.join(listing.leftovers)}")
+        return _replay(directory, meta.generation, listing, notes, reducer or Reducer(),
+                       writable=writable, fsync=fsync, max_record=max_record,
+                       use_snapshots=use_snapshots)
+    except OSError as exc:
+        raise storage_error(f"recovering {directory}", exc)
+
+
+def _replay(directory: Path, generation: int, listing: Listing, notes: list[str],
+            reducer: Reducer, *, writable: bool, fsync: bool, max_record: int,
+            use_snapshots: bool) -> Recovered:
+    segments = listing.segments
+    if not segments:
+        raise CorruptLogError(f"{directory}: the marker names generation {generation} but "
+                              f"no segment of it exists")
+    for prev, seq in itertools.pairwise(segments):
+        if seq != prev + 1:
+            raise CorruptLogError(f"segment {segment_name(generation, prev + 1)} is missing",
+                                  segment=segment_name(generation, prev + 1), offset=0)
+    start_seq, start_off, used = segments[0], FILE_HEADER_SIZE, None
+    sizes = {seq: (directory / segment_name(generation, seq)).stat().st_size
+             for seq in segments}
+    for seq, off, name in reversed(listing.snapshots if use_snapshots else []):
+        if seq not in sizes or off > sizes[seq]:
+            notes.append(f"ignored snapshot {name}: it is ahead of the log")
+            continue
+        try:
+            snap = load_snapshot(directory / name, max_record)
+        except SnapshotDamaged as exc:
+            notes.append(f"ignored {exc.message}; replaying the log instead")
+            continue
+        reducer = Reducer(snap.counters)
+        reducer.add_events(snap.events)
+        reducer.checkpoints.update(snap.checkpoints)
+        start_seq, start_off, used = seq, off, name
+        notes.append(f"started from snapshot {name} ({len(snap.events)} registers)")
+        break
+    end = start_off
+    for seq in segments[segments.index(start_seq):]:
+        end = _replay_segment(directory, generation, seq, start_off if seq == start_seq
+                              else FILE_HEADER_SIZE, reducer, notes, last=seq == segments[-1],
+                              writable=writable, fsync=fsync, max_record=max_record)
+        sizes[seq] = end if seq == segments[-1] else sizes[seq]
+    return Recovered(generation, reducer, segments, segments[-1], end, sum(sizes.values()),
+                     tuple(notes), used, listing)
+
+
+def _replay_segment(directory: Path, generation: int, seq: int, start: int,
+                    reducer: Reducer, notes: list[str], *, last: bool, writable: bool,
+                    fsync: bool, max_record: int) -> int:
+    name = segment_name(generation, seq)
+    path = directory / name
+    buf = path.read_bytes()
+    header, version = check_file_header(buf, SEGMENT_MAGIC)
+    if header is FileHeader.FUTURE:
+        raise StorageError(f"segment {name} has log format version {version}; this build "
+                           f"reads version {FORMAT_VERSION} (upgrade imds-replica)")
+    if header is FileHeader.FOREIGN:
+        raise CorruptLogError("not an imds-replica segment", segment=name, offset=0)
+    if header is not FileHeader.OK:
+        if not last or find_whole_record(buf, 0, max_record) is not None:
+            raise CorruptLogError(f"segment header {header.value}", segment=name, offset=0)
+        notes.append(f"rewrote the torn header of {name} ({len(buf)} bytes)")
+        if writable:
+            _truncate(path, 0, fsync, rewrite_header=True)
+        return FILE_HEADER_SIZE
+    scan = scan_records(buf, start, last_segment=last, max_record=max_record)
+    for offset, rtype, payload in scan.records:
+        try:
+            reducer.add_record(rtype, payload)
+        except (ValueError, TypeError) as exc:
+            raise CorruptLogError(f"record has a valid checksum but an unreadable payload "
+                                  f"({exc})", segment=name, offset=offset)
+    if scan.outcome is Outcome.REFUSE:
+        raise CorruptLogError(f"mid-log corruption: {scan.detail}", segment=name,
+                              offset=scan.end)
+    if scan.outcome is Outcome.TRUNCATE:
+        notes.append(f"truncated a torn tail of {scan.size - scan.end} bytes in {name} at "
+                     f"offset {scan.end} ({scan.detail})")
+        if writable:
+            _truncate(path, scan.end, fsync, rewrite_header=False)
+    return scan.end
+
+
+def _truncate(path: Path, size: int, fsync: bool, *, rewrite_header: bool) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, size)
+        if rewrite_header:
+            os.write(fd, file_header(SEGMENT_MAGIC))
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,217 @@
+"""The data directory: its marker file, file names, locking, and the segment writer.
+
+Layout of a log directory::
+
+    imds-log.json                 marker: {"format": "imds-replica-log", "version": 1,
+                                  "generation": G}; replaced atomically by compaction
+    LOCK                          flock()ed by the one process writing the log
+    GGGGGGGG-SSSSSSSS.seg         segment S of generation G (only generation G is live)
+    GGGGGGGG-SSSSSSSS-OOOOOOOOOOOO.snap   snapshot of the view up to segment S, offset O
+    *.tmp                         unfinished atomic writes (removed on open)
+    damaged/                      what ``repair`` moved aside (never read, never deleted)
+
+Files of any other generation are leftovers of an interrupted compaction (newer: it never
+switched; older: it switched but had not deleted them yet) and are removed on open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import attrs
+
+from .._errors import StorageError
+from ._frame import FILE_HEADER_SIZE, FORMAT_VERSION, SEGMENT_MAGIC, file_header
+
+META_NAME = "imds-log.json"
+LOCK_NAME = "LOCK"
+DAMAGED_DIR = "damaged"
+FORMAT_NAME = "imds-replica-log"
+SEGMENT_RE = re.compile(r"(\d{8})-(\d{8})\.seg\Z")
+SNAPSHOT_RE = re.compile(r"(\d{8})-(\d{8})-(\d{12})\.snap\Z")
+
+
+def segment_name(generation: int, seq: int) -> str:
+    return f"{generation:08d}-{seq:08d}.seg"
+
+
+def snapshot_name(generation: int, seq: int, offset: int) -> str:
+    return f"{generation:08d}-{seq:08d}-{offset:012d}.snap"
+
+
+def storage_error(what: str, exc: OSError) -> StorageError:
+    """Map an OSError at the edge into our error tree, keeping the reason readable."""
+    reason = exc.strerror or str(exc)
+    return StorageError(f"{what}: {reason} (errno {exc.errno})")
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Temp file, fsync, rename over ``path``, fsync the directory: old or new, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        if fsync:
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        fsync_dir(path.parent)
+
+
+@attrs.frozen
+class Meta:
+    generation: int
+
+
+def read_meta(directory: Path) -> Meta:
+    """The directory's marker; a clear StorageError when it is missing, foreign or newer."""
+    path = directory / META_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if directory.is_dir() and any(directory.iterdir()):
+            raise StorageError(f"{directory} is not an imds-replica log directory (no "
+                               f"{META_NAME}, and it is not empty); refusing to touch it")
+        raise StorageError(f"{directory} holds no imds-replica log")
+    except OSError as exc:
+        raise storage_error(f"reading {path}", exc)
+    try:
+        doc = json.loads(raw)
+        ours = isinstance(doc, dict) and doc.get("format") == FORMAT_NAME
+    except ValueError:
+        ours = False
+    if not ours:
+        raise StorageError(f"{path} is not an imds-replica log marker; refusing to use "
+                           f"{directory}")
+    version, generation = doc.get("version"), doc.get("generation")
+    if type(version) is not int or type(generation) is not int or generation < 1:
+        raise StorageError(f"{path} is damaged: {raw[:200]!r}")
+    if version > FORMAT_VERSION:
+        raise StorageError(f"{directory} uses log format version {version}; this build of "
+                           f"imds-replica reads version {FORMAT_VERSION} (upgrade it)")
+    return Meta(generation)
+
+
+def write_meta(directory: Path, meta: Meta, *, fsync: bool) -> None:
+    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "generation": meta.generation}
+    write_atomic(directory / META_NAME, json.dumps(doc).encode() + b"\n", fsync=fsync)
+
+
+def init_directory(directory: Path, *, fsync: bool) -> Meta:
+    """Read the marker, creating directory, marker and first segment when there is none."""
+    if (directory / META_NAME).exists():
+        return read_meta(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # What a crash during this very function can leave behind counts as empty.
+    fresh = {LOCK_NAME, segment_name(1, 1), segment_name(1, 1) + ".tmp", META_NAME + ".tmp"}
+    if not set(os.listdir(directory)) <= fresh or (
+            (directory / segment_name(1, 1)).exists()
+            and (directory / segment_name(1, 1)).stat().st_size > FILE_HEADER_SIZE):
+        return read_meta(directory)  # raises "not ours"
+    # The first segment exists before the marker, so a marked directory always has one.
+    create_segment(directory, 1, 1, fsync=fsync)
+    write_meta(directory, Meta(1), fsync=fsync)
+    return Meta(1)
+
+
+def lock_directory(directory: Path) -> int:
+    """Hold an exclusive lock on the directory until the returned fd is closed."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StorageError(f"{directory} is in use by another process (it holds {LOCK_NAME})")
+    return fd
+
+
+@attrs.frozen
+class Listing:
+    segments: list[int]  # sequence numbers of the live generation, ascending
+    snapshots: list[tuple[int, int, str]]  # (segment, offset, name), ascending
+    leftovers: list[str]  # other generations' files and unfinished temp files
+
+
+def list_directory(directory: Path, generation: int) -> Listing:
+    segments, snapshots, leftovers = [], [], []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".tmp"):
+            leftovers.append(name)
+        elif m := SEGMENT_RE.match(name):
+            if int(m[1]) == generation:
+                segments.append(int(m[2]))
+            else:
+                leftovers.append(name)
+        elif m := SNAPSHOT_RE.match(name):
+            if int(m[1]) == generation:
+                snapshots.append((int(m[2]), int(m[3]), name))
+            else:
+                leftovers.append(name)
+    return Listing(segments, snapshots, leftovers)
+
+
+def create_segment(directory: Path, generation: int, seq: int, *, fsync: bool) -> Path:
+    path = directory / segment_name(generation, seq)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, file_header(SEGMENT_MAGIC))
+        if fsync:
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    if fsync:
+        fsync_dir(directory)
+    return path
+
+
+class SegmentWriter:
+    """Appends to the live segment. Only the appender uses it, one call at a time."""
+
+    def __init__(self, directory: Path, generation: int, seq: int, *, fsync: bool) -> None:
+        self.directory = directory
+        self.generation = generation
+        self.seq = seq
+        self.fsync = fsync
+        self.path = directory / segment_name(generation, seq)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.offset = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes) -> float:
+        """Write and fdatasync; returns the seconds fdatasync took. OSError propagates."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.offset += len(data)
+        if not self.fsync:
+            return 0.0
+        started = time.perf_counter()
+        os.fdatasync(self._fd)
+        return time.perf_counter() - started
+
+    def rotate(self) -> None:
+        """Start the next segment (the current one is already durable)."""
+        create_segment(self.directory, self.generation, self.seq + 1, fsync=self.fsync)
+        os.close(self._fd)
+        self.seq += 1
+        self.path = self.directory / segment_name(self.generation, self.seq)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.offset = FILE_HEADER_SIZE
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)

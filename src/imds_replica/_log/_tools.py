@@ -1,0 +1,333 @@
+"""Offline maintenance of a log directory: verify, dump, stats, compact, repair.
+
+All are blocking functions for the ``imds-replica log`` command. ``verify``, ``dump`` and
+``stats`` only read; ``compact`` and ``repair`` take the directory's lock, so they refuse to
+run while a replica has the log open.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .._codec import decode as decode_value
+from .._errors import CorruptLogError
+from .._event import Event
+from ._compact import compact_directory
+from ._frame import (
+    DEFAULT_MAX_RECORD_BYTES,
+    FILE_HEADER_SIZE,
+    SEGMENT_MAGIC,
+    EventTuple,
+    FileHeader,
+    RecordType,
+    check_file_header,
+    unpack,
+)
+from ._recovery import Outcome, find_whole_record, scan_records
+from ._replay import Reducer, recover_directory
+from ._segment import (
+    DAMAGED_DIR,
+    create_segment,
+    fsync_dir,
+    list_directory,
+    lock_directory,
+    read_meta,
+    segment_name,
+)
+from ._snapshot import SnapshotDamaged, load_snapshot
+
+
+@attrs.frozen
+class VerifyReport:
+    ok: bool  # False: corruption or damage somewhere (see ``problems``)
+    problems: tuple[str, ...]
+    notes: tuple[str, ...]  # e.g. a torn tail that the next open truncates
+    segments: int
+    records: int
+    events: int
+    bytes: int
+
+
+def verify_log(directory: str | os.PathLike[str], *,
+               max_record: int = DEFAULT_MAX_RECORD_BYTES) -> VerifyReport:
+    """Check every segment from its first byte and every snapshot; never modifies."""
+    path = Path(directory)
+    problems: list[str] = []
+    try:
+        rec = recover_directory(path, writable=False, fsync=False, max_record=max_record,
+                                use_snapshots=False)
+    except CorruptLogError as exc:
+        return VerifyReport(False, (exc.message,), (), 0, 0, 0, 0)
+    notes = [n for n in rec.notes]
+    notes += [f"{n}: leftover of an interrupted compaction or snapshot (removed on next "
+              f"open)" for n in rec.listing.leftovers]
+    for seq, offset, name in rec.listing.snapshots:
+        try:
+            snap = load_snapshot(path / name, max_record)
+        except SnapshotDamaged as exc:
+            problems.append(f"{exc.message} (the log itself is complete; `repair` moves the "
+                            f"snapshot aside)")
+            continue
+        if seq not in rec.segments or (seq == rec.last_segment and offset > rec.end):
+            problems.append(f"snapshot {name} is ahead of the log")
+        elif snap.counters.records > rec.reducer.records:
+            problems.append(f"snapshot {name} counts more records than the log holds")
+    r = rec.reducer
+    return VerifyReport(not problems, tuple(problems), tuple(notes), len(rec.segments),
+                        r.records, r.events, rec.bytes)
+
+
+def _segment_scans(path: Path, max_record: int) -> Iterator[tuple[str, Any]]:
+    """(segment name, scan) in log order, read-only; raises on the first damage."""
+    meta = read_meta(path)
+    segments = list_directory(path, meta.generation).segments
+    if not segments:
+        raise CorruptLogError(f"{path}: no segment of generation {meta.generation} exists")
+    for prev, seq in zip([segments[0] - 1, *segments], segments, strict=False):
+        name = segment_name(meta.generation, seq)
+        if seq != prev + 1:
+            missing = segment_name(meta.generation, prev + 1)
+            raise CorruptLogError(f"segment {missing} is missing", segment=missing, offset=0)
+        buf = (path / name).read_bytes()
+        header, _ = check_file_header(buf, SEGMENT_MAGIC)
+        if header is not FileHeader.OK:
+            if seq == segments[-1] and header is FileHeader.SHORT:
+                return
+            raise CorruptLogError(f"segment header: {header.value}", segment=name, offset=0)
+        scan = scan_records(buf, FILE_HEADER_SIZE, last_segment=seq == segments[-1],
+                            max_record=max_record)
+        yield name, scan
+        if scan.outcome is Outcome.REFUSE:
+            raise CorruptLogError(f"mid-log corruption: {scan.detail}", segment=name,
+                                  offset=scan.end)
+
+
+def _wire(t: EventTuple) -> dict[str, Any]:
+    source, key, version, deleted, encoded, _ = t
+    out: dict[str, Any] = {"source": source, "key": list(key), "version": version}
+    if deleted:
+        out["deleted"] = True
+    else:
+        out["value"] = decode_value(encoded)
+    return out
+
+
+def dump_log(directory: str | os.PathLike[str], *,
+             max_record: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[dict[str, Any]]:
+    """Every event the log holds, in log order, each distinct stored event once.
+
+    Raises ``CorruptLogError`` after yielding what precedes mid-log corruption.
+    """
+    seen: set[tuple[str, tuple[str, ...], int, bool, bytes]] = set()
+    for _, scan in _segment_scans(Path(directory), max_record):
+        for _, rtype, payload in scan.records:
+            if rtype != RecordType.BATCH:
+                continue
+            for t in unpack(payload)[0]:
+                identity = (t[0], t[1], t[2], t[3], t[4])
+                if identity not in seen:
+                    seen.add(identity)
+                    yield _wire(t)
+
+
+@attrs.frozen
+class StatsReport:
+    generation: int
+    segments: int
+    bytes: int
+    records: int
+    batches: int
+    events: int
+    live_keys: int  # registers holding a value
+    tombstones: int  # registers holding a deletion
+    oldest_version: int | None  # over every stored event
+    newest_version: int | None
+    checkpoints: dict[str, Any]
+    snapshots: tuple[str, ...]
+
+
+class _VersionRange(Reducer):
+    oldest: int | None = None
+    newest: int | None = None
+
+    def add_events(self, events: Iterable[EventTuple]) -> None:
+        events = list(events)
+        if events:
+            versions = [t[2] for t in events]
+            low, high = min(versions), max(versions)
+            self.oldest = low if self.oldest is None else min(self.oldest, low)
+            self.newest = high if self.newest is None else max(self.newest, high)
+        super().add_events(events)
+
+
+def stats_log(directory: str | os.PathLike[str], *,
+              max_record: int = DEFAULT_MAX_RECORD_BYTES) -> StatsReport:
+    reducer = _VersionRange()
+    rec = recover_directory(Path(directory), writable=False, fsync=False,
+                            max_record=max_record, use_snapshots=False, reducer=reducer)
+    tombstones = sum(1 for t in reducer.best.values() if t[3])
+    return StatsReport(rec.generation, len(rec.segments), rec.bytes, reducer.records,
+                       reducer.batches, reducer.events, len(reducer.best) - tombstones,
+                       tombstones, reducer.oldest, reducer.newest, dict(reducer.checkpoints),
+                       tuple(name for _, _, name in rec.listing.snapshots))
+
+
+@attrs.frozen
+class CompactReport:
+    generation: int
+    bytes_before: int
+    bytes_after: int
+    registers: int
+    tombstones_dropped: int
+    notes: tuple[str, ...]
+
+
+def compact_log(directory: str | os.PathLike[str], *, tombstones_before: int | None = None,
+                segment_bytes: int = 64 * 2**20,
+                max_record: int = DEFAULT_MAX_RECORD_BYTES) -> CompactReport:
+    """Rewrite the log as its winners (tombstones older than ``tombstones_before`` dropped)."""
+    path = Path(directory)
+    read_meta(path)  # a clear error before creating a LOCK file in a foreign directory
+    lock = lock_directory(path)
+    try:
+        rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
+        events: list[Event] = []
+        dropped = 0
+        for event in rec.reducer.winners():
+            if event.deleted and tombstones_before is not None \
+                    and event.version < tombstones_before:
+                dropped += 1
+            else:
+                events.append(event)
+        result, _ = compact_directory(path, rec.generation, rec.bytes, events,
+                                      rec.reducer.checkpoints, dropped,
+                                      segment_bytes=segment_bytes, fsync=True)
+        return CompactReport(result.generation, result.bytes_before, result.bytes_after,
+                             result.registers, dropped, rec.notes)
+    finally:
+        os.close(lock)
+
+
+@attrs.frozen
+class RepairReport:
+    damage: str | None  # what was wrong (None: nothing to repair)
+    moved_to: str | None  # where the damaged files went
+    moved: tuple[str, ...]  # what was moved aside
+    lost_bytes: int
+    lost_records: int  # whole records still readable in the moved part (not replayed)
+    lost_events: int
+    cursors: dict[str, Any]  # where each source resumes: it redelivers what follows
+
+
+def _count_readable(buf: bytes, start: int, max_record: int) -> tuple[int, int]:
+    """Records and events that can still be read after damage (resyncing past it)."""
+    records = events = 0
+    offset: int | None = start
+    while offset is not None and offset < len(buf):
+        scan = scan_records(buf, offset, last_segment=False, max_record=max_record)
+        for _, rtype, payload in scan.records:
+            records += 1
+            if rtype == RecordType.BATCH:
+                try:
+                    events += len(unpack(payload)[0])
+                except (ValueError, TypeError):
+                    pass
+        offset = find_whole_record(buf, scan.end + 1, max_record) \
+            if scan.outcome is not Outcome.ACCEPT else None
+    return records, events
+
+
+def repair_log(directory: str | os.PathLike[str], *,
+               max_record: int = DEFAULT_MAX_RECORD_BYTES) -> RepairReport:
+    """Move the damaged suffix of the log (and damaged snapshots) into ``damaged/``."""
+    path = Path(directory)
+    meta = read_meta(path)
+    lock = lock_directory(path)
+    try:
+        damage: CorruptLogError | None = None
+        try:
+            for _ in _segment_scans(path, max_record):
+                pass
+        except CorruptLogError as exc:
+            damage = exc
+        listing = list_directory(path, meta.generation)
+        bad_snaps = []
+        for _, _, name in listing.snapshots:
+            try:
+                load_snapshot(path / name, max_record)
+            except SnapshotDamaged:
+                bad_snaps.append(name)
+        if damage is None and not bad_snaps:
+            rec = recover_directory(path, writable=False, fsync=False, max_record=max_record)
+            return RepairReport(None, None, (), 0, 0, 0, dict(rec.reducer.checkpoints))
+        aside = path / DAMAGED_DIR / time.strftime("%Y%m%dT%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        moved, lost = [], [0, 0, 0]
+        if damage is not None:
+            moved = _move_suffix(path, aside, meta.generation, listing.segments, damage,
+                                 max_record, lost)
+            for seq, offset, name in listing.snapshots:  # now ahead of the log
+                seg = segment_name(meta.generation, seq)
+                if name not in bad_snaps and (seg in moved or (
+                        seg == damage.segment and offset > (damage.offset or 0))):
+                    bad_snaps.append(name)
+        for name in bad_snaps:
+            os.rename(path / name, aside / name)
+            moved.append(name)
+        fsync_dir(aside)
+        fsync_dir(path)
+        rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
+        what = damage.message if damage is not None else "damaged snapshot(s)"
+        return RepairReport(what, str(aside), tuple(moved), lost[0], lost[1], lost[2],
+                            dict(rec.reducer.checkpoints))
+    finally:
+        os.close(lock)
+
+
+def _move_suffix(path: Path, aside: Path, generation: int, segments: list[int],
+                 damage: CorruptLogError, max_record: int, lost: list[int]) -> list[str]:
+    """Copy the damaged segment's tail aside and truncate it; move later segments aside."""
+    names = [segment_name(generation, s) for s in segments]
+    if damage.segment in names:
+        first = names.index(damage.segment)
+    else:  # a missing segment: everything after the gap goes
+        gap = int(str(damage.segment).split("-")[1].split(".")[0])
+        first = next((i for i, s in enumerate(segments) if s > gap), len(names))
+    moved = []
+    for i in range(first, len(names)):
+        buf = (path / names[i]).read_bytes()
+        start = (damage.offset or 0) if i == first else FILE_HEADER_SIZE
+        if i == first and start > FILE_HEADER_SIZE:
+            target = aside / f"{names[i]}.from-{start}"
+            target.write_bytes(buf[start:])
+            _fsync_file(target)
+            with open(path / names[i], "r+b") as f:
+                f.truncate(start)
+                os.fsync(f.fileno())
+            moved.append(f"{names[i]} from offset {start}")
+        else:
+            os.rename(path / names[i], aside / names[i])
+            moved.append(names[i])
+        lost[0] += len(buf) - start
+        records, events = _count_readable(buf, max(start, FILE_HEADER_SIZE), max_record)
+        lost[1] += records
+        lost[2] += events
+    if first == 0 and moved and moved[0] == names[0]:
+        # Keep the generation non-empty: an empty first segment in place of the damaged one.
+        create_segment(path, generation, segments[0], fsync=True)
+    return moved
+
+
+def _fsync_file(target: Path) -> None:
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+

@@ -1,0 +1,127 @@
+"""The admin API (JSON, operators and the host agent only; never VM-facing).
+
+``GET /healthz``, ``GET /sources``, ``POST /events``, ``GET /view?prefix=a/b``, plus the
+extension point ``extra_routes``: a mapping from an exact path to an async handler taking
+the ``Request`` and returning a ``Response``, ``bytes`` (sent as JSON), or an async iterator
+of byte chunks (sent with chunked encoding, for streams such as ``GET /logs``). Telemetry
+adds ``GET /metrics`` and ``GET /logs`` this way; a built-in path cannot be overridden.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from imds_replica import ImdsError, Unavailable, ValidationError
+
+from ._render import to_json
+from ._request import JSON, BadQuery, Request, Response, error, parse_query
+
+if TYPE_CHECKING:
+    from imds_replica import Replica
+
+AdminResult = Response | bytes | AsyncIterator[bytes]
+AdminHandler = Callable[[Request], Awaitable[AdminResult]]
+BUILTIN = ("/healthz", "/sources", "/events", "/view")
+MAX_VIEW_REGISTERS = 10_000
+
+
+class AdminApi:
+    """Answers admin requests from the replica (``None`` while it is recovering)."""
+
+    def __init__(self, *, clock: Callable[[], float],
+                 extra_routes: Mapping[str, AdminHandler] | None = None,
+                 status: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        clash = set(extra_routes or ()) & set(BUILTIN)
+        if clash:
+            raise ValueError(f"extra_routes may not replace {sorted(clash)}")
+        self.replica: Replica | None = None
+        self.clock = clock
+        self.extra_routes = dict(extra_routes or {})
+        self.status = status or dict
+
+    async def handle(self, request: Request) -> Response:
+        path = request.path
+        try:
+            params = parse_query(request.query_string)
+        except BadQuery as exc:
+            return error(400, str(exc), route=path)
+        extra = self.extra_routes.get(path)
+        if extra is not None:
+            return _as_response(await extra(request), path)
+        if path not in BUILTIN:
+            return error(404, "Not found")
+        allowed = "POST" if path == "/events" else "GET"
+        if request.method != allowed and not (allowed == "GET" and request.method == "HEAD"):
+            return error(405, f"Method {request.method} not allowed", route=path,
+                         headers=(("Allow", allowed),))
+        if path == "/healthz":
+            return self._healthz()
+        if self.replica is None:
+            return error(503, "Starting: replaying the log", route=path,
+                         headers=(("Retry-After", "1"),))
+        if path == "/sources":
+            now = self.clock()
+            body = {name: status.to_dict()
+                    for name, status in self.replica.liveliness.snapshot(now).items()}
+            return _json(200, body, path)
+        if path == "/view":
+            return self._view(params)
+        return await self._events(request)
+
+    def _healthz(self) -> Response:
+        ready = self.replica is not None
+        body = {"status": "ok" if ready else "starting", **self.status()}
+        return _json(200 if ready else 503, body, "/healthz")
+
+    def _view(self, params: Mapping[str, str]) -> Response:
+        assert self.replica is not None
+        prefix = tuple(p for p in params.get("prefix", "").split("/") if p)
+        registers: list[dict[str, Any]] = []
+        truncated = False
+        for event in self.replica.view.registers(prefix):
+            if len(registers) >= MAX_VIEW_REGISTERS:
+                truncated = True
+                break
+            registers.append(event.to_dict())
+        return _json(200, {"prefix": list(prefix), "registers": registers,
+                           "truncated": truncated}, "/view")
+
+    async def _events(self, request: Request) -> Response:
+        assert self.replica is not None
+        kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        try:
+            # Anything but msgpack is read as JSON: ``curl -d`` sends a form type.
+            if kind == "application/msgpack":
+                body = msgpack.unpackb(request.body, raw=False, strict_map_key=False)
+            else:
+                body = json.loads(request.body)
+        except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
+            return error(400, f"body is not valid {kind}: {exc}", route="/events")
+        if not isinstance(body, dict) or not isinstance(body.get("events"), list):
+            return error(400, 'body must be {"events": [...]}', route="/events")
+        try:
+            result = await self.replica.submit(body["events"])
+        except ValidationError as exc:
+            return error(400, exc.message, extra={"index": exc.index}, route="/events")
+        except Unavailable as exc:
+            return error(exc.status, exc.message, route="/events",
+                         headers=(("Retry-After", str(exc.retry_after)),))
+        except ImdsError as exc:
+            return error(exc.status, exc.message, route="/events")
+        return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+
+
+def _json(status: int, body: Any, route: str) -> Response:
+    return Response(status, to_json(body), JSON, route=route)
+
+
+def _as_response(result: AdminResult, route: str) -> Response:
+    if isinstance(result, Response):
+        return result
+    if isinstance(result, bytes):
+        return Response(200, result, JSON, route=route)
+    return Response(200, b"", "text/plain; charset=utf-8", stream=result, route=route)

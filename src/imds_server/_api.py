@@ -1,0 +1,376 @@
+"""The VM-facing API as a pure function: ``VmApi.handle(request, caller, now)``.
+
+It owns no socket, task or clock. Given a parsed request, the peer address and ``now``
+(wall seconds), it answers from the view — or asks the shell to park a watcher (``Park``)
+or to submit approval events (``Submit``) first. The order of checks is the error table:
+410 while recovering, 403 for an unknown caller, 429 over the rate limit, then the request's
+own faults (400 / 404 / 405), then the answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import attrs
+
+from imds_replica import ConfigError, LivelinessTracker, View
+
+from . import _render, _schedule, _versions
+from ._cache import Answer, AnswerCache
+from ._freshness import HEADER as FRESHNESS_HEADER
+from ._freshness import freshness
+from ._ratelimit import TokenBuckets
+from ._request import (
+    JSON,
+    TEXT,
+    BadQuery,
+    Park,
+    Request,
+    Response,
+    Submit,
+    error,
+    parse_query,
+    split_path,
+)
+
+METADATA_HEADER_MESSAGE = "Bad request. Required metadata header not specified"
+#: Paths Azure has that this host cannot answer (they need a signer, an identity provider
+#: or a load balancer): a 404 saying so, rather than a fake.
+UNAVAILABLE = {("attested", "document"), ("identity",), ("loadbalancer",)}
+
+
+@attrs.frozen
+class ApiPolicy:
+    """Limits of the VM-facing API (see docs/server.md for defaults and reasons)."""
+
+    rate_limit: float = 5.0  # requests/s per VM; 0 disables
+    rate_burst: float | None = None  # bucket size; default = rate_limit
+    max_watchers_per_vm: int = 64
+    max_watch_timeout: float = 300.0  # longer timeout_sec values are clamped to this
+    retry_after_starting: int = 5
+    max_cache_entries_per_vm: int = 64
+
+    def __attrs_post_init__(self) -> None:
+        if self.rate_limit < 0:
+            raise ConfigError("must be >= 0", key="rate-limit")
+        if self.max_watchers_per_vm < 0:
+            raise ConfigError("must be >= 0", key="max-watchers-per-vm")
+        if self.max_watch_timeout <= 0:
+            raise ConfigError("must be > 0", key="max-watch-timeout")
+
+
+@attrs.define
+class ApiStatistics:
+    requests: int = 0
+    rate_limited: int = 0
+    refused_callers: int = 0
+    watchers_refused: int = 0
+    watches_parked: int = 0
+
+
+class VmApi:
+    """Sans-I/O VM-facing request handling over a view and a liveliness tracker."""
+
+    def __init__(self, policy: ApiPolicy | None = None, *, started: float = 0.0) -> None:
+        self.policy = policy or ApiPolicy()
+        self.started = started
+        self.view: View | None = None
+        self.liveliness: LivelinessTracker | None = None
+        self.cache: AnswerCache | None = None
+        self.buckets = TokenBuckets(self.policy.rate_limit, self.policy.rate_burst)
+        self.stats = ApiStatistics()
+        self._watchers: dict[str, int] = {}
+        self._fresh: dict[tuple[str, ...], tuple[int, tuple[tuple[str, str], ...]]] = {}
+        self._versions_body = _render.to_json({"apiVersions": list(_versions.VERSIONS)})
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def attach(self, view: View, liveliness: LivelinessTracker) -> None:
+        """Start answering from ``view`` (until then every request gets 410)."""
+        self.view, self.liveliness = view, liveliness
+        self.cache = AnswerCache(view, max_per_vm=self.policy.max_cache_entries_per_vm)
+
+    @property
+    def parked(self) -> int:
+        return sum(self._watchers.values())
+
+    def caller_vm(self, caller: str) -> str | None:
+        """The VM behind a peer address, from the replicated ``("callers", ADDRESS)``."""
+        assert self.view is not None
+        event = self.view.get(("callers", caller))
+        if event is None or event.deleted or not isinstance(event.value, str):
+            return None
+        return event.value
+
+    # -- the handler -----------------------------------------------------------------------
+    def handle(self, request: Request, caller: str, now: float) -> Response | Park | Submit:
+        self.stats.requests += 1
+        if self.view is None:
+            retry = str(self.policy.retry_after_starting)
+            return error(410, "The service is starting; retry shortly.", refused="starting",
+                         headers=(("Retry-After", retry),))
+        vm = self.caller_vm(caller)
+        if vm is None:
+            self.stats.refused_callers += 1
+            return error(403, "Forbidden", refused="unknown-caller")
+        wait = self.buckets.take(vm, now)
+        if wait:
+            self.stats.rate_limited += 1
+            retry = str(TokenBuckets.retry_after(wait))
+            return attrs.evolve(error(429, "Too many requests", refused="rate-limited",
+                                      headers=(("Retry-After", retry),)), vm=vm)
+        return self._handle(request, caller, vm, now)
+
+    def _handle(self, request: Request, caller: str, vm: str,
+                now: float) -> Response | Park | Submit:
+        try:
+            params = parse_query(request.query_string)
+        except BadQuery as exc:
+            return _bad(f"Bad request. {exc}", vm)
+        api_version = params.get("api-version")
+        if "x-forwarded-for" in request.headers:
+            return _bad("Bad request. Relayed requests (X-Forwarded-For) are refused", vm,
+                        refused="forwarded", api_version=api_version)
+        segments = split_path(request.path)
+        route = _route(segments)
+        if route is None or segments is None:
+            return _not_found(vm, api_version)
+        if route != "/metadata/versions" and \
+                request.headers.get("metadata", "").lower() != "true":
+            return _bad(METADATA_HEADER_MESSAGE, vm, refused="no-metadata-header",
+                        api_version=api_version, route=route)
+        allowed = ("GET", "HEAD", "POST") if route == "/metadata/scheduledevents" \
+            else ("GET", "HEAD")
+        if request.method not in allowed:
+            resp = error(405, f"Method {request.method} not allowed", route=route,
+                         headers=(("Allow", ", ".join(allowed)),))
+            return attrs.evolve(resp, vm=vm, api_version=api_version)
+        if route == "/metadata/versions":
+            return self._answer_versions(request, vm)
+        if not _versions.is_known(api_version,
+                                  scheduled_events=route == "/metadata/scheduledevents"):
+            return Response(400, _render.to_json(_versions.bad_version_body()), JSON,
+                            refused="bad-api-version", route=route, vm=vm,
+                            api_version=api_version)
+        assert api_version is not None
+        if route == "unavailable":
+            return attrs.evolve(error(404, "Not available on this host", route=route),
+                                vm=vm, api_version=api_version)
+        fmt = params.get("format", "json")
+        if fmt not in ("json", "text") or (fmt == "text" and route != "/metadata/instance"):
+            return _bad(f"Bad request. format={fmt} is not supported here", vm,
+                        api_version=api_version, route=route)
+        if request.method == "POST":
+            return self._approve(request, caller, vm, now, api_version)
+        watch = params.get("wait_for_change", "false").lower()
+        if watch not in ("true", "false"):
+            return _bad("Bad request. wait_for_change must be true or false", vm,
+                        api_version=api_version, route=route)
+        timeout = self.policy.max_watch_timeout
+        if watch == "true" and "timeout_sec" in params:
+            try:
+                timeout = float(int(params["timeout_sec"]))
+            except ValueError:
+                timeout = -1.0
+            if timeout < 0:
+                return _bad("Bad request. timeout_sec must be a non-negative integer", vm,
+                            api_version=api_version, route=route)
+            timeout = min(timeout, self.policy.max_watch_timeout)
+        answer = self._render(vm, route, segments, api_version, fmt)
+        if watch == "true" and answer.status == 200:
+            last = _unquote_etag(params.get("last_etag")) or answer.etag
+            if last == answer.etag and timeout > 0:
+                if self._watchers.get(vm, 0) >= self.policy.max_watchers_per_vm:
+                    self.stats.watchers_refused += 1
+                    return attrs.evolve(error(
+                        429, "Too many parked watchers for this VM", refused="rate-limited",
+                        headers=(("Retry-After", "1"),), route=route), vm=vm,
+                        api_version=api_version, watch=True)
+                self._watchers[vm] = self._watchers.get(vm, 0) + 1
+                self.stats.watches_parked += 1
+                return Park(request, caller, vm, ("vms", vm), last, timeout)
+        return self._respond(request, vm, route, api_version, answer, now,
+                             watch=watch == "true")
+
+    def resume(self, park: Park, now: float, timed_out: bool) -> Response | Park:
+        """After a wake-up (a change of the VM's document, the deadline, or shutdown when
+        ``timed_out``): answer if the value's ETag moved or time is up, else keep waiting.
+        Does not take a rate-limit token: the request paid when it arrived."""
+        if self.caller_vm(park.caller) != park.vm:  # the address now belongs elsewhere
+            return error(403, "Forbidden", refused="unknown-caller")
+        req = park.request
+        params = parse_query(req.query_string)
+        segments = split_path(req.path)
+        route = _route(segments)
+        assert route is not None
+        assert segments is not None
+        version = params["api-version"]
+        answer = self._render(park.vm, route, segments, version, params.get("format", "json"))
+        if answer.status == 200 and answer.etag == park.last_etag and not timed_out:
+            return park
+        return self._respond(req, park.vm, route, version, answer, now, watch=True)
+
+    def release(self, park: Park) -> None:
+        """The shell is done with a parked watcher (answered, cancelled or disconnected)."""
+        left = self._watchers.get(park.vm, 0) - 1
+        if left > 0:
+            self._watchers[park.vm] = left
+        else:
+            self._watchers.pop(park.vm, None)
+
+    # -- answers ---------------------------------------------------------------------------
+    def _respond(self, request: Request, vm: str, route: str, version: str, answer: Answer,
+                 now: float, *, watch: bool) -> Response:
+        headers = self._freshness(answer.sources, now)
+        if answer.status != 200:
+            return Response(answer.status, answer.body, answer.content_type, headers,
+                            route=route, vm=vm, api_version=version, watch=watch,
+                            refused="bad-request" if answer.status == 400 else None)
+        headers = (("ETag", f'"{answer.etag}"'), *headers)
+        if _matches(request.headers.get("if-none-match"), answer.etag):
+            return Response(304, b"", answer.content_type, headers, etag=answer.etag,
+                            route=route, vm=vm, api_version=version, watch=watch)
+        return Response(200, answer.body, answer.content_type, headers, etag=answer.etag,
+                        route=route, vm=vm, api_version=version, watch=watch)
+
+    def _answer_versions(self, request: Request, vm: str) -> Response:
+        etag = _etag(self._versions_body)
+        headers = (("ETag", f'"{etag}"'),)
+        status = 304 if _matches(request.headers.get("if-none-match"), etag) else 200
+        return Response(status, self._versions_body if status == 200 else b"", JSON, headers,
+                        etag=etag, route="/metadata/versions", vm=vm)
+
+    def _freshness(self, sources: tuple[str, ...], now: float) -> tuple[tuple[str, str], ...]:
+        # Computed at most once per second per set of sources: it reads every source's
+        # liveliness, which a hot read path should not repeat per request.
+        second = int(now)
+        memo = self._fresh.get(sources)
+        if memo is not None and memo[0] == second:
+            return memo[1]
+        assert self.liveliness is not None
+        age, detail = freshness(sources, self.liveliness, now, self.started)
+        headers = (("Age", str(age)), (FRESHNESS_HEADER, detail)) if detail \
+            else (("Age", str(age)),)
+        if len(self._fresh) > 4096:
+            self._fresh.clear()
+        self._fresh[sources] = (second, headers)
+        return headers
+
+    def _render(self, vm: str, route: str, segments: list[str], version: str,
+                fmt: str) -> Answer:
+        assert self.cache is not None
+        key = ("/".join(segments), version, fmt)
+        answer = self.cache.get(vm, key)
+        if answer is None:
+            answer = self._render_uncached(vm, route, segments, version, fmt)
+            self.cache.put(vm, key, answer)
+        return answer
+
+    def _render_uncached(self, vm: str, route: str, segments: list[str], version: str,
+                         fmt: str) -> Answer:
+        assert self.view is not None
+        doc_key = ("vms", vm)
+        if route == "/metadata/scheduledevents":
+            prefix = _schedule.events_prefix(vm)
+            sources = tuple(sorted({e.source for e in self.view.registers(prefix)}))
+            body = _render.to_json(_schedule.render_events(self.view, vm))
+            return Answer(200, body, JSON, _etag(body), sources)
+        sources = tuple(sorted({e.source for e in self.view.registers(doc_key)
+                                if len(e.key) < 3 or e.key[2] in ("compute", "network")}))
+        document = self.view.document(doc_key)
+        rendered = _render.render_instance(document, version,
+                                           tags_from_list=self._tags_from_list(vm))
+        value = _render.walk(rendered, segments[2:])
+        if value is _render.MISSING:
+            return _failed(404, "Not found", sources)
+        if _render.is_leaf(value):
+            if fmt != "text":
+                return _failed(400, "Bad request. A leaf value must be requested with "
+                               "format=text", sources)
+            body = _render.to_text(value)
+            return Answer(200, body, TEXT, _etag(body), sources)
+        if fmt == "text":
+            return _failed(400, "Bad request. format=text is only supported on a leaf value",
+                           sources)
+        body = _render.to_json(value)
+        return Answer(200, body, JSON, _etag(body), sources)
+
+    def _tags_from_list(self, vm: str) -> bool:
+        """Which published tag form is newer: the deepest register at or above each."""
+        assert self.view is not None
+
+        def version(name: str) -> int:
+            for key in (("vms", vm, "compute", name), ("vms", vm, "compute"), ("vms", vm)):
+                event = self.view.get(key) if self.view is not None else None
+                if event is not None:
+                    return event.version if len(key) == 4 else -1
+            return -2
+
+        return version("tagsList") >= version("tags")
+
+    def _approve(self, request: Request, caller: str, vm: str, now: float,
+                 api_version: str) -> Response | Submit:
+        assert self.view is not None
+        route = "/metadata/scheduledevents"
+        try:
+            body: Any = json.loads(request.body) if request.body else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        listing = self.view.document(_schedule.events_prefix(vm))
+        try:
+            ids = _schedule.approvals(body, listing if isinstance(listing, dict) else ())
+        except Exception as exc:  # ClientError: the message is for the guest
+            return _bad(str(exc), vm, api_version=api_version, route=route)
+        events = _schedule.approval_events(vm, ids, caller, now)
+        return Submit(events, _schedule.APPROVAL_SOURCE,
+                      Response(200, b"", JSON, route=route, vm=vm, api_version=api_version))
+
+
+def _route(segments: list[str] | None) -> str | None:
+    if not segments or segments[0] != "metadata" or len(segments) < 2:
+        return None
+    head = segments[1]
+    if head == "instance":
+        return "/metadata/instance"
+    if len(segments) == 2 and head == "versions":
+        return "/metadata/versions"
+    if len(segments) == 2 and head == "scheduledevents":
+        return "/metadata/scheduledevents"
+    if tuple(segments[1:3]) in UNAVAILABLE or (head,) in UNAVAILABLE:
+        return "unavailable"
+    return None
+
+
+def _etag(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=8).hexdigest()
+
+
+def _unquote_etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"')
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    return any(tag.strip() == "*" or _unquote_etag(tag) == etag
+               for tag in if_none_match.split(","))
+
+
+def _failed(status: int, message: str, sources: tuple[str, ...]) -> Answer:
+    return Answer(status, json.dumps({"error": message}).encode(), JSON, "", sources)
+
+
+def _bad(message: str, vm: str, *, refused: str = "bad-request", api_version: str | None = None,
+         route: str = "other") -> Response:
+    return attrs.evolve(error(400, message, refused=refused, route=route), vm=vm,
+                        api_version=api_version)
+
+
+def _not_found(vm: str, api_version: str | None) -> Response:
+    return attrs.evolve(error(404, "Not found"), vm=vm, api_version=api_version)

@@ -1,0 +1,135 @@
+"""Server configuration: one frozen record, loaded from TOML and flags, refused when wrong.
+
+Every setting has one name, used both as the TOML key and (for those that have one) as the
+command-line flag: ``rate-limit`` / ``--rate-limit``. Flags override the file; the file
+overrides the defaults. An unknown key, a wrong type or an impossible value is refused at
+start with a ``ConfigError`` naming the key and the reason. ``cluster`` and ``machine``
+label telemetry; the ``[telemetry]`` table is passed through untouched (telemetry
+validates it).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from imds_replica import ConfigError
+
+from ._listen import Address, check_separate
+
+#: TOML key -> (field, accepted types, description). The table docs/server.md documents.
+SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
+    "listen": ("listen", (str,), "VM-facing HOST:PORT"),
+    "admin-listen": ("admin_listen", (str,), "admin HOST:PORT (never VM-reachable)"),
+    "data-dir": ("data_dir", (str,), "directory of the durable log"),
+    "demo": ("demo", (bool,), "seed the demo fleet once"),
+    "rate-limit": ("rate_limit", (int, float), "requests/s per VM; 0 disables"),
+    "rate-burst": ("rate_burst", (int, float), "token bucket size (default: rate-limit)"),
+    "max-watchers-per-vm": ("max_watchers_per_vm", (int,), "parked watchers per VM"),
+    "max-watch-timeout": ("max_watch_timeout", (int, float), "longest timeout_sec (s)"),
+    "ip-ttl": ("ip_ttl", (int,), "IP TTL of VM-facing answers; 0 = system default"),
+    "max-connections": ("max_connections", (int,), "VM-facing connections in total"),
+    "max-connections-per-caller": ("max_connections_per_caller", (int,),
+                                   "VM-facing connections per caller address"),
+    "header-timeout": ("header_timeout", (int, float), "seconds to send a whole request"),
+    "idle-timeout": ("idle_timeout", (int, float), "seconds a keep-alive may idle"),
+    "max-request-line": ("max_request_line", (int,), "bytes of the request target"),
+    "max-header-bytes": ("max_header_bytes", (int,), "bytes of request line + headers"),
+    "max-body-bytes": ("max_body_bytes", (int,), "VM-facing request body bytes"),
+    "admin-max-body-bytes": ("admin_max_body_bytes", (int,), "POST /events body bytes"),
+    "shutdown-grace": ("shutdown_grace", (int, float), "seconds to finish on SIGTERM"),
+    "startup-hold": ("startup_hold", (int, float),
+                     "seconds a request waits for the log replay before 410"),
+    "cluster": ("cluster", (str,), "telemetry label"),
+    "machine": ("machine", (str,), "telemetry label"),
+    "telemetry": ("telemetry", (dict,), "passed to telemetry untouched"),
+}
+_POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
+             "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
+             "admin_max_body_bytes", "max_watch_timeout"}
+_NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
+                 "startup_hold"}
+
+
+@attrs.frozen
+class ServerConfig:
+    listen: Address = attrs.field(factory=lambda: Address("127.0.0.1", 8080))
+    admin_listen: Address = attrs.field(factory=lambda: Address("127.0.0.1", 8081))
+    data_dir: Path | None = None
+    demo: bool = False
+    rate_limit: float = 5.0
+    rate_burst: float | None = None
+    max_watchers_per_vm: int = 64
+    max_watch_timeout: float = 300.0
+    ip_ttl: int = 1
+    max_connections: int = 4096
+    max_connections_per_caller: int = 64
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_request_line: int = 8192
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 65536
+    admin_max_body_bytes: int = 16 * 1024 * 1024
+    shutdown_grace: float = 10.0
+    startup_hold: float = 3.0
+    cluster: str = ""
+    machine: str = ""
+    telemetry: Mapping[str, Any] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        key = {field: name for name, (field, _, _) in SETTINGS.items()}
+        for field in _POSITIVE:
+            if getattr(self, field) <= 0:
+                raise ConfigError("must be > 0", key=key[field])
+        for field in _NON_NEGATIVE:
+            if getattr(self, field) < 0:
+                raise ConfigError("must be >= 0", key=key[field])
+        if self.rate_burst is not None and self.rate_burst < 1:
+            raise ConfigError("must be >= 1", key="rate-burst")
+        if self.ip_ttl > 255:
+            raise ConfigError("must be at most 255", key="ip-ttl")
+        if self.max_request_line > self.max_header_bytes:
+            raise ConfigError("must not exceed max-header-bytes", key="max-request-line")
+        check_separate(self.listen, self.admin_listen)
+
+
+def load_config(path: Path | str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> ServerConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (flags, by TOML key;
+    ``None`` values are ignored). Raises ``ConfigError`` naming the key and the reason."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", key="config") from None
+        try:
+            values.update(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", key="config") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_mapping(values)
+
+
+def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
+    fields: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in SETTINGS:
+            raise ConfigError(f"unknown setting (known: {', '.join(sorted(SETTINGS))})",
+                              key=name)
+        field, types, _ = SETTINGS[name]
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise ConfigError(f"must be {wanted}, not {type(value).__name__}", key=name)
+        if field in ("listen", "admin_listen"):
+            value = Address.parse(str(value), key=name)
+        elif field == "data_dir":
+            value = Path(str(value))
+        elif isinstance(value, int) and float in types:
+            value = float(value)
+        fields[field] = value
+    return ServerConfig(**fields)

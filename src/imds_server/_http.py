@@ -1,0 +1,200 @@
+"""HTTP/1.1 framing on httptools (llhttp): bytes in, ``Request`` objects out, and
+``Response`` objects to bytes. No sockets here; ``_connection`` moves the bytes.
+
+httptools rather than h11: measured under trio on these machines, h11 costs ~192 µs of CPU
+per request and httptools ~49 µs, and the read path is the whole load of this service.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from collections import deque
+
+import attrs
+import httptools
+
+from ._request import REASONS, Request, Response
+
+
+@attrs.frozen
+class HttpLimits:
+    max_request_line: int = 8192  # bytes of the request target
+    max_header_bytes: int = 16384  # bytes of the request line and headers together
+    max_headers: int = 100
+    max_body_bytes: int = 65536
+
+
+class ProtocolError(Exception):
+    """The peer sent something we will not parse further: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Collector:
+    """httptools callbacks; errors are kept and raised by ``HttpConnection.feed`` (httptools
+    would wrap them), and nothing here raises past the limits it checks."""
+
+    def __init__(self, limits: HttpLimits) -> None:
+        self.limits = limits
+        self.error: ProtocolError | None = None
+        self.in_head = False
+        self.in_message = False
+        self.heads = 0
+        self.done: deque[tuple[Request, bool]] = deque()
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._count = 0
+        self._size = 0
+        self._body = bytearray()
+        self.parser: httptools.HttpRequestParser | None = None
+
+    def _fail(self, status: int, message: str) -> None:
+        self.error = ProtocolError(status, message)
+        raise self.error
+
+    def on_message_begin(self) -> None:
+        self.in_head = self.in_message = True
+        self._url.clear()
+        self._headers = {}
+        self._count = 0
+        self._size = 0
+        self._body.clear()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            self._fail(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count += 1
+        self._size += len(name) + len(value) + 4
+        if self._count > self.limits.max_headers or \
+                self._size + len(self._url) > self.limits.max_header_bytes:
+            self._fail(431, "request header too large")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        old = self._headers.get(key)
+        self._headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.heads += 1
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
+            self._fail(413, "request body too large")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > self.limits.max_body_bytes:
+            self._fail(413, "request body too large")
+
+    def on_message_complete(self) -> None:
+        assert self.parser is not None
+        try:
+            target = self._url.decode("ascii")
+        except UnicodeDecodeError:
+            self._fail(400, "request target is not ASCII")
+        method = self.parser.get_method().decode("ascii", "replace")
+        request = Request(method, target, self._headers, bytes(self._body))
+        self.done.append((request, self.parser.should_keep_alive()))
+        self.in_message = False
+
+
+class HttpConnection:
+    """One connection's parsing state. ``feed(data)`` then ``next_request()`` until None.
+
+    Raises ``ProtocolError`` on malformed input or a broken limit; the connection must then
+    answer that status (if it can) and close."""
+
+    def __init__(self, limits: HttpLimits | None = None) -> None:
+        self.limits = limits or HttpLimits()
+        self._proto = _Collector(self.limits)
+        self._parser = httptools.HttpRequestParser(self._proto)
+        self._proto.parser = self._parser
+        self._head_bytes = 0
+        self.requests = 0
+
+    @property
+    def mid_request(self) -> bool:
+        """A request has started arriving but is not complete."""
+        return self._proto.in_message
+
+    def feed(self, data: bytes) -> None:
+        heads = self._proto.heads
+        # Bytes since the last complete head: bounds a head that never ends (httptools
+        # buffers partial names and values itself). A chunk that completes a head resets
+        # the count, so the bound is approximate by at most one receive.
+        self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(400, "protocol upgrade not supported") from None
+        except httptools.HttpParserError:
+            if self._proto.error is not None:
+                raise self._proto.error from None
+            raise ProtocolError(400, "malformed request") from None
+        if self._proto.heads != heads:
+            self._head_bytes = 0
+        if self._proto.in_head and self._head_bytes > self.limits.max_header_bytes:
+            raise ProtocolError(431, "request header too large")
+
+    def next_request(self) -> tuple[Request, bool] | None:
+        """The next complete request and whether the client allows keep-alive."""
+        if not self._proto.done:
+            return None
+        self.requests += 1
+        return self._proto.done.popleft()
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def http_date(now: float | None = None) -> str:
+    """The ``Date`` header value, formatted at most once per second."""
+    global _date_cache
+    now = time.time() if now is None else now
+    second = int(now)
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
+    return _date_cache[1]
+
+
+def encode_head(response: Response, *, keep_alive: bool, head_only: bool,
+                chunked: bool = False) -> bytes:
+    """Status line and headers (and the body, unless ``head_only`` or streaming)."""
+    status = response.status
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+             f"Date: {http_date()}\r\n"]
+    if status != 304:
+        lines.append(f"Content-Type: {response.content_type}\r\n")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked\r\n")
+        else:
+            lines.append(f"Content-Length: {len(response.body)}\r\n")
+    for name, value in response.headers:
+        lines.append(f"{name}: {value}\r\n")
+    if not keep_alive:
+        lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    head = "".join(lines).encode("latin-1")
+    if head_only or chunked or status == 304:
+        return head
+    return head + response.body
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def error_bytes(status: int, message: str) -> bytes:
+    """A complete ``Connection: close`` error answer for a request we could not parse."""
+    body = json.dumps({"error": message}).encode()
+    return encode_head(Response(status, body), keep_alive=False, head_only=False)

@@ -1,0 +1,300 @@
+"""``Server``: the listeners, the replica, and what the pure handlers ask of I/O.
+
+Start order is what makes restarts invisible: listeners first (inherited from the service
+manager, or bound); while the log replays a request waits up to ``startup-hold`` seconds
+and then gets 410 + Retry-After; once the replica is attached answers are real. ``shutdown()`` (SIGTERM) drains: no more accepts, keep-alive
+connections close between requests, in-flight requests finish, parked watchers are
+answered with the current value, then ``run`` returns (after ``shutdown-grace`` at most).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from imds_replica import (
+    EventLog,
+    ImdsError,
+    LivelinessPolicy,
+    Replica,
+    ValidationError,
+    open_replica,
+)
+
+from . import _demo
+from ._admin import AdminApi, AdminHandler
+from ._api import ApiPolicy, VmApi
+from ._config import ServerConfig
+from ._connection import ConnectionLimits, Listener
+from ._http import HttpLimits
+from ._listen import ADMIN_NAME, bind, inherited, set_ttl
+from ._observe import AccessRecord, NullObserver, RequestObserver
+from ._request import Park, Request, Response, Submit, error
+from ._storage import open_log
+
+#: Liveliness policies of the sources this server itself writes or seeds.
+POLICIES: Mapping[str, LivelinessPolicy] = {
+    "guest": LivelinessPolicy.pushed(), "fabric": LivelinessPolicy.pushed(),
+    "hostnet": LivelinessPolicy.pushed(),
+}
+
+
+@attrs.frozen
+class ServerStatistics:
+    """Gauges and counters for telemetry (``Server.statistics()``)."""
+
+    ready: bool
+    draining: bool
+    connections_open: int
+    connections_accepted: int
+    connections_refused: int
+    admin_connections_open: int
+    requests: int
+    parked_watchers: int
+    watchers_refused: int
+    rate_limited: int
+    unknown_callers: int
+    protocol_errors: int
+    timeouts: int
+    internal_errors: int
+    cache_hits: int
+    cache_misses: int
+    cache_entries: int
+    cache_invalidations: int
+
+
+class Server:
+    """One ``imds-server`` instance. ``await nursery.start(server.run)`` returns once both
+    listeners accept (``vm_address``/``admin_address`` are then set)."""
+
+    def __init__(self, config: ServerConfig, *, log: EventLog | None = None,
+                 observer: RequestObserver | None = None,
+                 extra_routes: Mapping[str, AdminHandler] | None = None,
+                 clock: Callable[[], float] = time.time,
+                 sockets: Mapping[str, list[socket.socket]] | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.observer: RequestObserver = observer or NullObserver()
+        self._log = log
+        self._sockets = sockets
+        self.api = VmApi(ApiPolicy(
+            rate_limit=config.rate_limit, rate_burst=config.rate_burst,
+            max_watchers_per_vm=config.max_watchers_per_vm,
+            max_watch_timeout=config.max_watch_timeout), started=clock())
+        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health)
+        self.replica: Replica | None = None
+        self.vm_listeners: list[Listener] = []
+        self.admin_listeners: list[Listener] = []
+        self.draining = False
+        self._waiters: dict[tuple[str, ...], trio.Event] = {}
+        self._stop = trio.Event()
+        self._ready = trio.Event()
+        #: Set when ``run`` has returned (drained, or failed).
+        self.stopped = trio.Event()
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}-{int(clock()):x}-"
+
+    # -- addresses and statistics ------------------------------------------------------
+    @property
+    def vm_address(self) -> tuple[str, int]:
+        return self.vm_listeners[0].address  # type: ignore[no-any-return]
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return self.admin_listeners[0].address  # type: ignore[no-any-return]
+
+    def statistics(self) -> ServerStatistics:
+        vm = [lst.stats for lst in self.vm_listeners]
+        cache = self.api.cache
+        return ServerStatistics(
+            ready=self.replica is not None, draining=self.draining,
+            connections_open=sum(s.open for s in vm),
+            connections_accepted=sum(s.accepted for s in vm),
+            connections_refused=sum(s.refused for s in vm),
+            admin_connections_open=sum(lst.stats.open for lst in self.admin_listeners),
+            requests=self.api.stats.requests, parked_watchers=self.api.parked,
+            watchers_refused=self.api.stats.watchers_refused,
+            rate_limited=self.api.stats.rate_limited,
+            unknown_callers=self.api.stats.refused_callers,
+            protocol_errors=sum(s.protocol_errors for s in vm),
+            timeouts=sum(s.timeouts for s in vm),
+            internal_errors=sum(s.internal_errors for s in vm),
+            cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,
+            cache_entries=len(cache) if cache else 0,
+            cache_invalidations=cache.invalidations if cache else 0,
+        )
+
+    def _health(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "draining": self.draining,
+                "parked_watchers": self.api.parked,
+                "uptime_seconds": round(self.clock() - self.api.started, 3)}
+
+    # -- running -----------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Begin the graceful stop (idempotent; safe from a signal-handling task)."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.stopped.set()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
+        cfg = self.config
+        vm_socks, admin_socks = self._open_sockets()
+        http = HttpLimits(max_request_line=cfg.max_request_line,
+                          max_header_bytes=cfg.max_header_bytes,
+                          max_body_bytes=cfg.max_body_bytes)
+        limits = ConnectionLimits(header_timeout=cfg.header_timeout,
+                                  idle_timeout=cfg.idle_timeout,
+                                  max_connections=cfg.max_connections,
+                                  max_connections_per_caller=cfg.max_connections_per_caller)
+        for sock in vm_socks:
+            set_ttl(sock, cfg.ip_ttl)
+            self.vm_listeners.append(Listener(sock, _VmApp(self), http=http, limits=limits,
+                                              ttl=cfg.ip_ttl))
+        admin_http = attrs.evolve(http, max_body_bytes=cfg.admin_max_body_bytes)
+        admin_limits = attrs.evolve(limits, max_connections_per_caller=limits.max_connections)
+        for sock in admin_socks:
+            self.admin_listeners.append(Listener(sock, _AdminApp(self), http=admin_http,
+                                                 limits=admin_limits))
+        listeners = self.vm_listeners + self.admin_listeners
+        async with trio.open_nursery() as outer:
+            serving = trio.CancelScope()
+            started, finished = trio.Event(), trio.Event()
+
+            async def serve_all() -> None:
+                with serving:
+                    async with trio.open_nursery() as inner:
+                        for listener in listeners:
+                            await inner.start(listener.serve)
+                        started.set()
+                finished.set()
+
+            outer.start_soon(serve_all)
+            await started.wait()
+            task_status.started()
+            log = self._log if self._log is not None else open_log(cfg.data_dir)
+            async with open_replica(log, policies=POLICIES, clock=self.clock) as replica:
+                if cfg.demo:
+                    await _demo.seed(replica)
+                replica.view.subscribe(self._wake)
+                self.api.attach(replica.view, replica.liveliness)
+                self.replica = replica
+                self.admin.replica = replica
+                self._ready.set()
+                await self._stop.wait()
+                self._drain(listeners)
+                with trio.move_on_after(cfg.shutdown_grace):
+                    await finished.wait()  # every connection ended (watchers answered)
+                serving.cancel()
+
+    def _open_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
+        given = self._sockets if self._sockets is not None else inherited()
+        vm = list(given.get("vm", []))
+        admin = list(given.get(ADMIN_NAME, []))
+        if not vm:
+            vm = [bind(self.config.listen)]
+        if not admin:
+            admin = [bind(self.config.admin_listen)]
+        return vm, admin
+
+    def _drain(self, listeners: list[Listener]) -> None:
+        self.draining = True
+        for listener in listeners:
+            listener.drain()
+        for waiter in self._waiters.values():
+            waiter.set()
+        self._waiters.clear()
+
+    # -- what the pure handlers ask for ---------------------------------------------------
+    def _wake(self, doc_key: tuple[str, ...]) -> None:
+        waiter = self._waiters.pop(doc_key, None)
+        if waiter is not None:
+            waiter.set()
+
+    async def park(self, park: Park) -> Response:
+        """Wait without polling for the VM's document to change (or the deadline, or the
+        drain), re-checking the value's ETag at each wake-up."""
+        deadline = trio.current_time() + park.timeout
+        try:
+            while True:
+                timed_out = self.draining
+                if not timed_out:
+                    waiter = self._waiters.get(park.doc_key)
+                    if waiter is None:
+                        waiter = self._waiters[park.doc_key] = trio.Event()
+                    with trio.move_on_at(deadline) as scope:
+                        await waiter.wait()
+                    timed_out = scope.cancelled_caught or self.draining
+                result = self.api.resume(park, self.clock(), timed_out)
+                if isinstance(result, Response):
+                    return result
+        finally:
+            self.api.release(park)
+
+    async def submit(self, submit: Submit) -> Response:
+        assert self.replica is not None
+        try:
+            await self.replica.submit(submit.events, source=submit.source)
+        except ValidationError as exc:
+            return attrs.evolve(error(400, exc.message), route=submit.response.route,
+                                vm=submit.response.vm)
+        except ImdsError as exc:
+            retry = getattr(exc, "retry_after", None)
+            headers = (("Retry-After", str(retry)),) if retry is not None else ()
+            return attrs.evolve(error(exc.status, exc.message, headers=headers),
+                                route=submit.response.route, vm=submit.response.vm)
+        return submit.response
+
+    def record(self, request: Request, peer: str, response: Response, sent: int,
+               seconds: float) -> None:
+        self.observer.request(AccessRecord(
+            time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
+            caller=peer, vm=response.vm, method=request.method, route=response.route,
+            path=request.path, api_version=response.api_version, status=response.status,
+            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch))
+
+
+class _VmApp:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def respond(self, request: Request, peer: str) -> Response:
+        server = self.server
+        if server.replica is None:
+            # A short replay (a restart) is waited out rather than refused: the guest sees
+            # a slow answer, not a 410. A long one gets 410 + Retry-After.
+            with trio.move_on_after(server.config.startup_hold):
+                await server._ready.wait()
+        result = server.api.handle(request, peer, server.clock())
+        if isinstance(result, Park):
+            return await server.park(result)
+        if isinstance(result, Submit):
+            return await server.submit(result)
+        return result
+
+    def answered(self, request: Request, peer: str, response: Response, received: float,
+                 sent: int, seconds: float) -> None:
+        self.server.record(request, peer, response, sent, seconds)
+
+
+class _AdminApp:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def respond(self, request: Request, peer: str) -> Response:
+        return await self.server.admin.handle(request)
+
+    def answered(self, request: Request, peer: str, response: Response, received: float,
+                 sent: int, seconds: float) -> None:
+        pass  # admin requests are not VM traffic; telemetry counts its own routes

@@ -1,0 +1,232 @@
+"""The cold path: every line kept locally, rotated by size into gzip files, pruned by count
+and age; and the filtered read behind ``GET /logs``.
+
+Rotation is the standard library's ``RotatingFileHandler`` with its ``namer``/``rotator``
+hooks doing the compression (the pattern the logging cookbook gives), so ``imds.log`` is
+the live file and ``imds.log.1.gz`` the newest compressed one; ``backupCount`` bounds their
+number and ``prune`` deletes those older than the age limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import logging
+import logging.handlers
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Generator, Mapping
+from pathlib import Path
+from typing import IO
+
+import attrs
+
+from imds_replica import ClientError
+
+from ._config import ColdConfig
+from ._jsonlog import PassThroughFormatter, iso_time
+
+LOG_NAME = "imds.log"
+_BACKUP_RE = re.compile(r"\.(\d+)\.gz$")
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+class ColdFileHandler(logging.handlers.RotatingFileHandler):
+    """Writes pre-rendered lines; errors are counted and reported, never raised."""
+
+    def __init__(self, log_dir: Path, config: ColdConfig, *,
+                 on_error: Callable[[str], None] | None = None) -> None:
+        super().__init__(log_dir / LOG_NAME, maxBytes=config.max_file_bytes,
+                         backupCount=config.max_files, encoding="utf-8", delay=True)
+        self.max_age = config.max_age_seconds
+        self.namer = _gz_name
+        self.rotator = _gzip_rotate
+        self.setFormatter(PassThroughFormatter())
+        self._on_error = on_error
+        self._last_report = 0.0
+        self.failed_lines = 0
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._prune_locked(time.time())
+
+    def prune(self, now: float | None = None) -> int:
+        """Delete compressed files older than the age limit; returns how many."""
+        with self.lock:  # type: ignore[union-attr]
+            return self._prune_locked(time.time() if now is None else now)
+
+    def _prune_locked(self, now: float) -> int:
+        removed = 0
+        for path in backup_files(Path(self.baseFilename)):
+            try:
+                if path.stat().st_mtime < now - self.max_age:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # A full disk or an unwritable directory must not take the server down, nor print a
+        # traceback per line: count every failure, say so on stderr at most every 10 s.
+        self.failed_lines += 1
+        error = sys.exc_info()[1]
+        if self.stream is not None and error is not None:
+            try:
+                self.stream.close()
+            except OSError:
+                pass
+            self.stream = None  # reopened by the next line's emit
+        if self._on_error is not None:
+            self._on_error("cold")
+        now = time.monotonic()
+        if now - self._last_report >= 10.0:
+            self._last_report = now
+            print(f"imds-server: cannot write log {self.baseFilename}: {error!r} "
+                  f"({self.failed_lines} failed lines so far)", file=sys.stderr, flush=True)
+
+
+def _gz_name(name: str) -> str:
+    return name + ".gz"
+
+
+def _gzip_rotate(source: str, dest: str) -> None:
+    with open(source, "rb") as src, gzip.open(dest + ".tmp", "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    os.replace(dest + ".tmp", dest)
+    os.remove(source)
+
+
+def backup_files(base: Path) -> list[Path]:
+    """Compressed files of ``base``, oldest first (highest index first)."""
+    found = []
+    for path in base.parent.glob(base.name + ".*.gz"):
+        match = _BACKUP_RE.search(path.name)
+        if match and path.name == f"{base.name}.{match.group(1)}.gz":
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def log_files(log_dir: Path) -> list[Path]:
+    """Every local log file, oldest first: compressed ones, then the live one."""
+    base = log_dir / LOG_NAME
+    return [*backup_files(base), *([base] if base.exists() else [])]
+
+
+@attrs.frozen
+class LogFilter:
+    """The filters of ``GET /logs`` and ``logs fetch`` (times compare as ISO strings)."""
+
+    since: str | None = None  # ISO-8601 UTC, as the lines carry it
+    until: str | None = None
+    level: int | None = None
+    grep: re.Pattern[str] | None = None
+    limit: int | None = None
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> LogFilter:
+        """Parse query parameters; a bad one raises ``ClientError`` (answered 400)."""
+        unknown = set(params) - {"since", "until", "level", "grep", "limit"}
+        if unknown:
+            raise ClientError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        level = params.get("level")
+        if level is not None and level.lower() not in LEVELS:
+            raise ClientError(f"level: must be one of {', '.join(LEVELS)}")
+        grep = params.get("grep")
+        try:
+            pattern = re.compile(grep) if grep else None
+        except re.error as error:
+            raise ClientError(f"grep: bad regular expression: {error}")
+        limit = params.get("limit")
+        if limit is not None and not (limit.isdigit() and int(limit) > 0):
+            raise ClientError("limit: must be a positive integer")
+        return cls(since=_parse_time(params.get("since"), "since"),
+                   until=_parse_time(params.get("until"), "until"),
+                   level=LEVELS[level.lower()] if level else None, grep=pattern,
+                   limit=int(limit) if limit else None)
+
+    def matches(self, line: str) -> bool:
+        if self.grep is not None and self.grep.search(line) is None:
+            return False
+        if self.since is None and self.until is None and self.level is None:
+            return True
+        try:
+            doc = json.loads(line)
+            stamp = doc["time"]
+        except (ValueError, KeyError, TypeError):
+            return False  # not one of our lines: only unfiltered reads return it
+        if self.since is not None and stamp < self.since:
+            return False
+        if self.until is not None and stamp >= self.until:
+            return False
+        return self.level is None or LEVELS.get(str(doc.get("level")), 0) >= self.level
+
+
+def _parse_time(value: str | None, name: str) -> str | None:
+    """ISO-8601 (any offset) or unix seconds → the lines' fixed UTC format."""
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from datetime import UTC, datetime
+
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ClientError(f"{name}: not an ISO-8601 time or unix seconds: {value!r}")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        seconds = parsed.timestamp()
+    return iso_time(seconds)
+
+
+def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
+    """Matching lines (with newline), oldest first, at most ``flt.limit``.
+
+    Every file is opened before reading starts: an open file survives a concurrent
+    rotation's renames, so no line is skipped or read twice while the writer rotates.
+    """
+    since_epoch = _epoch(flt.since)
+    with contextlib.ExitStack() as stack:
+        handles: list[IO[str]] = []
+        for path in log_files(log_dir):
+            try:
+                if since_epoch is not None and path.stat().st_mtime < since_epoch:
+                    continue  # everything in it was written before ``since``
+                handles.append(stack.enter_context(_open_log(path)))
+            except FileNotFoundError:
+                continue  # pruned meanwhile
+        sent = 0
+        for handle in handles:
+            try:
+                for line in handle:
+                    if not line.endswith("\n"):
+                        continue  # a line being written right now; it is not whole yet
+                    if flt.matches(line):
+                        yield line
+                        sent += 1
+                        if flt.limit is not None and sent >= flt.limit:
+                            return
+            except (OSError, EOFError) as error:  # a damaged gzip: say so in the stream
+                yield json.dumps({"time": iso_time(time.time()), "level": "error",
+                                  "logger": "imds_server.telemetry",
+                                  "message": f"unreadable log file: {error}"}) + "\n"
+
+
+def _open_log(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if stamp is None:
+        return None
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

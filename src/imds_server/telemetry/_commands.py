@@ -1,0 +1,94 @@
+"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query``, ``collect``.
+
+``register(subparsers)`` is called by the server's CLI. Each command's implementation is
+imported only when it runs, so ``imds-server serve`` does not pay for DuckDB or httpx.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``probe``, ``logs`` (``fetch``, ``query``) and ``collect`` to ``subparsers``."""
+    probe = subparsers.add_parser(
+        "probe", help="dial tone: probe a metadata endpoint like a VM would",
+        description="Send real metadata requests (with 'Metadata: true'), check status and "
+        "body, report success, latency and uptime ratio. Exit status 1 when the last probe "
+        "failed (the service is down), 0 otherwise.")
+    probe.add_argument("url", help="e.g. http://169.254.169.254/metadata/instance?api-version="
+                       "2021-02-01")
+    probe.add_argument("--interval", type=float, default=10.0, help="seconds between probes")
+    probe.add_argument("--count", type=int, default=1, help="probes to send (0: forever)")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds per probe")
+    probe.add_argument("--expect", default=None,
+                       help="a string the body must contain (default: a JSON body)")
+    probe.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
+                       help="serve probe_success and probe_duration_seconds at /metrics")
+    probe.add_argument("--json", action="store_true", help="one JSON object per probe")
+    probe.set_defaults(func=_run_probe)
+
+    logs = subparsers.add_parser("logs", help="fetch or query service logs")
+    logs_sub = logs.add_subparsers(dest="logs_command", required=True)
+    fetch = logs_sub.add_parser(
+        "fetch", help="stream matching log lines from a server's admin /logs")
+    fetch.add_argument("--from", dest="admin_url", required=True, metavar="ADMIN_URL",
+                       help="e.g. http://127.0.0.1:8081")
+    _add_filters(fetch)
+    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.set_defaults(func=_run_fetch)
+
+    query = logs_sub.add_parser(
+        "query", help="query collected (and local) log files with DuckDB")
+    query.add_argument("--store", action="append", default=[], metavar="DIR",
+                       help="a collector store (cluster=/machine=/date= partitions)")
+    query.add_argument("--local", action="append", default=[], metavar="LOG_DIR",
+                       help="a server's local (cold path) log directory")
+    what = query.add_mutually_exclusive_group()
+    what.add_argument("--report", default=None, help="a canned report (--list to see them)")
+    what.add_argument("--sql", default=None,
+                      help="free SQL over the view 'logs' (see docs/telemetry.md)")
+    what.add_argument("--list", action="store_true", help="list the canned reports")
+    query.add_argument("--regex", default=None, help="pattern for the 'grep' report")
+    query.add_argument("--bucket", default="1 hour", help="time bucket for time reports")
+    query.add_argument("--limit", type=int, default=20, help="rows for top-N reports")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    query.set_defaults(func=_run_query)
+
+    collect = subparsers.add_parser(
+        "collect", help="warm-path collector: receive log batches and store them")
+    collect.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    collect.add_argument("--store", required=True, metavar="DIR")
+    collect.set_defaults(func=_run_collect)
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", default=None, help="ISO-8601 time or unix seconds")
+    parser.add_argument("--until", default=None, help="ISO-8601 time or unix seconds")
+    parser.add_argument("--level", default=None, help="minimum level (debug, info, ...)")
+    parser.add_argument("--grep", default=None, help="regular expression over the line")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many lines")
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    from ._probe import probe_main
+
+    return probe_main(args)
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from ._fetch import fetch_main
+
+    return fetch_main(args)
+
+
+def _run_query(args: argparse.Namespace) -> int:
+    from ._query import query_main
+
+    return query_main(args)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from ._collector import collect_main
+
+    return collect_main(args)

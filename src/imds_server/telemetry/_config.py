@@ -1,0 +1,159 @@
+"""Telemetry configuration: the ``[telemetry]`` table of the server's TOML file.
+
+``TelemetryConfig.from_mapping(table, cluster=..., machine=...)`` validates the whole table
+and raises ``ConfigError`` naming the offending key (``telemetry.warm.interval``); an
+unknown key is an error too, so a typo is not silently ignored. Every field has a default,
+so an empty table is a working configuration (cold path on, warm path off).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from imds_replica import ConfigError
+
+#: Cluster and machine names become label values and path components of the collector's
+#: store, so they are restricted to characters safe in both.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@attrs.frozen
+class ColdConfig:
+    """Local retention of every line: size-rotated gzip files, bounded by count and age."""
+
+    max_file_bytes: int = 16 * 1024 * 1024  # rotate the live file past this size
+    max_files: int = 20  # compressed files kept (oldest deleted first)
+    max_age_seconds: float = 14 * 86400.0  # compressed files older than this are deleted
+
+
+@attrs.frozen
+class WarmConfig:
+    """Batched upload of info-and-above to a collector (off when ``collector_url`` is None)."""
+
+    collector_url: str | None = None
+    interval: float = 120.0  # seconds between batches
+    batch_max_records: int = 50_000  # seal a batch early when this many lines wait
+    spool_max_bytes: int = 64 * 1024 * 1024  # bound of the on-disk spool; oldest dropped
+    timeout: float = 10.0  # per upload request
+    attempts: int = 4  # per batch and cycle; the batch stays spooled for the next cycle
+    level: str = "info"
+
+
+@attrs.frozen
+class TelemetryConfig:
+    cluster: str = "default"
+    machine: str = "localhost"
+    log_dir: Path | None = None  # None: <data-dir>/logs, decided by the server
+    level: str = "info"  # minimum level of component logs (access records are info)
+    access_log: bool = True
+    metrics: bool = True
+    queue_size: int = 100_000  # lines waiting for the writer thread; beyond, dropped+counted
+    cold: ColdConfig = ColdConfig()
+    warm: WarmConfig = WarmConfig()
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any] | None, *, cluster: str | None = None,
+                     machine: str | None = None) -> TelemetryConfig:
+        """Build from the ``[telemetry]`` table; ``cluster``/``machine`` are the top-level keys."""
+        t = dict(table or {})
+        cold_t = _table(t.pop("cold", {}), "telemetry.cold")
+        warm_t = _table(t.pop("warm", {}), "telemetry.warm")
+        cluster_v = _name(cluster if cluster is not None else "default", "cluster")
+        machine_v = _name(machine if machine is not None else _hostname(), "machine")
+        log_dir = t.pop("log_dir", None)
+        if log_dir is not None and not (isinstance(log_dir, str) and log_dir):
+            raise ConfigError("must be a non-empty path string", key="telemetry.log_dir")
+        c, cs = cold_t, "telemetry.cold"
+        cold = ColdConfig(
+            max_file_bytes=_int(c, cs, "max_file_bytes", _COLD.max_file_bytes, 1024),
+            max_files=_int(c, cs, "max_files", _COLD.max_files, 1),
+            max_age_seconds=_num(c, cs, "max_age_seconds", _COLD.max_age_seconds, 1.0),
+        )
+        _no_extra(cold_t, cs)
+        w, ws = warm_t, "telemetry.warm"
+        url = w.pop("collector_url", None)
+        if url is not None and not (isinstance(url, str)
+                                    and url.startswith(("http://", "https://"))):
+            raise ConfigError("must be an http:// or https:// URL", key=f"{ws}.collector_url")
+        warm = WarmConfig(
+            collector_url=url,
+            interval=_num(w, ws, "interval", _WARM.interval, 0.01),
+            batch_max_records=_int(w, ws, "batch_max_records", _WARM.batch_max_records, 1),
+            spool_max_bytes=_int(w, ws, "spool_max_bytes", _WARM.spool_max_bytes, 1024),
+            timeout=_num(w, ws, "timeout", _WARM.timeout, 0.01),
+            attempts=_int(w, ws, "attempts", _WARM.attempts, 1),
+            level=_level(w, ws, "level"),
+        )
+        _no_extra(warm_t, "telemetry.warm")
+        config = cls(
+            cluster=cluster_v, machine=machine_v,
+            log_dir=Path(log_dir) if log_dir is not None else None,
+            level=_level(t, "telemetry", "level"),
+            access_log=_bool(t, "telemetry", "access_log", True),
+            metrics=_bool(t, "telemetry", "metrics", True),
+            queue_size=_int(t, "telemetry", "queue_size", 100_000, 16),
+            cold=cold, warm=warm,
+        )
+        _no_extra(t, "telemetry")
+        return config
+
+
+_COLD, _WARM = ColdConfig(), WarmConfig()  # the defaults (slots hide class attrs)
+
+
+def _hostname() -> str:
+    import socket
+
+    name = socket.gethostname().split(".")[0] or "localhost"
+    return name if NAME_RE.match(name) else "localhost"
+
+
+def _table(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("must be a table", key=key)
+    return dict(value)
+
+
+def _no_extra(table: Mapping[str, Any], prefix: str) -> None:
+    for name in table:
+        raise ConfigError("unknown setting", key=f"{prefix}.{name}")
+
+
+def _name(value: object, key: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConfigError("must match [A-Za-z0-9][A-Za-z0-9._-]{0,62}", key=key)
+    return value
+
+
+def _int(t: dict[str, Any], section: str, name: str, default: int, minimum: int) -> int:
+    value = t.pop(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"must be an integer >= {minimum}", key=f"{section}.{name}")
+    return value
+
+
+def _num(t: dict[str, Any], section: str, name: str, default: float, minimum: float) -> float:
+    value = t.pop(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"must be a number >= {minimum}", key=f"{section}.{name}")
+    return float(value)
+
+
+def _bool(t: dict[str, Any], section: str, name: str, default: bool) -> bool:
+    value = t.pop(name, default)
+    if not isinstance(value, bool):
+        raise ConfigError("must be true or false", key=f"{section}.{name}")
+    return value
+
+
+def _level(t: dict[str, Any], section: str, name: str) -> str:
+    value = t.pop(name, "info")
+    if not isinstance(value, str) or value.lower() not in LEVELS:
+        raise ConfigError(f"must be one of {', '.join(LEVELS)}", key=f"{section}.{name}")
+    return value.lower()

@@ -1,0 +1,291 @@
+"""The hot path: one registry, request metrics updated per request, collectors at scrape time.
+
+Per-request numbers (requests, latency, size, refusals) are prometheus_client metrics the
+observer updates; everything the server and replica already count lives in their
+``statistics()`` records and is turned into metric families only when Prometheus scrapes
+(``ServerCollector``, ``ReplicaCollector``), so the core never imports a metrics library and
+nothing is counted twice. Cluster and machine are *target* labels added by Prometheus
+(deploy/prometheus), never part of this exposition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from imds_replica import SourceState
+from imds_server._observe import AccessRecord
+
+from ._versions import KNOWN_API_VERSIONS, bound_api_version
+
+# ``*_created`` series double the series count for no use on this service's dashboards.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: Answers from the in-memory view take ~50-500 µs; buckets are dense there so
+#: histogram_quantile's linear interpolation recovers p90 within a few percent, and sparse
+#: above (slow answers only need to be seen, not measured finely).
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015,
+    0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+)
+SIZE_BUCKETS = (64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
+                262144.0, 1048576.0)
+FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
+                 0.128, 0.256, 0.512, 1.0, 2.5)
+GROUP_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+#: Refusal reasons the server reports (see ``AccessRecord.refused``); others are "other".
+REFUSAL_REASONS = frozenset({
+    "no-metadata-header", "forwarded", "unknown-caller", "rate-limited", "bad-api-version",
+    "bad-request", "starting",
+})
+#: Routes are templated by the server; this caps the label set should that ever break.
+MAX_ROUTES = 64
+
+
+class TelemetryMetrics:
+    """The registry of one server process and the metrics telemetry itself updates."""
+
+    def __init__(self, *, process: bool = True,
+                 known_api_versions: Iterable[str] = KNOWN_API_VERSIONS) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.known_api_versions = frozenset(known_api_versions)
+        self.requests = Counter(
+            "imds_http_requests", "Answered metadata requests by route, api-version and code.",
+            ["route", "api_version", "code"], registry=r)
+        self.duration = Histogram(
+            "imds_http_request_duration_seconds",
+            "Time from request received to response written (wait_for_change excluded).",
+            ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.response_size = Histogram(
+            "imds_http_response_size_bytes", "Response body sizes.", ["route"],
+            buckets=SIZE_BUCKETS, registry=r)
+        self.refused = Counter(
+            "imds_http_requests_refused", "Requests refused, by reason (rate-limited included).",
+            ["reason"], registry=r)
+        self.watches = Counter(
+            "imds_http_watch_requests", "Answered wait_for_change (long-poll) requests.",
+            ["route"], registry=r)
+        self.fsync = Histogram(
+            "imds_log_fsync_duration_seconds", "Durable log fsync latency per group commit.",
+            buckets=FSYNC_BUCKETS, registry=r)
+        self.group_commit = Histogram(
+            "imds_log_group_commit_records", "Records made durable by one group commit.",
+            buckets=GROUP_BUCKETS, registry=r)
+        # The log pipeline's own health: every loss is counted, none is silent.
+        self.log_lines = Counter(
+            "imds_telemetry_log_lines", "Log lines accepted by the pipeline, by level.",
+            ["level"], registry=r)
+        self.log_dropped = Counter(
+            "imds_telemetry_log_lines_dropped", "Log lines dropped, by reason.", ["reason"],
+            registry=r)
+        self.log_errors = Counter(
+            "imds_telemetry_log_write_errors", "Failed writes of the log pipeline, by path.",
+            ["path"], registry=r)
+        self.uploads = Counter(
+            "imds_telemetry_upload_batches", "Warm-path batch uploads by result.", ["result"],
+            registry=r)
+        self.upload_last_success = Gauge(
+            "imds_telemetry_upload_last_success_timestamp_seconds",
+            "Unix time of the last batch the collector acknowledged.", registry=r)
+        self.spool_dropped_batches = Counter(
+            "imds_telemetry_spool_dropped_batches",
+            "Spooled batches deleted unsent because the spool was full (oldest first).",
+            registry=r)
+        self.spool_dropped_lines = Counter(
+            "imds_telemetry_spool_dropped_lines", "Log lines in dropped spooled batches.",
+            registry=r)
+        self.spool_quarantined = Counter(
+            "imds_telemetry_spool_quarantined_batches",
+            "Spool files set aside (corrupt, or refused by the collector), by reason.",
+            ["reason"], registry=r)
+        build = Gauge("imds_build_info", "Version of the running server.", ["version"],
+                      registry=r)
+        from imds_replica import __version__
+
+        build.labels(__version__).set(1)
+        if process:
+            prometheus_client.ProcessCollector(registry=r)
+            prometheus_client.PlatformCollector(registry=r)
+            prometheus_client.GCCollector(registry=r)
+        self._request_children: dict[tuple[str, str | None, int], Any] = {}
+        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    # -- per request (the observer) ---------------------------------------------------------
+    def observe(self, record: AccessRecord) -> None:
+        """Count one answered request. Children are cached: labels() takes a lock."""
+        key = (record.route, record.api_version, record.status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_child(*key)
+        counter.inc()
+        route = self._route_children.get(record.route)
+        if route is None:
+            route = self._route_child(record.route)
+        duration, size, watches = route
+        if record.watch:
+            watches.inc()
+        else:
+            duration.observe(record.seconds)
+        size.observe(record.bytes)
+        if record.refused is not None:
+            reason = record.refused if record.refused in REFUSAL_REASONS else "other"
+            self.refused.labels(reason).inc()
+
+    def _bounded_route(self, route: str) -> str:
+        if route in self._route_children or len(self._route_children) < MAX_ROUTES:
+            return route
+        return "other"
+
+    def _request_child(self, route: str, api_version: str | None, status: int) -> Any:
+        child = self.requests.labels(
+            self._bounded_route(route),
+            bound_api_version(api_version, self.known_api_versions), str(status))
+        if len(self._request_children) < 4096:
+            self._request_children[(route, api_version, status)] = child
+        return child
+
+    def _route_child(self, route: str) -> tuple[Any, Any, Any]:
+        bounded = self._bounded_route(route)
+        children = (self.duration.labels(bounded), self.response_size.labels(bounded),
+                    self.watches.labels(bounded))
+        if bounded == route:
+            self._route_children[route] = children
+        return children
+
+    # -- the durable log's group commit -----------------------------------------------------
+    def on_commit(self, records_in_group: int, fsync_seconds: float) -> None:
+        """``FileLog(on_commit=...)``: one call per group commit (any thread)."""
+        self.group_commit.observe(records_in_group)
+        self.fsync.observe(fsync_seconds)
+
+    def register(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The scrape body and its content type, negotiated from an Accept header."""
+        encoder, content_type = prometheus_client.exposition.choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+#: ``ServerStatistics`` fields → (metric, kind, help). A field the record lacks is skipped,
+#: so the server's record can grow without breaking the scrape. ``rate_limited`` and
+#: ``unknown_callers`` are left out: the observer counts them per answered request
+#: (``imds_http_requests_refused_total``), and one number must not have two names.
+SERVER_FIELDS: tuple[tuple[str, str, str, str], ...] = (
+    ("ready", "imds_server_ready", "gauge", "1 once the log is replayed and answers flow."),
+    ("draining", "imds_server_draining", "gauge", "1 while shutting down gracefully."),
+    ("connections_open", "imds_http_connections_open", "gauge",
+     "Open VM-facing connections."),
+    ("connections_accepted", "imds_http_connections_accepted", "counter",
+     "VM-facing connections accepted."),
+    ("connections_refused", "imds_http_connections_refused", "counter",
+     "VM-facing connections refused (over a connection limit)."),
+    ("admin_connections_open", "imds_admin_connections_open", "gauge",
+     "Open admin connections."),
+    ("parked_watchers", "imds_watchers_parked", "gauge",
+     "wait_for_change requests parked waiting for a change."),
+    ("watchers_refused", "imds_watchers_refused", "counter",
+     "wait_for_change requests refused (per-VM watcher limit)."),
+    ("protocol_errors", "imds_http_protocol_errors", "counter",
+     "Connections closed on malformed HTTP."),
+    ("timeouts", "imds_http_timeouts", "counter", "Connections closed on a timeout."),
+    ("internal_errors", "imds_http_internal_errors", "counter",
+     "Requests that failed inside the server (answered 500)."),
+    ("cache_hits", "imds_http_cache_hits", "counter", "Answers served from the render cache."),
+    ("cache_misses", "imds_http_cache_misses", "counter", "Answers rendered afresh."),
+    ("cache_entries", "imds_http_cache_entries", "gauge", "Rendered answers cached."),
+    ("cache_invalidations", "imds_http_cache_invalidations", "counter",
+     "Cache entries dropped because their document changed."),
+)
+
+
+class ServerCollector(Collector):
+    """Reads ``server.statistics()`` at scrape time."""
+
+    def __init__(self, statistics: Callable[[], Any]) -> None:
+        self._statistics = statistics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        stats = self._statistics()
+        for field, name, kind, help_text in SERVER_FIELDS:
+            value = getattr(stats, field, None)
+            if not isinstance(value, int | float):  # bools are ints: ready/draining → 1/0
+                continue
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, help_text, value=value)
+
+
+class ReplicaCollector(Collector):
+    """Reads ``replica.statistics()`` and ``replica.liveliness.snapshot(now)`` at scrape time.
+
+    Must run on the replica's trio thread (liveliness snapshots update the tracker), which
+    is where the admin listener renders /metrics.
+    """
+
+    def __init__(self, replica: Any) -> None:
+        #: A ``Replica``, or a callable giving it (None while the server is starting).
+        self._source = replica
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        replica = self._source() if callable(self._source) else self._source
+        if replica is None:
+            return
+        stats = replica.statistics()
+        for field, name, help_text in (
+            ("events_applied", "imds_events_applied", "Events that changed the view."),
+            ("events_received", "imds_events_received", "Events accepted into the log."),
+            ("events_rejected", "imds_events_rejected",
+             "Events in rejected batches, by claimed source."),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["source"])
+            for source, count in sorted(getattr(stats, field).items()):
+                family.add_metric([source], count)
+            yield family
+        yield CounterMetricFamily("imds_batches_submitted", "Batches accepted.",
+                                  value=stats.batches_submitted)
+        yield CounterMetricFamily("imds_batches_rejected", "Batches refused by validation.",
+                                  value=stats.batches_rejected)
+        view = stats.view
+        yield GaugeMetricFamily("imds_view_registers", "Live registers in the view.",
+                                value=view.registers)
+        yield GaugeMetricFamily("imds_view_tombstones", "Tombstones in the view.",
+                                value=view.tombstones)
+        yield GaugeMetricFamily("imds_view_documents", "VM documents in the view.",
+                                value=view.documents)
+        yield GaugeMetricFamily("imds_replay_duration_seconds",
+                                "Time the log took to recover into the view at start.",
+                                value=stats.recovery.seconds)
+        yield GaugeMetricFamily("imds_replay_events", "Events replayed at start.",
+                                value=stats.recovery.events)
+        yield from _liveliness(replica)
+
+
+def _liveliness(replica: Any) -> Iterator[GaugeMetricFamily]:
+    snapshot = replica.liveliness.snapshot(replica.now())
+    state = GaugeMetricFamily("imds_source_state",
+                              "1 for the source's current liveliness state.",
+                              labels=["source", "state"])
+    age = GaugeMetricFamily("imds_source_age_seconds",
+                            "Seconds since the source's last successful contact.",
+                            labels=["source"])
+    lag = GaugeMetricFamily("imds_source_lag_seconds",
+                            "Age of the newest applied version (HLC sources).",
+                            labels=["source"])
+    failures = GaugeMetricFamily("imds_source_consecutive_failures",
+                                 "Failed attempts since the last contact.",
+                                 labels=["source"])
+    for name, status in sorted(snapshot.items()):
+        for s in SourceState:
+            state.add_metric([name, s.value], 1.0 if status.state is s else 0.0)
+        if status.age is not None:
+            age.add_metric([name], status.age)
+        if status.lag is not None:
+            lag.add_metric([name], status.lag)
+        failures.add_metric([name], status.consecutive_failures)
+    yield from (state, age, lag, failures)

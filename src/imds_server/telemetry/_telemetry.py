@@ -1,0 +1,113 @@
+"""``Telemetry``: everything one server process runs for telemetry, built from its config.
+
+Wiring (what ``imds-server serve`` does)::
+
+    telemetry = Telemetry(config, log_dir=data_dir / "logs")
+    telemetry.watch_replica(replica)            # scrape-time collector
+    telemetry.watch_server(server.statistics)   # scrape-time collector
+    FileLog(..., on_commit=telemetry.on_commit)
+    Server(..., observer=telemetry.observer)
+    admin_routes.update(telemetry.routes())     # GET /metrics, GET /logs
+    await nursery.start(telemetry.run)          # writer thread, uploader, pruning
+
+``attach(server, replica, config, nursery, log_dir=...)`` does the last four for an existing
+server and replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from imds_server._observe import NullObserver, RequestObserver
+
+from ._admin import Handler, TelemetryRoutes
+from ._config import TelemetryConfig
+from ._metrics import ReplicaCollector, ServerCollector, TelemetryMetrics
+from ._observer import TelemetryObserver
+from ._pipeline import LogPipeline
+from ._warm import Uploader
+
+log = logging.getLogger("imds_server.telemetry")
+PRUNE_INTERVAL = 600.0
+
+
+class Telemetry:
+    def __init__(self, config: TelemetryConfig, *, log_dir: Path | None,
+                 known_api_versions: tuple[str, ...] | None = None,
+                 process_metrics: bool = True) -> None:
+        self.config = config
+        self.log_dir = config.log_dir or log_dir
+        kwargs = {} if known_api_versions is None else {"known_api_versions": known_api_versions}
+        self.metrics = TelemetryMetrics(process=process_metrics, **kwargs)
+        self.pipeline = LogPipeline(config, self.log_dir, self.metrics)
+        self.observer: RequestObserver = (
+            TelemetryObserver(self.metrics if config.metrics else None,
+                              self.pipeline if config.access_log else None)
+            if config.metrics or config.access_log else NullObserver())
+        self.uploader = (Uploader(config.warm, self.pipeline.warm, self.metrics)
+                         if self.pipeline.warm is not None else None)
+
+    def watch_replica(self, replica: Any) -> None:
+        self.metrics.register(ReplicaCollector(replica))
+
+    def watch_server(self, statistics: Callable[[], Any]) -> None:
+        self.metrics.register(ServerCollector(statistics))
+
+    def on_commit(self, records_in_group: int, fsync_seconds: float) -> None:
+        self.metrics.on_commit(records_in_group, fsync_seconds)
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        """(method, path) → handler: ``GET /metrics``, and ``GET /logs`` with a log dir."""
+        return TelemetryRoutes(self.metrics, self.log_dir).routes()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the writer thread (and uploader); on cancel, drain and seal to the spool."""
+        self.pipeline.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                if self.uploader is not None:
+                    await nursery.start(self.uploader.run)
+                nursery.start_soon(self._prune_forever)
+                task_status.started()
+        finally:
+            # The queue holds at most queue_size short lines; draining it is quick, and it
+            # must finish even though we are being cancelled.
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.pipeline.stop)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await trio.sleep(PRUNE_INTERVAL)
+            cold = self.pipeline.cold
+            if cold is None:
+                return
+            removed = await trio.to_thread.run_sync(cold.prune)
+            if removed:
+                log.info("deleted %d log files past retention", removed)
+
+
+def attach(server: Any, replica: Any, config: TelemetryConfig, nursery: trio.Nursery, *,
+           log_dir: Path | None, admin_routes: dict[tuple[str, str], Handler] | None = None
+           ) -> Telemetry:
+    """Wire telemetry into a running server and replica and start its tasks in ``nursery``.
+
+    Sets ``server.observer`` when the server has such an attribute; ``admin_routes`` is the
+    admin listener's extension table (method, path) → handler. Returns the ``Telemetry``.
+    """
+    telemetry = Telemetry(config, log_dir=log_dir,
+                          known_api_versions=getattr(server, "api_versions", None))
+    if replica is not None:
+        telemetry.watch_replica(replica)
+    if server is not None and hasattr(server, "statistics"):
+        telemetry.watch_server(server.statistics)
+    if server is not None and hasattr(server, "observer"):
+        server.observer = telemetry.observer
+    if admin_routes is not None:
+        admin_routes.update(telemetry.routes())
+    nursery.start_soon(telemetry.run)
+    return telemetry

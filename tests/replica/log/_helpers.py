@@ -1,0 +1,75 @@
+"""Shared helpers for the log tests: deterministic batches, writing and reopening logs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from imds_replica import Checkpoint, Event, Recovery, View
+from imds_replica._log import FileLog
+
+Batch = tuple[list[Event], Checkpoint | None]
+
+
+def make_batches(n_events: int, *, seed: int = 0, keys: int = 50) -> list[Batch]:
+    """Batches of 1..7 events over ``keys`` keys: values, tombstones, version ties."""
+    rng = random.Random(seed)
+    batches: list[Batch] = []
+    made = 0
+    while made < n_events:
+        size = rng.randint(1, 7)
+        events = []
+        for _ in range(size):
+            key = ("vms", f"vm{rng.randrange(keys)}", "compute", rng.choice(["name", "tags"]))
+            version = rng.randrange(max(made, 1))
+            source = rng.choice(["fabric", "tags"])
+            if rng.random() < 0.15:
+                events.append(Event(source, key, version, None, deleted=True))
+            else:
+                events.append(Event(source, key, version, {"n": made, "s": "x" * rng.randrange(8)}))
+            made += 1
+        cp = Checkpoint(rng.choice(["fabric", "tags"]), {"pos": made}) \
+            if rng.random() < 0.5 else None
+        batches.append((events, cp))
+    return batches
+
+
+async def write_log(directory: Path, batches: Sequence[Batch], **kwargs: Any) -> View:
+    """Append ``batches`` one by one to a FileLog in ``directory``; return the live view."""
+    kwargs.setdefault("fsync", "none")
+    view = View()
+    log = FileLog(directory, **kwargs)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        for events, cp in batches:
+            await log.append(events, cp)
+        nursery.cancel_scope.cancel()
+    return view
+
+
+async def reopen(directory: Path, **kwargs: Any) -> tuple[View, Recovery]:
+    """Recover ``directory`` into a fresh view, as after a restart."""
+    kwargs.setdefault("fsync", "none")
+    view = View()
+    async with trio.open_nursery() as nursery:
+        recovery: Recovery = await nursery.start(FileLog(directory, **kwargs).run, view)
+        nursery.cancel_scope.cancel()
+    return view, recovery
+
+
+def replay_view(batches: Sequence[Batch]) -> View:
+    view = View()
+    for events, _ in batches:
+        for event in events:
+            view.apply(event)
+    return view
+
+
+def only_segment(directory: Path) -> Path:
+    segments = sorted(directory.glob("*.seg"))
+    assert len(segments) == 1, segments
+    return segments[0]

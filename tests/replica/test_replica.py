@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from imds_replica._errors import ValidationError
+from imds_replica._event import DEFAULT_MAX_VALUE_BYTES, Event
+from imds_replica._liveliness import LivelinessPolicy, SourceState
+from imds_replica._logport import Checkpoint, MemoryLog
+from imds_replica._push import PushSource
+from imds_replica._replica import SubmitResult, open_replica
+from imds_replica._view import View
+
+VM = ("vms", "vm1")
+
+
+def ev(i: int, source: str = "fabric", **kw: Any) -> Event:
+    return Event(source, VM + ("k", str(i)), i, kw.pop("value", i), **kw)
+
+
+async def test_submit_logs_applies_and_counts(autojump_clock: trio.testing.MockClock) -> None:
+    log = MemoryLog()
+    async with open_replica(log, clock=trio.current_time) as replica:
+        result = await replica.submit([ev(1), ev(2), ev(2)])
+        assert result == SubmitResult(events=3, changed=2)
+        assert log.records[-1][0] == (ev(1), ev(2), ev(2))
+        assert replica.view.document(VM) == {"k": {"1": 1, "2": 2}}
+        result = await replica.submit([ev(1, value="older loses", source="a")])
+        assert result.changed == 0
+        stats = replica.statistics()
+        assert (stats.batches_submitted, stats.batches_rejected) == (2, 0)
+        assert stats.events_applied == {"fabric": 2}
+        assert stats.events_received == {"fabric": 3, "a": 1}
+        assert stats.view.applies == 4 and stats.log.batches == 2
+
+
+async def test_bad_batch_is_rejected_whole(autojump_clock: trio.testing.MockClock) -> None:
+    log = MemoryLog()
+    async with open_replica(log) as replica:
+        good = ev(1).to_dict()
+        bad = {**good, "key": ["vms", ""]}
+        with pytest.raises(ValidationError, match=r"^event 1: key\[1\]") as info:
+            await replica.submit([good, bad, good])
+        assert info.value.index == 1
+        assert log.records == [] and len(replica.view) == 0
+        with pytest.raises(ValidationError, match="must be a list"):
+            await replica.submit(42)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="must be a list"):
+            await replica.submit(iter([good]))  # type: ignore[arg-type]
+        stats = replica.statistics()
+        assert stats.batches_rejected == 3 and stats.batches_submitted == 0
+        assert stats.events_rejected == {"fabric": 3, "unknown": 0}
+
+
+async def test_value_limit_is_configurable() -> None:
+    big = Event("s", ("k",), 1, "x" * DEFAULT_MAX_VALUE_BYTES)
+    async with open_replica() as replica:
+        with pytest.raises(ValidationError, match="bytes"):
+            await replica.submit([big])
+    async with open_replica(max_value_bytes=2 * DEFAULT_MAX_VALUE_BYTES) as replica:
+        assert (await replica.submit([big])).changed == 1
+
+
+async def test_restart_recovers_view_and_cursor(autojump_clock: trio.testing.MockClock) -> None:
+    log = MemoryLog()
+    push = PushSource("fabric")
+    async with open_replica(log, sources=[push]) as replica:
+        await push.push([ev(1), ev(2)], cursor={"offset": 2})
+        await push.push([ev(3)])  # no cursor: the persisted one stays
+        assert push.cursor == {"offset": 2}
+        digest = replica.view.digest()
+    push2 = PushSource("fabric")
+    async with open_replica(MemoryLog(log.records), sources=[push2]) as replica:
+        assert replica.view.digest() == digest
+        assert push2.cursor == {"offset": 2}
+        assert replica.cursor("fabric") == {"offset": 2}
+        assert replica.recovery.batches == 2 and replica.recovery.events == 3
+
+
+async def test_push_source_refuses_foreign_events() -> None:
+    push = PushSource("fabric")
+    async with open_replica(sources=[push]) as replica:
+        with pytest.raises(ValidationError, match="event 0: source: 'tags'"):
+            await push.push([ev(1, source="tags")])
+        assert len(replica.view) == 0
+
+
+async def test_liveliness_follows_submissions_on_the_replica_clock(
+        autojump_clock: trio.testing.MockClock) -> None:
+    policy = LivelinessPolicy(interval=5.0, stale_after=10.0, expired_after=20.0)
+    push = PushSource("tags", policy=policy)
+    async with open_replica(sources=[push], clock=trio.current_time) as replica:
+        start = trio.current_time()
+        assert replica.liveliness.state("tags", replica.now()) is SourceState.UNKNOWN
+        await push.push([ev(1, source="tags")])
+        await trio.sleep(12)
+        status = replica.liveliness.status("tags", replica.now())
+        assert status.state is SourceState.STALE
+        assert status.last_change == start
+        await push.push([ev(1, source="tags")])  # a duplicate: contact, not change
+        status = replica.liveliness.status("tags", replica.now())
+        assert status.state is SourceState.LIVE
+        assert status.last_change == start and status.last_contact == start + 12
+
+
+async def test_change_waiters_wake_on_their_document(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with open_replica() as replica:
+        woken: list[str] = []
+
+        async def wait_doc(name: str, doc: tuple[str, ...]) -> None:
+            await replica.wait_document_change(doc)
+            woken.append(name)
+
+        async def wait_any() -> None:
+            await replica.wait_any_change()
+            woken.append("any")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_doc, "vm1-a", VM)
+            nursery.start_soon(wait_doc, "vm1-b", VM)
+            nursery.start_soon(wait_doc, "vm2", ("vms", "vm2"))
+            nursery.start_soon(wait_any)
+            await trio.testing.wait_all_tasks_blocked()
+            await replica.submit([ev(1)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert sorted(woken) == ["any", "vm1-a", "vm1-b"]
+            await replica.submit([ev(1)])  # no change: nobody more wakes
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(woken) == 3
+            await replica.submit([Event("s", ("vms", "vm2", "x"), 1, 1)])
+        assert sorted(woken) == ["any", "vm1-a", "vm1-b", "vm2"]
+
+
+async def test_checkpoint_persists_with_submit() -> None:
+    log = MemoryLog()
+    async with open_replica(log) as replica:
+        await replica.submit([ev(1)], checkpoint=Checkpoint("fabric", 7))
+        assert replica.cursor("fabric") == 7
+    assert log.records[0][1] == Checkpoint("fabric", 7)
+
+
+async def test_given_view_and_policy_are_used() -> None:
+    view = View()
+    policy = LivelinessPolicy(interval=1.0, stale_after=2.0, expired_after=3.0)
+    push = PushSource("fabric")  # its own policy is "pushed"; the configured one wins
+    async with open_replica(view=view, sources=[push], policies={"fabric": policy}) as replica:
+        assert replica.view is view
+        assert replica.liveliness.status("fabric", 0.0).policy == policy

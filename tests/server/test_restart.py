@@ -1,0 +1,140 @@
+"""Real processes: systemd-style socket activation, graceful SIGTERM, and no failed request
+across restarts (the sockets stay open in this test process, as the service manager keeps
+them; connections made while no server runs wait in the kernel's queue)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from .conftest import get
+
+pytestmark = pytest.mark.integration
+
+V = "2021-02-01"
+MD = {"Metadata": "true"}
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1024)
+    return sock
+
+
+async def _spawn(vm: socket.socket, admin: socket.socket, data: Path) -> trio.Process:
+    """Start ``imds-server serve`` the way systemd does: fds 3 and 4, named vm and admin."""
+    high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 50) for s in (vm, admin)]
+    # A tiny exec wrapper, as a service manager does it: the sockets on fds 3 and 4, and
+    # LISTEN_PID naming the process that will run the server (exec keeps the pid).
+    wrapper = ("import os, sys; os.dup2(%d, 3); os.dup2(%d, 4); "
+               "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2', "
+               "LISTEN_FDNAMES='vm:admin'); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])") % tuple(high)
+    # The bound addresses in the flags are decoys: inherited sockets take precedence.
+    cmd = [sys.executable, "-c", wrapper, "-m", "imds_server", "serve", "--demo",
+           "--data-dir", str(data), "--rate-limit", "0",
+           "--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:2"]
+    try:
+        return await trio.lowlevel.open_process(cmd, pass_fds=high)
+    finally:
+        for fd in high:
+            os.close(fd)
+
+
+async def _pid(admin: tuple[str, int]) -> int:
+    with trio.fail_after(20):
+        reply = await get(admin, "/healthz", headers={}, source="127.0.0.1")
+    return int(reply.json()["pid"])
+
+
+async def test_restarts_under_load_fail_no_request(tmp_path: Path) -> None:
+    vm, admin = _listening(), _listening()
+    vm_addr, admin_addr = vm.getsockname(), admin.getsockname()
+    outcomes: list[int | str] = []
+    stop = trio.Event()
+
+    async def client() -> None:
+        while not stop.is_set():
+            try:
+                with trio.fail_after(20):
+                    reply = await get(vm_addr, f"/metadata/instance/compute/name?api-version={V}"
+                                      "&format=text", source="127.0.0.1")
+                outcomes.append(reply.status)
+            except Exception as exc:  # any failure is what this test counts
+                outcomes.append(repr(exc))
+
+    pids = []
+    proc = await _spawn(vm, admin, tmp_path / "data")
+    try:
+        pids.append(await _pid(admin_addr))
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(client)
+            for _ in range(3):
+                await trio.sleep(0.4)
+                proc.send_signal(signal.SIGTERM)
+                with trio.fail_after(20):
+                    assert await proc.wait() == 0
+                proc = await _spawn(vm, admin, tmp_path / "data")
+                pids.append(await _pid(admin_addr))
+            await trio.sleep(0.4)
+            stop.set()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await proc.wait()
+        vm.close()
+        admin.close()
+    assert len(set(pids)) == 4, pids
+    failures = [o for o in outcomes if o != 200]
+    assert not failures, failures[:5]
+    assert len(outcomes) > 20
+
+
+async def test_sigterm_answers_in_flight_watcher_and_exits(tmp_path: Path) -> None:
+    vm, admin = _listening(), _listening()
+    proc = await _spawn(vm, admin, tmp_path / "data")
+    try:
+        await _pid(admin.getsockname())
+        replies = []
+
+        async def watch() -> None:
+            replies.append(await get(vm.getsockname(), f"/metadata/instance?api-version={V}"
+                                     "&wait_for_change=true&timeout_sec=120",
+                                     source="127.0.0.1"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await trio.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(15):
+                assert await proc.wait() == 0
+        assert replies[0].status == 200
+        assert replies[0].json()["compute"]["name"] == "demo-vm-1"
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        vm.close()
+        admin.close()
+
+
+async def test_bad_config_refused_at_start_with_key(tmp_path: Path) -> None:
+    config = tmp_path / "imds.toml"
+    config.write_text('rate-limit = "fast"\n')
+    result = await trio.run_process([sys.executable, "-m", "imds_server", "serve", "--config",
+                                     str(config)], capture_stderr=True, check=False)
+    assert result.returncode == 2
+    assert b"rate-limit" in result.stderr and b"must be" in result.stderr
+    same = await trio.run_process([sys.executable, "-m", "imds_server", "serve", "--listen",
+                                   "169.254.169.254:80", "--admin-listen",
+                                   "169.254.169.254:81"], capture_stderr=True, check=False)
+    assert same.returncode == 2 and b"admin-listen" in same.stderr

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from imds_replica import ClientError
+from imds_server.telemetry import (
+    LogFilter,
+    LogPipeline,
+    TelemetryConfig,
+    TelemetryMetrics,
+    log_files,
+    read_lines,
+    render_access,
+)
+
+from .conftest import access
+
+
+def config(**cold: int) -> TelemetryConfig:
+    return TelemetryConfig.from_mapping({"cold": cold} if cold else {}, cluster="c1",
+                                        machine="m1")
+
+
+def lines(log_dir: Path) -> list[dict[str, object]]:
+    out = []
+    for path in log_files(log_dir):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as f:
+            out += [json.loads(line) for line in f]
+    return out
+
+
+def test_access_record_renders_every_field() -> None:
+    doc = json.loads(render_access(access(refused="rate-limited", status=429)))
+    assert doc["time"] == "2024-05-01T10:00:00.250000Z"
+    assert {k: doc[k] for k in ("level", "logger", "vm", "caller", "route", "api_version",
+                                "status", "bytes", "seconds", "request_id", "refused")} == {
+        "level": "info", "logger": "imds_server.access", "vm": "vm-1", "caller": "10.0.0.4",
+        "route": "/metadata/instance", "api_version": "2021-02-01", "status": 429,
+        "bytes": 1500, "seconds": 0.0003, "request_id": "r-1", "refused": "rate-limited"}
+
+
+def test_component_and_access_lines_reach_the_cold_file(tmp_path: Path) -> None:
+    metrics = TelemetryMetrics(process=False)
+    pipeline = LogPipeline(config(), tmp_path, metrics)
+    pipeline.start()
+    try:
+        logging.getLogger("imds_server.test").info("hello %s", "there",
+                                                   extra={"fields": {"vm": "vm-9"}})
+        logging.getLogger("imds_server.test").debug("not at info level")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("imds_replica.x").exception("failed")
+        pipeline.access(access())
+    finally:
+        pipeline.stop()
+    docs = lines(tmp_path)
+    assert [d["message"] for d in docs] == ["hello there", "failed",
+                                            "GET /metadata/instance 200"]
+    assert docs[0]["vm"] == "vm-9"
+    assert docs[0]["level"] == "info"
+    assert "RuntimeError: boom" in str(docs[1]["exc"])
+    assert metrics.registry.get_sample_value("imds_telemetry_log_lines_total",
+                                             {"level": "info"}) == 2
+
+
+def test_rotation_compresses_and_keeps_max_files(tmp_path: Path) -> None:
+    pipeline = LogPipeline(config(max_file_bytes=2048, max_files=3), tmp_path,
+                           TelemetryMetrics(process=False))
+    pipeline.start()
+    try:
+        for n in range(200):  # ~300 bytes each: ~60 KB, ~30 rotations
+            pipeline.access(access(request_id=f"r-{n}"))
+    finally:
+        pipeline.stop()
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert names == ["imds.log", "imds.log.1.gz", "imds.log.2.gz", "imds.log.3.gz"]
+    kept = [d["request_id"] for d in lines(tmp_path)]
+    assert kept == [f"r-{n}" for n in range(200 - len(kept), 200)]  # newest, in order
+    assert all(os.path.getsize(tmp_path / n) < 2048 for n in names)
+
+
+def test_retention_by_age(tmp_path: Path) -> None:
+    pipeline = LogPipeline(config(max_file_bytes=1024, max_files=10, max_age_seconds=60),
+                           tmp_path, TelemetryMetrics(process=False))
+    pipeline.start()
+    try:
+        for n in range(30):
+            pipeline.access(access(request_id=f"r-{n}"))
+        pipeline.flush()
+        old = sorted(tmp_path.glob("imds.log.*.gz"))
+        assert len(old) >= 3
+        past = time.time() - 3600
+        for path in old[1:]:
+            os.utime(path, (past, past))
+        assert pipeline.cold.prune() == len(old) - 1
+    finally:
+        pipeline.stop()
+    assert sorted(tmp_path.glob("imds.log.*.gz")) == old[:1]
+
+
+def test_unwritable_log_dir_is_counted_and_reported(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    metrics = TelemetryMetrics(process=False)
+    pipeline = LogPipeline(config(), blocker / "logs", metrics)
+    pipeline.start()  # must not raise: the server keeps serving
+    try:
+        for _ in range(5):
+            pipeline.access(access())
+        pipeline.flush()
+    finally:
+        pipeline.stop()
+    assert metrics.registry.get_sample_value("imds_telemetry_log_write_errors_total",
+                                             {"path": "cold"}) == 6  # mkdir + 5 lines
+    assert "cannot create log directory" in capsys.readouterr().err
+
+
+def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> None:
+    metrics = TelemetryMetrics(process=False)
+    cfg = TelemetryConfig.from_mapping({"queue_size": 16})
+    pipeline = LogPipeline(cfg, tmp_path, metrics)  # not started: nothing drains
+    for _ in range(20):
+        pipeline.access(access())
+    assert metrics.registry.get_sample_value("imds_telemetry_log_lines_dropped_total",
+                                             {"reason": "queue-full"}) == 4
+    pipeline.start()
+    pipeline.stop()
+    assert len(lines(tmp_path)) == 16
+
+
+def test_read_lines_filters(tmp_path: Path) -> None:
+    pipeline = LogPipeline(config(max_file_bytes=1024, max_files=50), tmp_path,
+                           TelemetryMetrics(process=False))
+    pipeline.start()
+    try:
+        base = 1_714_557_600.0
+        for n in range(40):
+            pipeline.access(access(time=base + n, request_id=f"r-{n}",
+                                   status=500 if n % 10 == 0 else 200))
+    finally:
+        pipeline.stop()
+    assert len(log_files(tmp_path)) > 3
+
+    def ids(**query: str) -> list[str]:
+        return [json.loads(line)["request_id"]
+                for line in read_lines(tmp_path, LogFilter.from_query(query))]
+
+    assert ids() == [f"r-{n}" for n in range(40)]
+    assert ids(since="2024-05-01T10:00:30Z", until=str(base + 33)) == ["r-30", "r-31", "r-32"]
+    assert ids(grep=r'"status":500') == ["r-0", "r-10", "r-20", "r-30"]
+    assert ids(grep=r'instance 500"', limit="2") == ["r-0", "r-10"]
+    assert ids(level="error") == []
+    assert ids(level="info", since=str(base + 38)) == ["r-38", "r-39"]
+
+
+@pytest.mark.parametrize("query", [{"level": "loud"}, {"grep": "("}, {"limit": "-1"},
+                                   {"since": "yesterday"}, {"colour": "red"}])
+def test_bad_filters_are_client_errors(query: dict[str, str]) -> None:
+    with pytest.raises(ClientError):
+        LogFilter.from_query(query)
