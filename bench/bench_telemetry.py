@@ -63,7 +63,9 @@ async def _throughput(observer: RequestObserver) -> float:
     server = Server(config, observer=observer)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        while server.replica is None:
+        for _ in range(1000):  # the demo fleet is seeded right after the listeners start
+            if server.replica is not None:
+                break
             await trio.sleep(0.01)
         port = server.vm_address[1]
         await _warm_up(port)

@@ -10,7 +10,7 @@ changed (``subscribe``/``changed_since``) and how fresh it is without rescanning
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -21,7 +21,6 @@ from sortedcontainers import SortedDict
 
 from . import _codec
 from ._event import Event, Key
-from ._merge import supersedes
 
 _MISSING: Any = object()
 #: How many (change, document) entries ``changed_since`` remembers.
@@ -54,7 +53,8 @@ class _Doc:
 
     def __init__(self) -> None:
         self.counter = 0
-        self.sources: Counter[str] = Counter()
+        #: source -> how many of this document's registers it owns (never zero).
+        self.sources: dict[str, int] = {}
         self.etag: str | None = None
         self.max_version = -1
 
@@ -76,27 +76,41 @@ class View:
     # -- writing ---------------------------------------------------------------------------
     def apply(self, event: Event) -> bool:
         """Merge one event; True only if the register (and so the view) changed."""
+        # The hot path of every replica: the merge order is inlined (it is ``order_key``
+        # of ``_merge``) and source counts are a plain dict (see bench/bench_view.py).
         self._applies += 1
         key = event.key
-        old: Event | None = self._registers.get(key)
-        if not supersedes(event, old):
+        registers = self._registers
+        old: Event | None = registers.get(key)
+        if old is not None and (event.version, event.source, event.digest) <= (
+                old.version, old.source, old.digest):
             self._noops += 1
             return False
-        self._registers[key] = event
+        registers[key] = event
         doc_key = key[: self.document_depth]
         doc = self._docs.get(doc_key)
         if doc is None:
             doc = self._docs[doc_key] = _Doc()
-        if old is not None:
-            self._tombstones -= old.deleted
-            doc.sources[old.source] -= 1
-            if not doc.sources[old.source]:
-                del doc.sources[old.source]
-        self._tombstones += event.deleted
-        doc.sources[event.source] += 1
+        sources = doc.sources
+        source = event.source
+        if old is None:
+            sources[source] = sources.get(source, 0) + 1
+        else:
+            if old.deleted:
+                self._tombstones -= 1
+            if old.source != source:
+                _release(sources, old.source)
+                sources[source] = sources.get(source, 0) + 1
+        if event.deleted:
+            self._tombstones += 1
         if event.version > doc.max_version:
             doc.max_version = event.version
-        self._changed(doc_key)
+        doc.counter += 1
+        doc.etag = None
+        self._seq += 1
+        self._history.append((self._seq, doc_key))
+        for listener in self._listeners:
+            listener(doc_key)
         return True
 
     def _changed(self, doc_key: Key) -> None:
@@ -121,9 +135,7 @@ class View:
             event = self._registers.pop(key)
             doc_key = key[: self.document_depth]
             doc = self._docs[doc_key]
-            doc.sources[event.source] -= 1
-            if not doc.sources[event.source]:
-                del doc.sources[event.source]
+            _release(doc.sources, event.source)
             if not doc.sources:
                 del self._docs[doc_key]
             touched[doc_key] = None
@@ -142,11 +154,16 @@ class View:
     def registers(self, prefix: Key = ()) -> Iterator[Event]:
         """Winning events whose key starts with ``prefix``, in key order."""
         prefix = tuple(prefix)
-        n = len(prefix)
-        for key in self._registers.irange(minimum=prefix):
-            if key[:n] != prefix:
-                return
-            yield self._registers[key]
+        registers = self._registers
+        if not prefix:
+            yield from registers.values()
+            return
+        # Every key under the prefix sorts below the prefix with its last part followed by
+        # "\x00" (the smallest character), and every key not under it above: the subtree is
+        # exactly this range.
+        end = (*prefix[:-1], prefix[-1] + "\x00")
+        for key in registers.irange(prefix, end, inclusive=(True, False)):
+            yield registers[key]
 
     def __len__(self) -> int:
         return len(self._registers)
@@ -254,6 +271,14 @@ class View:
         )
 
 
+def _release(sources: dict[str, int], source: str) -> None:
+    left = sources[source] - 1
+    if left:
+        sources[source] = left
+    else:
+        del sources[source]
+
+
 class _Holes:
     """Set when a tombstone removed a list element: it leaves a hole until the end, so
     indexes of other registers still address the elements they named."""
@@ -289,18 +314,27 @@ def _walk(value: Any, path: Key) -> Any:
 
 
 def _place(root: Any, path: Key, value: Any) -> Any:
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    if isinstance(root, list):
-        i = _index(root, head)
-        if i is not None:
-            root[i] = _place(root[i], rest, value)
-            return root
-    if not isinstance(root, dict):
-        root = {}
-    root[head] = _place(root.get(head, _MISSING), rest, value)
-    return root
+    """``root`` with ``value`` placed at ``path``; containers on the way are reused when
+    the path goes through them (an object member, a list index), else replaced by an
+    object. Iterative, as this is most of the time of rendering a document."""
+    holder = [root]
+    container: Any = holder
+    slot: Any = 0
+    for part in path:
+        cur = container.get(slot, _MISSING) if type(container) is dict else container[slot]
+        if isinstance(cur, dict):
+            container, slot = cur, part
+            continue
+        if isinstance(cur, list):
+            i = _index(cur, part)
+            if i is not None:
+                container, slot = cur, i
+                continue
+        fresh: dict[str, Any] = {}
+        container[slot] = fresh
+        container, slot = fresh, part
+    container[slot] = value
+    return holder[0]
 
 
 def _delete(root: Any, path: Key, holes: _Holes) -> Any:

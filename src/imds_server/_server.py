@@ -2,9 +2,10 @@
 
 Start order is what makes restarts invisible: listeners first (inherited from the service
 manager, or bound); while the log replays a request waits up to ``startup-hold`` seconds
-and then gets 410 + Retry-After; once the replica is attached answers are real. ``shutdown()`` (SIGTERM) drains: no more accepts, keep-alive
-connections close between requests, in-flight requests finish, parked watchers are
-answered with the current value, then ``run`` returns (after ``shutdown-grace`` at most).
+and then gets 410 + Retry-After; once the replica is attached answers are real.
+``shutdown()`` (SIGTERM) drains: no more accepts, keep-alive connections close between
+requests, in-flight requests finish, parked watchers are answered with the current value,
+then ``run`` returns (after ``shutdown-grace`` at most).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
 from ._connection import ConnectionLimits, Listener
 from ._http import HttpLimits
-from ._listen import ADMIN_NAME, bind, inherited, set_ttl
+from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._request import Park, Request, Response, Submit, error
 from ._storage import open_log
@@ -137,6 +138,12 @@ class Server:
                 "uptime_seconds": round(self.clock() - self.api.started, 3)}
 
     # -- running -----------------------------------------------------------------------
+    async def wait_ready(self) -> Replica:
+        """Return the replica once the log is replayed and answers are real."""
+        await self._ready.wait()
+        assert self.replica is not None
+        return self.replica
+
     def shutdown(self) -> None:
         """Begin the graceful stop (idempotent; safe from a signal-handling task)."""
         self._stop.set()
@@ -206,6 +213,10 @@ class Server:
             vm = [bind(self.config.listen)]
         if not admin:
             admin = [bind(self.config.admin_listen)]
+        for vm_sock in vm:  # inherited sockets too: the admin API must stay out of reach
+            for admin_sock in admin:
+                check_separate(Address(*vm_sock.getsockname()[:2]),
+                               Address(*admin_sock.getsockname()[:2]))
         return vm, admin
 
     def _drain(self, listeners: list[Listener]) -> None:

@@ -190,6 +190,6 @@ class ReplicaFleet(RuleBasedStateMachine):
 
 
 ReplicaFleet.TestCase.settings = settings(
-    settings.default, stateful_step_count=25,
-    max_examples=max(50, settings.default.max_examples // 4))
+    stateful_step_count=25,
+    max_examples=settings().max_examples)
 TestReplicaFleet = ReplicaFleet.TestCase

@@ -45,7 +45,8 @@ def test_live_stale_expired_and_back() -> None:
     assert status.state is S.EXPIRED
     assert (status.last_attempt, status.last_error, status.consecutive_failures) == (
         1200.0, "connection refused", 1)
-    assert status.last_contact == 1000.0 and status.age == 200.0
+    assert status.last_contact == 1000.0
+    assert status.age == 200.0
     t.contact("tags", 1300.0)
     status = t.status("tags", 1300.0)
     assert status.state is S.LIVE
@@ -77,14 +78,16 @@ def test_applied_records_change_and_lag_for_hlc_sources() -> None:
     assert status.lag == pytest.approx(20.0)
     assert (status.last_change, status.last_contact) == (51.0, 51.0)
     counter = t.status("counter", 60.0)
-    assert counter.lag is None and counter.newest_version == 17  # not HLC: no lag
+    assert counter.lag is None
+    assert counter.newest_version == 17
     assert t.status("counter", 60.0).to_dict()["state"] == "live"
 
 
 def test_unknown_source_uses_default_and_querying_does_not_register() -> None:
     t = LivelinessTracker(default=POLICY)
     status = t.status("nobody", 5.0)
-    assert status.state is S.UNKNOWN and status.policy == POLICY
+    assert status.state is S.UNKNOWN
+    assert status.policy == POLICY
     assert list(t.sources()) == []  # asking is not tracking
     t.failure("poller", 1.0, "boom")
     assert list(t.sources()) == ["poller"]

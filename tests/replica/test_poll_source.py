@@ -33,7 +33,8 @@ class Upstream:
     """A regional endpoint: serves its events as ``{"events": [...]}`` with an ETag.
 
     ``mode`` switches it to misbehave: ``"500"``, ``"slow"`` (answers only when the test
-    ends), ``"trickle"`` (sends its body a byte at a time), ``"raw"`` (serves ``raw`` as the body, with a fresh ETag), ``"no-etag"``.
+    ends), ``"trickle"`` (sends its body a byte at a time), ``"raw"`` (serves ``raw`` as
+    the body, with a fresh ETag), ``"no-etag"``.
     """
 
     def __init__(self) -> None:
@@ -317,10 +318,16 @@ async def test_no_etag_means_no_cursor_and_unconditional_requests(upstream: Upst
     source = PollSource(SRC, upstream.url, interval=3600)
     async with open_replica(MemoryLog(records), sources=[source]) as replica:
         await first_attempt(source)
+        logged = len(records)
         second = await source.poll_now()
         assert second.status == 200
-        assert second.changed == 0
+        assert (second.events, second.changed) == (1, 0)
+        assert len(records) == logged, "the same body again must not grow the log"
         assert replica.cursor(SRC) is None
+        upstream.put(wire(("vms", "vm2", "compute", "name"), 1, "b"))
+        third = await source.poll_now()
+        assert (third.events, third.changed) == (2, 1)
+        assert [len(batch) for batch, _ in records[logged:]] == [1]
     assert set(upstream.requests) == {None}
 
 

@@ -18,7 +18,7 @@ VM = ("vms", "vm1")
 
 
 def ev(i: int, source: str = "fabric", **kw: Any) -> Event:
-    return Event(source, VM + ("k", str(i)), i, kw.pop("value", i), **kw)
+    return Event(source, (*VM, "k", str(i)), i, kw.pop("value", i), **kw)
 
 
 async def test_submit_logs_applies_and_counts(autojump_clock: trio.testing.MockClock) -> None:
@@ -34,7 +34,8 @@ async def test_submit_logs_applies_and_counts(autojump_clock: trio.testing.MockC
         assert (stats.batches_submitted, stats.batches_rejected) == (2, 0)
         assert stats.events_applied == {"fabric": 2}
         assert stats.events_received == {"fabric": 3, "a": 1}
-        assert stats.view.applies == 4 and stats.log.batches == 2
+        assert stats.view.applies == 4
+        assert stats.log.batches == 2
 
 
 async def test_bad_batch_is_rejected_whole(autojump_clock: trio.testing.MockClock) -> None:
@@ -45,13 +46,15 @@ async def test_bad_batch_is_rejected_whole(autojump_clock: trio.testing.MockCloc
         with pytest.raises(ValidationError, match=r"^event 1: key\[1\]") as info:
             await replica.submit([good, bad, good])
         assert info.value.index == 1
-        assert log.records == [] and len(replica.view) == 0
+        assert log.records == []
+        assert len(replica.view) == 0
         with pytest.raises(ValidationError, match="must be a list"):
             await replica.submit(42)  # type: ignore[arg-type]
         with pytest.raises(ValidationError, match="must be a list"):
             await replica.submit(iter([good]))  # type: ignore[arg-type]
         stats = replica.statistics()
-        assert stats.batches_rejected == 3 and stats.batches_submitted == 0
+        assert stats.batches_rejected == 3
+        assert stats.batches_submitted == 0
         assert stats.events_rejected == {"fabric": 3, "unknown": 0}
 
 
@@ -77,7 +80,8 @@ async def test_restart_recovers_view_and_cursor(autojump_clock: trio.testing.Moc
         assert replica.view.digest() == digest
         assert push2.cursor == {"offset": 2}
         assert replica.cursor("fabric") == {"offset": 2}
-        assert replica.recovery.batches == 2 and replica.recovery.events == 3
+        assert replica.recovery.batches == 2
+        assert replica.recovery.events == 3
 
 
 async def test_push_source_refuses_foreign_events() -> None:
@@ -103,7 +107,8 @@ async def test_liveliness_follows_submissions_on_the_replica_clock(
         await push.push([ev(1, source="tags")])  # a duplicate: contact, not change
         status = replica.liveliness.status("tags", replica.now())
         assert status.state is SourceState.LIVE
-        assert status.last_change == start and status.last_contact == start + 12
+        assert status.last_change == start
+        assert status.last_contact == start + 12
 
 
 async def test_change_waiters_wake_on_their_document(

@@ -71,11 +71,10 @@ async def running(config: ServerConfig | None = None, *, log: MemoryLog | None =
     server = Server(config or make_config(), log=log, **kwargs)
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
-        while server.replica is None:
-            await trio.sleep(0.001)
+        replica = await server.wait_ready()
         batch = list(fleet_events() if seed is None else seed)
         if batch:
-            await server.replica.submit(batch)
+            await replica.submit(batch)
         try:
             yield server
         finally:
@@ -162,4 +161,10 @@ async def get(address: tuple[str, int], target: str, *, headers: Mapping[str, st
     return replies[0]
 
 
-Getter = Callable[..., Any]
+async def wait_until(predicate: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll a condition of another process or socket peer (no event to wait on)."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("condition not reached in time")

@@ -179,15 +179,20 @@ def test_unavailable_endpoints_say_so(api: VmApi) -> None:
 
 def test_field_gating_by_version(api: VmApi) -> None:
     old = body(answer(api, "/metadata/instance/compute?api-version=2017-08-01"))
-    assert "tags" in old and "tagsList" not in old and "userData" not in old
-    assert "zone" not in old and "plan" not in old
+    assert "tags" in old
+    assert "tagsList" not in old
+    assert "userData" not in old
+    assert "zone" not in old
+    assert "plan" not in old
     mid = body(answer(api, "/metadata/instance/compute?api-version=2021-01-01"))
-    assert "userData" in mid and "tagsList" in mid
+    assert "userData" in mid
+    assert "tagsList" in mid
     assert "platformSubFaultDomain" not in mid
     assert set(mid["securityProfile"]) == {"secureBootEnabled", "virtualTpmEnabled"}
     new = body(answer(api, "/metadata/instance/compute?api-version=2025-04-07"))
     assert {"encryptionAtHost", "securityType"} <= set(new["securityProfile"])
-    assert "physicalZone" in new and new["host"] == {"id": ""}
+    assert "physicalZone" in new
+    assert new["host"] == {"id": ""}
     assert answer(api, "/metadata/instance/compute/userData?api-version=2020-12-01"
                   "&format=text").status == 404
 
@@ -283,7 +288,8 @@ def test_etag_and_if_none_match(api: VmApi) -> None:
     target = f"/metadata/instance/compute?api-version={V}"
     first = answer(api, target)
     etag = dict(first.headers)["ETag"]
-    assert etag.startswith('"') and etag.endswith('"')
+    assert etag.startswith('"')
+    assert etag.endswith('"')
     again = answer(api, target, headers={**MD, "If-None-Match": etag})
     assert (again.status, again.body) == (304, b"")
     assert dict(again.headers)["ETag"] == etag
@@ -299,7 +305,8 @@ def test_etag_is_content_hash_equal_across_replicas(view: View,
         other.apply(event)
     a = answer(make_api(view, liveliness), target)
     b = answer(make_api(other, liveliness), target)
-    assert a.etag == b.etag and a.body == b.body
+    assert a.etag == b.etag
+    assert a.body == b.body
 
 
 def test_watch_parks_when_etag_current(api: VmApi) -> None:
@@ -312,7 +319,9 @@ def test_watch_parks_when_etag_current(api: VmApi) -> None:
     # Nothing changed: resuming keeps it parked; on timeout it answers the value.
     assert api.resume(parked, NOW + 1, timed_out=False) is parked
     done = api.resume(parked, NOW + 30, timed_out=True)
-    assert isinstance(done, Response) and done.body == b"vm-a-name" and done.watch
+    assert isinstance(done, Response)
+    assert done.body == b"vm-a-name"
+    assert done.watch
     api.release(parked)
     assert api.parked == 0
 
@@ -320,7 +329,8 @@ def test_watch_parks_when_etag_current(api: VmApi) -> None:
 def test_watch_answers_at_once_when_etag_differs(api: VmApi) -> None:
     target = f"/metadata/instance/compute/name?api-version={V}&format=text"
     resp = call(api, f"{target}&wait_for_change=true&last_etag=stale")
-    assert isinstance(resp, Response) and resp.status == 200
+    assert isinstance(resp, Response)
+    assert resp.status == 200
 
 
 def test_watch_wakes_on_change_of_the_value(view: View, liveliness: LivelinessTracker) -> None:
@@ -332,23 +342,28 @@ def test_watch_wakes_on_change_of_the_value(view: View, liveliness: LivelinessTr
     assert api.resume(parked, NOW, timed_out=False) is parked
     view.apply(Event("fabric", ("vms", VM_A, "compute", "name"), 30, "renamed"))
     done = api.resume(parked, NOW, timed_out=False)
-    assert isinstance(done, Response) and done.body == b"renamed"
+    assert isinstance(done, Response)
+    assert done.body == b"renamed"
 
 
 def test_watch_limits(view: View, liveliness: LivelinessTracker) -> None:
     api = make_api(view, liveliness, max_watchers_per_vm=2, max_watch_timeout=10)
     target = f"/metadata/instance?api-version={V}&wait_for_change=true&timeout_sec=999"
     first = call(api, target)
-    assert isinstance(first, Park) and first.timeout == 10  # clamped
+    assert isinstance(first, Park)
+    assert first.timeout == 10
     assert isinstance(call(api, target), Park)
     refused = call(api, target)
-    assert isinstance(refused, Response) and refused.status == 429
+    assert isinstance(refused, Response)
+    assert refused.status == 429
     assert isinstance(call(api, target, caller=CALLER_B), Park)  # per VM
     for bad in ("timeout_sec=-1", "timeout_sec=abc"):
         resp = call(api, f"/metadata/instance?api-version={V}&wait_for_change=true&{bad}")
-        assert isinstance(resp, Response) and resp.status == 400
+        assert isinstance(resp, Response)
+        assert resp.status == 400
     resp = call(api, f"/metadata/instance?api-version={V}&wait_for_change=maybe")
-    assert isinstance(resp, Response) and resp.status == 400
+    assert isinstance(resp, Response)
+    assert resp.status == 400
 
 
 def test_parked_watcher_does_not_consume_rate_limit(view: View,
@@ -369,7 +384,8 @@ def test_watch_of_reassigned_caller_is_refused(view: View,
     assert isinstance(parked, Park)
     view.apply(Event("hostnet", ("callers", CALLER_A), 2, "vm-b"))
     resp = api.resume(parked, NOW, timed_out=False)
-    assert isinstance(resp, Response) and resp.status == 403
+    assert isinstance(resp, Response)
+    assert resp.status == 403
 
 
 def test_freshness_headers(view: View, liveliness: LivelinessTracker) -> None:

@@ -34,9 +34,8 @@ def server_address() -> Iterator[tuple[str, int]]:
         box["token"] = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
-            while server.replica is None:
-                await trio.sleep(0.001)
-            await server.replica.submit(fleet_events())
+            replica = await server.wait_ready()
+            await replica.submit(fleet_events())
             box["address"] = server.vm_address
             ready.set()
 
@@ -52,8 +51,11 @@ def server_address() -> Iterator[tuple[str, int]]:
 
 
 def _send(address: tuple[str, int], data: bytes) -> bytes:
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.bind  # noqa: B018 - the default source 127.0.0.1 is an unknown caller: fine
+    """Send ``data`` as VM A (so requests reach past the caller check); read to close."""
+    with socket.socket() as sock:
+        sock.settimeout(5)
+        sock.bind(("127.0.0.2", 0))
+        sock.connect(address)
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)

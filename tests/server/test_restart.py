@@ -35,9 +35,10 @@ async def _spawn(vm: socket.socket, admin: socket.socket, data: Path) -> trio.Pr
     high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 50) for s in (vm, admin)]
     # A tiny exec wrapper, as a service manager does it: the sockets on fds 3 and 4, and
     # LISTEN_PID naming the process that will run the server (exec keeps the pid).
-    wrapper = ("import os, sys; os.dup2(%d, 3); os.dup2(%d, 4); "
+    wrapper = (f"import os, sys; os.dup2({high[0]}, 3); os.dup2({high[1]}, 4); "
                "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='2', "
-               "LISTEN_FDNAMES='vm:admin'); os.execv(sys.executable, [sys.executable, *sys.argv[1:]])") % tuple(high)
+               "LISTEN_FDNAMES='vm:admin'); "
+               "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
     # The bound addresses in the flags are decoys: inherited sockets take precedence.
     cmd = [sys.executable, "-c", wrapper, "-m", "imds_server", "serve", "--demo",
            "--data-dir", str(data), "--rate-limit", "0",
@@ -133,8 +134,10 @@ async def test_bad_config_refused_at_start_with_key(tmp_path: Path) -> None:
     result = await trio.run_process([sys.executable, "-m", "imds_server", "serve", "--config",
                                      str(config)], capture_stderr=True, check=False)
     assert result.returncode == 2
-    assert b"rate-limit" in result.stderr and b"must be" in result.stderr
+    assert b"rate-limit" in result.stderr
+    assert b"must be" in result.stderr
     same = await trio.run_process([sys.executable, "-m", "imds_server", "serve", "--listen",
                                    "169.254.169.254:80", "--admin-listen",
                                    "169.254.169.254:81"], capture_stderr=True, check=False)
-    assert same.returncode == 2 and b"admin-listen" in same.stderr
+    assert same.returncode == 2
+    assert b"admin-listen" in same.stderr

@@ -13,12 +13,24 @@ import msgpack
 import pytest
 import trio
 
-from imds_replica import Event, MemoryLog, StorageError, Unavailable, View
-from imds_replica import Checkpoint
+from imds_replica import Checkpoint, Event, MemoryLog, StorageError, Unavailable, View
 from imds_server import AccessRecord, Request, Response, Server, open_log
 
-from .conftest import CALLER_A, CALLER_B, EVENT_ID, MD, VM_A, V, exchange, get, make_config, \
-    request_bytes, running
+from .conftest import (
+    CALLER_A,
+    CALLER_B,
+    EVENT_ID,
+    MD,
+    VM_A,
+    V,
+    exchange,
+    fleet_events,
+    get,
+    make_config,
+    request_bytes,
+    running,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +91,8 @@ async def test_error_table_malformed_405_429() -> None:
         assert garbage[0].status == 400
         reply = await get(server.vm_address, f"/metadata/instance?api-version={V}",
                           method="DELETE")
-        assert reply.status == 405 and reply.headers["allow"] == "GET, HEAD"
+        assert reply.status == 405
+        assert reply.headers["allow"] == "GET, HEAD"
         await get(server.vm_address, f"/metadata/instance?api-version={V}")
         limited = await get(server.vm_address, f"/metadata/instance?api-version={V}")
         assert limited.status == 429
@@ -96,13 +109,11 @@ async def test_error_table_410_while_replaying_then_200() -> None:
         assert reply.status == 410
         assert reply.headers["retry-after"] == "5"
         health = await get(server.admin_address, "/healthz", headers={})
-        assert health.status == 503 and health.json()["status"] == "starting"
+        assert health.status == 503
+        assert health.json()["status"] == "starting"
         log.release.set()
-        while server.replica is None:
-            await trio.sleep(0.01)
-        from .conftest import fleet_events
-
-        await server.replica.submit(fleet_events())
+        replica = await server.wait_ready()
+        await replica.submit(fleet_events())
         reply = await get(server.vm_address, f"/metadata/instance?api-version={V}")
         assert reply.status == 200
         server.shutdown()
@@ -132,7 +143,8 @@ async def test_isolation_between_two_vms() -> None:
         se_b = await get(server.vm_address, SE, source=CALLER_B)
         assert se_b.json()["Events"] == []
         stranger = await get(server.vm_address, "/metadata/versions", source="127.0.0.9")
-        assert stranger.status == 403 and stranger.json() == {"error": "Forbidden"}
+        assert stranger.status == 403
+        assert stranger.json() == {"error": "Forbidden"}
         forged = await get(server.vm_address, f"/metadata/instance?api-version={V}",
                            source="127.0.0.9",
                            headers={**MD, "X-Forwarded-For": CALLER_A, "Forwarded":
@@ -144,7 +156,8 @@ async def test_rate_limit_is_per_vm_over_sockets() -> None:
     async with running(make_config(rate_limit=3.0)) as server:
         target = f"/metadata/instance/compute/name?api-version={V}&format=text"
         statuses = [(await get(server.vm_address, target)).status for _ in range(5)]
-        assert statuses[:3] == [200, 200, 200] and statuses[-1] == 429
+        assert statuses[:3] == [200, 200, 200]
+        assert statuses[-1] == 429
         assert (await get(server.vm_address, target, source=CALLER_B)).status == 200
         assert server.statistics().rate_limited >= 1
 
@@ -172,7 +185,8 @@ async def test_etag_and_304_over_sockets() -> None:
         assert "fabric;state=live" in first.headers["imds-freshness"]
         again = await get(server.vm_address, f"/metadata/instance?api-version={V}",
                           headers={**MD, "If-None-Match": first.headers["etag"]})
-        assert again.status == 304 and again.body == b""
+        assert again.status == 304
+        assert again.body == b""
 
 
 async def test_watch_change_arrives_while_parked() -> None:
@@ -188,8 +202,7 @@ async def test_watch_change_arrives_while_parked() -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            while server.statistics().parked_watchers == 0:
-                await trio.sleep(0.01)
+            await wait_until(lambda: server.statistics().parked_watchers == 1)
             await server.replica.submit([Event("tags", ("vms", VM_A, "compute", "tags"), 50,
                                                "unrelated:change")])
             await trio.sleep(0.05)
@@ -222,8 +235,7 @@ async def test_shutdown_answers_parked_watchers() -> None:
         async with trio.open_nursery() as nursery:
             for _ in range(3):
                 nursery.start_soon(watch)
-            while server.statistics().parked_watchers < 3:
-                await trio.sleep(0.01)
+            await wait_until(lambda: server.statistics().parked_watchers == 3)
             with trio.fail_after(5):
                 server.shutdown()
                 await server.stopped.wait()
@@ -244,7 +256,8 @@ async def test_approval_survives_restart(tmp_path: Path, durable: bool) -> None:
     async with running(log=log(), seed=()) as server:
         assert server.replica is not None
         event = server.replica.view.get(("vms", VM_A, "approvals", EVENT_ID))
-        assert event is not None and event.source == "guest"
+        assert event is not None
+        assert event.source == "guest"
         assert event.value["approved"] is True
         view = await get(server.admin_address, f"/view?prefix=vms/{VM_A}/approvals",
                          headers={})
@@ -302,7 +315,8 @@ async def test_admin_api() -> None:
                              "version": 99, "value": "via:json"}]}
         ok = await get(addr, "/events", method="POST", headers={
             "Content-Type": "application/json"}, body=json.dumps(batch).encode())
-        assert ok.status == 200 and ok.json() == {"events": 1, "changed": 1}
+        assert ok.status == 200
+        assert ok.json() == {"events": 1, "changed": 1}
         batch["events"][0]["version"] = 100
         batch["events"][0]["value"] = "via:msgpack"
         ok = await get(addr, "/events", method="POST", headers={
@@ -315,7 +329,8 @@ async def test_admin_api() -> None:
                           {"source": "BAD", "key": ["k2"], "version": 1, "value": 1}]}
         reply = await get(addr, "/events", method="POST", body=json.dumps(bad).encode(),
                           headers={"Content-Type": "application/json"})
-        assert reply.status == 400 and reply.json()["index"] == 1
+        assert reply.status == 400
+        assert reply.json()["index"] == 1
         view = (await get(addr, "/view?prefix=k", headers={})).json()
         assert view["registers"] == []  # nothing of the bad batch applied
         for junk in (b"{", b"[]", b'{"events": 3}'):
@@ -373,7 +388,9 @@ async def test_observer_gets_one_record_per_answer() -> None:
     ok, stranger, no_header = records
     assert (ok.status, ok.vm, ok.route, ok.api_version, ok.caller) == \
         (200, VM_A, "/metadata/instance", V, CALLER_A)
-    assert ok.bytes > 0 and ok.seconds >= 0 and ok.refused is None
+    assert ok.bytes > 0
+    assert ok.seconds >= 0
+    assert ok.refused is None
     assert (stranger.status, stranger.refused, stranger.vm) == (403, "unknown-caller", None)
     assert (no_header.status, no_header.refused) == (400, "no-metadata-header")
     assert len({r.request_id for r in records}) == 3
@@ -384,8 +401,10 @@ async def test_statistics_record() -> None:
         for _ in range(3):
             await get(server.vm_address, f"/metadata/instance?api-version={V}")
         stats = server.statistics()
-        assert stats.ready and not stats.draining
-        assert stats.cache_hits >= 2 and stats.cache_misses >= 1
+        assert stats.ready
+        assert not stats.draining
+        assert stats.cache_hits >= 2
+        assert stats.cache_misses >= 1
         assert stats.connections_accepted >= 3
         assert stats.requests >= 3
 

@@ -7,7 +7,7 @@ import trio
 
 from imds_replica import Event, LivelinessPolicy, open_replica
 from imds_server.telemetry import ReplicaCollector, ServerCollector, TelemetryMetrics
-from imds_server.telemetry._metrics import LATENCY_BUCKETS
+from imds_server.telemetry._requests import LATENCY_BUCKETS
 from tests._tools import require_tool
 
 from .conftest import access

@@ -142,6 +142,7 @@ async def test_erroring_collector_keeps_batches_then_a_refusal_sets_one_aside(
                 assert await uploader.cycle(client) == 0  # 500, 503: gave up this cycle
                 assert len(uploader.spool.pending()) == 1
                 # 400: refused for good; then the batch of the cycle's own warnings goes.
+                pipeline.flush()
                 assert await uploader.cycle(client) == 1
                 assert uploader.spool.pending() == []
         finally:

@@ -36,7 +36,14 @@ from ._frame import (
     pack,
 )
 from ._replay import Recovered, recover_directory
-from ._segment import SegmentWriter, fsync_dir, lock_directory, snapshot_name, storage_error
+from ._segment import (
+    SegmentWriter,
+    ensure_ours,
+    fsync_dir,
+    lock_directory,
+    snapshot_name,
+    storage_error,
+)
 from ._snapshot import Counters, encode_snapshot, write_snapshot
 
 #: Events applied to the view per step of recovery before yielding to the event loop.
@@ -207,6 +214,7 @@ class FileLog:
     # -- the appender ----------------------------------------------------------------------
     def _open_sync(self) -> tuple[int, Recovered, list[Event]]:
         try:
+            ensure_ours(self.directory)  # before creating a LOCK file in someone else's dir
             self.directory.mkdir(parents=True, exist_ok=True)
             lock_fd = lock_directory(self.directory)
         except OSError as exc:

@@ -111,17 +111,26 @@ def write_meta(directory: Path, meta: Meta, *, fsync: bool) -> None:
     write_atomic(directory / META_NAME, json.dumps(doc).encode() + b"\n", fsync=fsync)
 
 
+def _fresh(directory: Path) -> bool:
+    """Nothing there but what a crash during ``init_directory`` can leave behind."""
+    first = directory / segment_name(1, 1)
+    leftovers = {LOCK_NAME, first.name, first.name + ".tmp", META_NAME + ".tmp"}
+    return set(os.listdir(directory)) <= leftovers and (
+        not first.exists() or first.stat().st_size <= FILE_HEADER_SIZE)
+
+
+def ensure_ours(directory: Path) -> None:
+    """Raise a clear StorageError unless ``directory`` is ours, fresh, or absent."""
+    if (directory / META_NAME).exists() or (directory.exists() and not _fresh(directory)):
+        read_meta(directory)
+
+
 def init_directory(directory: Path, *, fsync: bool) -> Meta:
     """Read the marker, creating directory, marker and first segment when there is none."""
+    ensure_ours(directory)
     if (directory / META_NAME).exists():
         return read_meta(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # What a crash during this very function can leave behind counts as empty.
-    fresh = {LOCK_NAME, segment_name(1, 1), segment_name(1, 1) + ".tmp", META_NAME + ".tmp"}
-    if not set(os.listdir(directory)) <= fresh or (
-            (directory / segment_name(1, 1)).exists()
-            and (directory / segment_name(1, 1)).stat().st_size > FILE_HEADER_SIZE):
-        return read_meta(directory)  # raises "not ours"
     # The first segment exists before the marker, so a marked directory always has one.
     create_segment(directory, 1, 1, fsync=fsync)
     write_meta(directory, Meta(1), fsync=fsync)

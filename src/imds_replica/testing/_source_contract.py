@@ -14,6 +14,8 @@ Subclass it once per adapter and implement three hooks:
 
 Every test runs in real time (an adapter may need real sockets) under ``open_replica`` with
 a ``MemoryLog``; a restart is a new replica over the same log records and a new adapter.
+The tests are async: run them with pytest-trio in ``trio_mode`` (or mark the subclass
+``pytest.mark.trio``).
 """
 
 from __future__ import annotations

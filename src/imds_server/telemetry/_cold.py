@@ -28,7 +28,7 @@ import attrs
 from imds_replica import ClientError
 
 from ._config import ColdConfig
-from ._jsonlog import PassThroughFormatter, iso_time
+from ._jsonlog import iso_time
 
 LOG_NAME = "imds.log"
 _BACKUP_RE = re.compile(r"\.(\d+)\.gz$")
@@ -36,19 +36,50 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
 class ColdFileHandler(logging.handlers.RotatingFileHandler):
-    """Writes pre-rendered lines; errors are counted and reported, never raised."""
+    """Writes pre-rendered lines; errors are counted and reported, never raised.
+
+    ``write_lines`` writes a batch of rendered lines with one write, rolling over (the
+    stdlib's ``doRollover``, with gzip ``namer``/``rotator``) where a line would pass
+    ``max_file_bytes``. Lines are ASCII (the renderer escapes the rest), so characters count
+    bytes. ``emit`` (a plain logging handler's entry) writes one line the same way.
+    """
 
     def __init__(self, log_dir: Path, config: ColdConfig, *,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 on_lost: Callable[[int], None] | None = None) -> None:
         super().__init__(log_dir / LOG_NAME, maxBytes=config.max_file_bytes,
                          backupCount=config.max_files, encoding="utf-8", delay=True)
         self.max_age = config.max_age_seconds
         self.namer = _gz_name
         self.rotator = _gzip_rotate
-        self.setFormatter(PassThroughFormatter())
         self._on_error = on_error
+        self._on_lost = on_lost
         self._last_report = 0.0
         self.failed_lines = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write_lines([self.format(record) + "\n"])
+
+    def write_lines(self, lines: list[str]) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            try:
+                self._write(lines)
+            except Exception:
+                self._failed(len(lines))
+
+    def _write(self, lines: list[str]) -> None:
+        self.stream = self.stream or self._open()  # None after an error or at start
+        position = self.stream.tell()
+        start = 0
+        for i, line in enumerate(lines):
+            if position and position + len(line) >= self.maxBytes:
+                self.stream.write("".join(lines[start:i]))
+                self.doRollover()  # closes the stream; with delay=True, reopens none
+                self.stream = self.stream or self._open()
+                start, position = i, 0
+            position += len(line)
+        self.stream.write("".join(lines[start:]))
+        self.stream.flush()
 
     def doRollover(self) -> None:
         super().doRollover()
@@ -71,9 +102,14 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
         return removed
 
     def handleError(self, record: logging.LogRecord) -> None:
+        self._failed(1)
+
+    def _failed(self, lines: int) -> None:
         # A full disk or an unwritable directory must not take the server down, nor print a
-        # traceback per line: count every failure, say so on stderr at most every 10 s.
-        self.failed_lines += 1
+        # traceback per line: count every loss, say so on stderr at most every 10 s.
+        self.failed_lines += lines
+        if self._on_lost is not None:
+            self._on_lost(lines)
         error = sys.exc_info()[1]
         if self.stream is not None and error is not None:
             try:

@@ -6,7 +6,8 @@ give the cold path, so one standard pipeline serves components and access record
 new dependency. Structured fields travel in ``extra={"fields": {...}}``.
 
 A line is rendered where it is produced (the request path, or the logging call); only
-rendered strings cross the queue, so the writer thread never touches live objects.
+rendered strings cross the queue (``_pipeline.py``), so the writer thread never touches
+live objects.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ BASE_FIELDS = ("time", "level", "logger", "message")
 ACCESS_FIELDS = ("request_id", "vm", "caller", "method", "route", "path", "api_version",
                  "status", "bytes", "seconds", "refused", "watch")
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=str).encode
+_encode = json.JSONEncoder(separators=(",", ":"), default=str).encode  # ASCII out
+_string = json.encoder.encode_basestring_ascii  # the C escaper json.dumps uses
 _last_second = -1
 _last_prefix = ""
 
@@ -39,24 +41,30 @@ def iso_time(t: float) -> str:
     return f"{_last_prefix}.{int((t - second) * 1e6):06d}Z"
 
 
+def _opt(value: str | None) -> str:
+    return "null" if value is None else _string(value)
+
+
 def render_access(r: AccessRecord) -> str:
-    """One access record as a JSON line (no newline)."""
-    return _encode({
-        "time": iso_time(r.time), "level": "info", "logger": ACCESS_LOGGER,
-        "message": f"{r.method} {r.path} {r.status}",
-        "request_id": r.request_id, "vm": r.vm, "caller": r.caller, "method": r.method,
-        "route": r.route, "path": r.path, "api_version": r.api_version, "status": r.status,
-        "bytes": r.bytes, "seconds": round(r.seconds, 7), "refused": r.refused,
-        "watch": r.watch,
-    })
+    """One access record as a JSON line (no newline), keys in ``ACCESS_FIELDS`` order.
+
+    Written as a template rather than ``json.dumps`` of a dict: it runs once per request
+    and costs half as much; every string still goes through the JSON escaper."""
+    return (
+        f'{{"time":"{iso_time(r.time)}","level":"info","logger":"{ACCESS_LOGGER}",'
+        f'"message":{_string(f"{r.method} {r.path} {r.status}")},'
+        f'"request_id":{_string(r.request_id)},"vm":{_opt(r.vm)},'
+        f'"caller":{_string(r.caller)},"method":{_string(r.method)},'
+        f'"route":{_string(r.route)},"path":{_string(r.path)},'
+        f'"api_version":{_opt(r.api_version)},"status":{int(r.status)},'
+        f'"bytes":{int(r.bytes)},"seconds":{round(float(r.seconds), 7)!r},'
+        f'"refused":{_opt(r.refused)},"watch":{"true" if r.watch else "false"}}}')
 
 
 class JsonFormatter(logging.Formatter):
-    """Renders a ``LogRecord`` as one JSON line; pre-rendered lines pass through."""
+    """Renders a ``LogRecord`` as one JSON line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record, RenderedRecord):
-            return record.msg
         doc: dict[str, Any] = {
             "time": iso_time(record.created), "level": record.levelname.lower(),
             "logger": record.name, "message": record.getMessage(),
@@ -68,37 +76,3 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return _encode(doc)
-
-
-class RenderedRecord(logging.LogRecord):
-    """A line rendered already: skips ``LogRecord.__init__`` (pid, thread, caller lookups),
-    which would cost more than the rendering itself on the request path."""
-
-    def __init__(self, name: str, levelno: int, line: str, created: float) -> None:
-        self.name = name
-        self.levelno = levelno
-        self.levelname = logging.getLevelName(levelno)
-        self.msg = line
-        self.message = line
-        self.args = None
-        self.exc_info = None
-        self.exc_text = None
-        self.stack_info = None
-        self.created = created
-        self.msecs = 0.0
-        self.relativeCreated = 0.0
-        self.pathname = self.filename = self.module = self.funcName = ""
-        self.lineno = 0
-        self.thread = self.process = None
-        self.threadName = self.processName = self.taskName = None
-
-    def getMessage(self) -> str:
-        return self.msg
-
-
-class PassThroughFormatter(logging.Formatter):
-    """For handlers behind the queue: lines were rendered by ``JsonFormatter`` already."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.msg
-        return msg if isinstance(msg, str) else str(msg)

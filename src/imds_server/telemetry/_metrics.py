@@ -1,11 +1,11 @@
 """The hot path: one registry, request metrics updated per request, collectors at scrape time.
 
-Per-request numbers (requests, latency, size, refusals) are prometheus_client metrics the
-observer updates; everything the server and replica already count lives in their
-``statistics()`` records and is turned into metric families only when Prometheus scrapes
-(``ServerCollector``, ``ReplicaCollector``), so the core never imports a metrics library and
-nothing is counted twice. Cluster and machine are *target* labels added by Prometheus
-(deploy/prometheus), never part of this exposition.
+Per-request numbers (requests, latency, size, refusals) are counted by ``RequestCounts``
+(``_requests.py``) as the observer sees them; everything the server and replica already
+count lives in their ``statistics()`` records and is turned into metric families only when
+Prometheus scrapes (``ServerCollector``, ``ReplicaCollector``), so the core never imports a
+metrics library and nothing is counted twice. Cluster and machine are *target* labels
+added by Prometheus (deploy/prometheus), never part of this exposition.
 """
 
 from __future__ import annotations
@@ -21,32 +21,15 @@ from prometheus_client.registry import Collector
 from imds_replica import SourceState
 from imds_server._observe import AccessRecord
 
-from ._versions import KNOWN_API_VERSIONS, bound_api_version
+from ._requests import RequestCounts
+from ._versions import KNOWN_API_VERSIONS
 
 # ``*_created`` series double the series count for no use on this service's dashboards.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
-#: Answers from the in-memory view take ~50-500 µs; buckets are dense there so
-#: histogram_quantile's linear interpolation recovers p90 within a few percent, and sparse
-#: above (slow answers only need to be seen, not measured finely).
-LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015,
-    0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
-)
-SIZE_BUCKETS = (64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0,
-                262144.0, 1048576.0)
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
                  0.128, 0.256, 0.512, 1.0, 2.5)
 GROUP_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
-#: Refusal reasons the server reports (see ``AccessRecord.refused``); others are "other".
-REFUSAL_REASONS = frozenset({
-    "no-metadata-header", "forwarded", "unknown-caller", "rate-limited", "bad-api-version",
-    "bad-request", "starting",
-})
-#: Routes are templated by the server; this caps the label set should that ever break.
-MAX_ROUTES = 64
-
-
 class TelemetryMetrics:
     """The registry of one server process and the metrics telemetry itself updates."""
 
@@ -55,22 +38,8 @@ class TelemetryMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.known_api_versions = frozenset(known_api_versions)
-        self.requests = Counter(
-            "imds_http_requests", "Answered metadata requests by route, api-version and code.",
-            ["route", "api_version", "code"], registry=r)
-        self.duration = Histogram(
-            "imds_http_request_duration_seconds",
-            "Time from request received to response written (wait_for_change excluded).",
-            ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.response_size = Histogram(
-            "imds_http_response_size_bytes", "Response body sizes.", ["route"],
-            buckets=SIZE_BUCKETS, registry=r)
-        self.refused = Counter(
-            "imds_http_requests_refused", "Requests refused, by reason (rate-limited included).",
-            ["reason"], registry=r)
-        self.watches = Counter(
-            "imds_http_watch_requests", "Answered wait_for_change (long-poll) requests.",
-            ["route"], registry=r)
+        self.requests = RequestCounts(self.known_api_versions)
+        r.register(self.requests)
         self.fsync = Histogram(
             "imds_log_fsync_duration_seconds", "Durable log fsync latency per group commit.",
             buckets=FSYNC_BUCKETS, registry=r)
@@ -113,50 +82,10 @@ class TelemetryMetrics:
             prometheus_client.ProcessCollector(registry=r)
             prometheus_client.PlatformCollector(registry=r)
             prometheus_client.GCCollector(registry=r)
-        self._request_children: dict[tuple[str, str | None, int], Any] = {}
-        self._route_children: dict[str, tuple[Any, Any, Any]] = {}
 
-    # -- per request (the observer) ---------------------------------------------------------
     def observe(self, record: AccessRecord) -> None:
-        """Count one answered request. Children are cached: labels() takes a lock."""
-        key = (record.route, record.api_version, record.status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._request_child(*key)
-        counter.inc()
-        route = self._route_children.get(record.route)
-        if route is None:
-            route = self._route_child(record.route)
-        duration, size, watches = route
-        if record.watch:
-            watches.inc()
-        else:
-            duration.observe(record.seconds)
-        size.observe(record.bytes)
-        if record.refused is not None:
-            reason = record.refused if record.refused in REFUSAL_REASONS else "other"
-            self.refused.labels(reason).inc()
-
-    def _bounded_route(self, route: str) -> str:
-        if route in self._route_children or len(self._route_children) < MAX_ROUTES:
-            return route
-        return "other"
-
-    def _request_child(self, route: str, api_version: str | None, status: int) -> Any:
-        child = self.requests.labels(
-            self._bounded_route(route),
-            bound_api_version(api_version, self.known_api_versions), str(status))
-        if len(self._request_children) < 4096:
-            self._request_children[(route, api_version, status)] = child
-        return child
-
-    def _route_child(self, route: str) -> tuple[Any, Any, Any]:
-        bounded = self._bounded_route(route)
-        children = (self.duration.labels(bounded), self.response_size.labels(bounded),
-                    self.watches.labels(bounded))
-        if bounded == route:
-            self._route_children[route] = children
-        return children
+        """Count one answered request (on the server's thread, like the scrape)."""
+        self.requests.observe(record)
 
     # -- the durable log's group commit -----------------------------------------------------
     def on_commit(self, records_in_group: int, fsync_seconds: float) -> None:

@@ -21,7 +21,6 @@ import tenacity
 import trio
 
 from ._config import WarmConfig
-from ._jsonlog import PassThroughFormatter
 from ._metrics import TelemetryMetrics
 from ._spool import CorruptBatch, Spool, SpooledBatch
 
@@ -33,7 +32,6 @@ class WarmBuffer(logging.Handler):
     def __init__(self, spool: Spool, *, cluster: str, machine: str, max_records: int,
                  level: int, metrics: TelemetryMetrics | None = None) -> None:
         super().__init__(level)
-        self.setFormatter(PassThroughFormatter())
         self.spool = spool
         self.cluster = cluster
         self.machine = machine
@@ -43,8 +41,14 @@ class WarmBuffer(logging.Handler):
         self._seal_lock = threading.Lock()  # one seal at a time keeps batches in order
 
     def emit(self, record: logging.LogRecord) -> None:
-        self._lines.append(self.format(record))  # under the handler's lock
-        if len(self._lines) >= self.max_records:
+        self.write_lines([self.format(record) + "\n"])
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Rendered lines (each ending in a newline), from the pipeline's writer."""
+        with self.lock:  # type: ignore[union-attr]
+            self._lines.extend(line.rstrip("\n") for line in lines)
+            full = len(self._lines) >= self.max_records
+        if full:
             self.seal()
 
     def seal(self) -> SpooledBatch | None:

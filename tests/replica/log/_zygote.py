@@ -79,8 +79,16 @@ def child(directory: str, mode: str, start: int, seed: int) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
     try:
         trio.run(writer, directory, mode, start, seed)
-    except StorageError as exc:
-        say(f"storage-error {exc.message}")
+    except BaseExceptionGroup as group:
+        storage, rest = group.split(StorageError)
+        if storage is None or rest is not None:
+            for line in traceback.format_exc().splitlines():
+                say(f"error {line}")
+            os._exit(1)
+        leaf: BaseException = storage
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        say(f"storage-error {leaf}")
         os._exit(0)
     except BaseException:
         for line in traceback.format_exc().splitlines():

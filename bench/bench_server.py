@@ -1,0 +1,331 @@
+"""imds-server benchmarks (loopback only): read path vs a bare server, parked watchers, RSS.
+
+1. Read path: server CPU µs per request and p99 at 32 connections for
+   ``/metadata/instance?api-version=2021-02-01`` (``--rate-limit 0``), against a bare
+   trio + httptools server answering the identical bytes. Both pinned to core 0, ``wrk``
+   pinned to core 1, runs alternating. Goal: ratio <= 1.5.
+2. 10,000 parked watchers: server memory per watcher (goal <= 30 KiB) and time from a
+   change (admin POST) to the last watcher answered (goal < 1 s).
+3. RSS with 1,000 VMs in the view (and after one read per VM fills the answer cache).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from ._common import write_results
+
+TARGET = "/metadata/instance?api-version=2021-02-01"
+ROUNDS = 3
+SECONDS = 5
+WATCHERS = 10_000
+VMS = 1_000
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() else []
+
+
+def _start_server(extra: list[str], config: dict[str, Any] | None = None,
+                  ) -> tuple[subprocess.Popen[bytes], int, int]:
+    port, admin = _free_port(), _free_port()
+    args = [*_pin(0), sys.executable, "-m", "imds_server", "serve",
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}", *extra]
+    if config:
+        path = Path(tempfile.mkstemp(suffix=".toml")[1])
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+        args += ["--config", str(path)]
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    _wait_http(f"http://127.0.0.1:{admin}/healthz")
+    return proc, port, admin
+
+
+def _wait_http(url: str) -> None:
+    for _ in range(200):
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _raw_answer(port: int) -> bytes:
+    """The server's exact response bytes for TARGET (what the bare server will send)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(f"GET {TARGET} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        while len(body) < length:
+            body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def _wrk(port: int, pid: int) -> dict[str, float]:
+    before = _cpu_seconds(pid)
+    out = subprocess.run(
+        [*_pin(1), "wrk", "-t1", "-c32", f"-d{SECONDS}s", "--latency", "-H", "Metadata: true",
+         f"http://127.0.0.1:{port}{TARGET}"], capture_output=True, text=True, check=True).stdout
+    cpu = _cpu_seconds(pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    assert p99 is not None
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests": requests, "cpu_us_per_request": cpu / requests * 1e6,
+            "p99_ms": float(p99.group(1)) * scale,
+            "rps": requests / SECONDS, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def read_path() -> dict[str, Any]:
+    proc, port, _ = _start_server(["--demo", "--rate-limit", "0"])
+    try:
+        answer = _raw_answer(port)
+        bare_port = _free_port()
+        answer_file = Path(tempfile.mkstemp()[1])
+        answer_file.write_bytes(answer)
+        bare = subprocess.Popen([*_pin(0), sys.executable, "-m", "bench.bench_server",
+                                 "--bare", str(bare_port), str(answer_file)])
+        try:
+            _wait_tcp(bare_port)
+            runs: dict[str, list[dict[str, float]]] = {"imds": [], "bare": []}
+            for _ in range(ROUNDS):  # alternating, so drift hits both alike
+                runs["imds"].append(_wrk(port, proc.pid))
+                runs["bare"].append(_wrk(bare_port, bare.pid))
+        finally:
+            _stop(bare)
+    finally:
+        _stop(proc)
+    out: dict[str, Any] = {"answer_bytes": len(answer), "rounds": ROUNDS, "seconds": SECONDS}
+    for name, results in runs.items():
+        out[name] = {k: statistics.median(r[k] for r in results) for k in results[0]}
+    out["cpu_ratio"] = out["imds"]["cpu_us_per_request"] / out["bare"]["cpu_us_per_request"]
+    out["p99_ratio"] = out["imds"]["p99_ms"] / out["bare"]["p99_ms"]
+    return out
+
+
+def _wait_tcp(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def watchers() -> dict[str, Any]:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    count = min(WATCHERS, hard - 200)
+    config = {"rate-limit": 0, "max-watchers-per-vm": count + 10,
+              "max-connections": count + 100, "max-connections-per-caller": count + 100,
+              "max-watch-timeout": 600, "idle-timeout": 600, "header-timeout": 60}
+    proc, port, admin = _start_server(["--demo"], config)
+    try:
+        return _watch_run(proc.pid, port, admin, count)
+    finally:
+        _stop(proc)
+
+
+def _watch_run(pid: int, port: int, admin: int, count: int) -> dict[str, Any]:
+    import trio
+
+    target = ("/metadata/instance/compute/name?api-version=2021-02-01&format=text"
+              "&wait_for_change=true&timeout_sec=600")
+    request = f"GET {target} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n".encode()
+    answered: list[float] = []
+
+    async def one(ready: trio.Semaphore, connected: list[int]) -> None:
+        async with ready:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            connected.append(1)
+            data = b""
+            while b"renamed" not in data:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                data += chunk
+            answered.append(time.perf_counter())
+
+    async def main() -> dict[str, Any]:
+        rss_before = _rss_kib(pid)
+        connected: list[int] = []
+        async with trio.open_nursery() as nursery:
+            gate = trio.Semaphore(256)
+            for _ in range(count):
+                nursery.start_soon(one, gate, connected)
+            parked = 0
+            for _ in range(1200):
+                parked = _health(admin)["parked_watchers"]
+                if parked >= count:
+                    break
+                await trio.sleep(0.1)
+            rss_after = _rss_kib(pid)
+            change = json.dumps({"events": [{
+                "source": "fabric", "key": ["vms", "02aab8a4-74ef-476e-8182-f6d2ba4166a6",
+                                            "compute", "name"],
+                "version": 2, "value": "renamed"}]}).encode()
+            sent = time.perf_counter()
+            await trio.to_thread.run_sync(_post, admin, change)
+        return {"watchers": count, "parked_seen": parked,
+                "rss_before_kib": rss_before, "rss_after_kib": rss_after,
+                "kib_per_watcher": (rss_after - rss_before) / count,
+                "answered": len(answered),
+                "change_to_last_answer_s": max(answered) - sent if answered else None}
+
+    return trio.run(main)
+
+
+def _health(admin: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/healthz", timeout=5) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def _post(admin: int, body: bytes) -> None:
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}/events", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        resp.read()
+
+
+def many_vms() -> dict[str, Any]:
+    from imds_server._demo import compute, network
+
+    proc, port, admin = _start_server(["--rate-limit", "0"])
+    try:
+        empty = _rss_kib(proc.pid)
+        for start in range(0, VMS, 100):
+            events = []
+            for i in range(start, start + 100):
+                vm = f"vm-{i:05d}"
+                events += [
+                    {"source": "fabric", "key": ["vms", vm, "compute"], "version": 1,
+                     "value": compute(vm, f"name-{i}", i % 3)},
+                    {"source": "fabric", "key": ["vms", vm, "network"], "version": 1,
+                     "value": network(i % 200)},
+                    {"source": "tags", "key": ["vms", vm, "compute", "tagsList"], "version": 1,
+                     "value": [{"name": "n", "value": str(i)}]},
+                    {"source": "hostnet", "key": ["callers", f"127.1.{i // 250}.{i % 250 + 1}"],
+                     "version": 1, "value": vm}]
+            _post(admin, json.dumps({"events": events}).encode())
+        loaded = _rss_kib(proc.pid)
+        for i in range(VMS):  # one read per VM, from its own address: fills the cache
+            with socket.socket() as sock:
+                sock.bind((f"127.1.{i // 250}.{i % 250 + 1}", 0))
+                sock.connect(("127.0.0.1", port))
+                sock.sendall(f"GET {TARGET} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                while sock.recv(65536):
+                    pass
+        cached = _rss_kib(proc.pid)
+    finally:
+        _stop(proc)
+    return {"vms": VMS, "rss_empty_kib": empty, "rss_loaded_kib": loaded,
+            "rss_after_reads_kib": cached, "kib_per_vm": (loaded - empty) / VMS,
+            "kib_per_vm_with_cache": (cached - empty) / VMS}
+
+
+def main() -> None:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk (or scripts/install-tools)")
+    figures = {"read_path": read_path(), "watchers": watchers(), "many_vms": many_vms()}
+    rp, w, m = figures["read_path"], figures["watchers"], figures["many_vms"]
+    rows = [
+        ["read CPU µs/request (imds)", rp["imds"]["cpu_us_per_request"], ""],
+        ["read CPU µs/request (bare trio+httptools)", rp["bare"]["cpu_us_per_request"], ""],
+        ["CPU ratio imds/bare (goal <= 1.5)", rp["cpu_ratio"], ""],
+        ["p99 ms at 32 conns (imds / bare)", rp["imds"]["p99_ms"], rp["bare"]["p99_ms"]],
+        ["requests/s (imds / bare)", rp["imds"]["rps"], rp["bare"]["rps"]],
+        ["parked watchers", w["watchers"], w["parked_seen"]],
+        ["KiB per watcher (goal <= 30)", w["kib_per_watcher"], ""],
+        ["change -> last watcher answered, s (goal < 1)", w["change_to_last_answer_s"], ""],
+        ["RSS KiB empty / 1,000 VMs", m["rss_empty_kib"], m["rss_loaded_kib"]],
+        ["KiB per VM (view / view+cache)", m["kib_per_vm"], m["kib_per_vm_with_cache"]],
+    ]
+    md = write_results("server", figures, ["measure", "value", "compare"], rows)
+    print(md.read_text())
+
+
+def bare_server(port: int, answer: bytes) -> None:
+    """The baseline: trio + httptools, keep-alive, the same bytes for every request."""
+    import httptools
+    import trio
+
+    class Proto:
+        def __init__(self) -> None:
+            self.complete = 0
+
+        def on_message_complete(self) -> None:
+            self.complete += 1
+
+    async def connection(stream: trio.SocketStream) -> None:
+        proto = Proto()
+        parser = httptools.HttpRequestParser(proto)
+        async with stream:
+            try:
+                while data := await stream.receive_some(65536):
+                    parser.feed_data(data)
+                    if proto.complete:
+                        await stream.send_all(answer * proto.complete)
+                        proto.complete = 0
+            except (trio.BrokenResourceError, httptools.HttpParserError):
+                pass
+
+    async def main() -> None:
+        await trio.serve_tcp(connection, port, host="127.0.0.1")
+
+    trio.run(main)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--bare"]:
+        bare_server(int(sys.argv[2]), Path(sys.argv[3]).read_bytes())
+    else:
+        main()

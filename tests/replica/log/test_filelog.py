@@ -1,0 +1,239 @@
+"""FileLog behaviour: group commit, rotation, snapshots, compaction, fatal storage errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from imds_replica import Checkpoint, Event, StorageError, ValidationError, View
+from imds_replica._log import FileLog
+from imds_replica._log._compact import write_generation
+from imds_replica._log._replay import recover_directory
+from imds_replica._log._segment import Meta, SegmentWriter, write_meta
+
+from ._helpers import make_batches, reopen, replay_view, write_log
+
+
+async def test_group_commit_gathers_concurrent_batches(tmp_path: Path) -> None:
+    commits: list[tuple[int, float]] = []
+    log = FileLog(tmp_path / "log", on_commit=lambda n, s: commits.append((n, s)))
+    view = View()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        async with trio.open_nursery() as writers:
+            for w in range(64):
+                writers.start_soon(log.append, [Event("s", ("k", str(w)), 1, w)])
+        stats = log.statistics()
+        nursery.cancel_scope.cancel()
+    assert sum(n for n, _ in commits) == 64
+    assert max(n for n, _ in commits) > 1  # batches that waited on an fsync went together
+    assert stats.commits == len(commits) == stats.fsyncs
+    assert stats.last_group_size == commits[-1][0]
+    assert stats.fsync_seconds == pytest.approx(sum(s for _, s in commits))
+    assert (stats.batches, stats.events, stats.records) == (64, 64, 64)
+    assert len(view) == 64
+
+
+async def test_rotation_snapshots_and_restart(tmp_path: Path) -> None:
+    batches = make_batches(2000, seed=3)
+    live = await write_log(tmp_path / "log", batches, segment_bytes=4096, snapshot_every=500,
+                           compact_ratio=None)
+    assert len(list((tmp_path / "log").glob("*.seg"))) > 5
+    assert len(list((tmp_path / "log").glob("*.snap"))) == 1  # only the newest is kept
+    view, recovery = await reopen(tmp_path / "log", segment_bytes=4096)
+    assert view.digest() == live.digest() == replay_view(batches).digest()
+    assert any("started from snapshot" in note for note in recovery.notes)
+    assert recovery.events == 2000
+    expected = {}
+    for _, cp in batches:
+        if cp is not None:
+            expected[cp.source] = cp.cursor
+    assert dict(recovery.checkpoints) == expected
+
+
+async def test_log_compacts_itself_when_mostly_dead(tmp_path: Path) -> None:
+    batches = make_batches(3000, seed=5, keys=10)
+    live = await write_log(tmp_path / "log", batches, segment_bytes=4096, snapshot_every=200)
+    meta = json.loads((tmp_path / "log" / "imds-log.json").read_text())
+    assert meta["generation"] > 1
+    assert all(int(p.name[:8]) == meta["generation"] for p in (tmp_path / "log").glob("*.seg"))
+    view, _ = await reopen(tmp_path / "log")
+    assert view.digest() == live.digest()
+
+
+async def test_compaction_keeps_winners_and_drops_old_tombstones(tmp_path: Path) -> None:
+    batches = make_batches(3000, seed=4, keys=20)
+    log = FileLog(tmp_path / "log", fsync="none", tombstone_horizon=lambda: 2990,
+                  snapshot_every=None)
+    view = View()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        for events, cp in batches:
+            await log.append(events, cp)
+        before = view.statistics().tombstones
+        assert any(e.deleted and e.version < 2990 for e in view.registers())
+        result = await log.compact()
+        await log.append([Event("s", ("after",), 1, "compaction")])
+        stats = log.statistics()
+        nursery.cancel_scope.cancel()
+    assert result.bytes_after < result.bytes_before / 5
+    assert result.tombstones_dropped > 0
+    assert view.statistics().tombstones == before - result.tombstones_dropped
+    assert all(not e.deleted or e.version >= 2990 for e in view.registers())
+    assert stats.generation == 2
+    assert stats.compactions == 1
+    assert sorted(p.name[:8] for p in (tmp_path / "log").glob("*.seg")) == ["00000002"]
+    recovered, recovery = await reopen(tmp_path / "log")
+    assert recovered.digest() == view.digest()
+    assert "fabric" in recovery.checkpoints
+
+
+async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
+    batches = [([Event("s", ("k", str(i)), 1, i) for i in range(j, j + 100)], None)
+               for j in range(0, 20_000, 100)]
+    await write_log(tmp_path / "log", batches, snapshot_every=None)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await trio.sleep(0)
+        before = ticks
+        await nursery.start(FileLog(tmp_path / "log", fsync="none").run, View())
+        assert ticks > before + 5
+        nursery.cancel_scope.cancel()
+
+
+async def test_fsync_error_is_fatal_and_never_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = 0
+    armed = False
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        nonlocal calls
+        if armed:
+            calls += 1
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    log = FileLog(tmp_path / "log", snapshot_every=None)
+    view = View()
+    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="Input/output error")):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run, view)
+            await log.append([Event("s", ("a",), 1, 1)])
+            await log.append([Event("s", ("b",), 1, 2)])
+            digest = view.digest()
+            armed = True
+            with pytest.raises(StorageError, match="refuses every later append"):
+                await log.append([Event("s", ("c",), 1, 3)])
+            assert view.digest() == digest  # the failed batch was never applied
+            with pytest.raises(StorageError):
+                await log.append([Event("s", ("d",), 1, 4)])
+    assert calls == 1  # no retry, no further fsync
+    assert log.statistics().failed
+    monkeypatch.setattr(os, "fdatasync", real)
+    recovered, _ = await reopen(tmp_path / "log")
+    assert recovered.document(("a",)) == 1
+    assert recovered.document(("b",)) == 2
+    assert recovered.document(("d",)) is None
+
+
+async def test_torn_write_is_fatal_and_truncated_on_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails half-way (disk full) leaves a torn record; restart cuts it."""
+    real = SegmentWriter.write
+
+    def half(self: SegmentWriter, data: bytes) -> float:
+        if b"boom" in data:
+            os.write(self._fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(SegmentWriter, "write", half)
+    log = FileLog(tmp_path / "log", fsync="none")
+    view = View()
+    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="No space left")):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(log.run, view)
+            await log.append([Event("s", ("a",), 1, "fine")])
+            with pytest.raises(StorageError):
+                await log.append([Event("s", ("b",), 1, "boom"), Event("s", ("c",), 1, 2)])
+    assert view.document(("b",)) is None
+    monkeypatch.setattr(SegmentWriter, "write", real)
+    recovered, recovery = await reopen(tmp_path / "log")
+    assert recovered.digest() == view.digest()
+    assert any("torn tail" in note for note in recovery.notes)
+
+
+async def test_oversized_batch_is_refused_and_log_carries_on(tmp_path: Path) -> None:
+    log = FileLog(tmp_path / "log", fsync="none", max_record_bytes=10_000)
+    view = View()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        with pytest.raises(ValidationError, match="per batch"):
+            await log.append([Event("s", ("k", str(i)), 1, "x" * 1000) for i in range(20)])
+        assert await log.append([Event("s", ("ok",), 1, 1)]) == (True,)
+        nursery.cancel_scope.cancel()
+    assert len(view) == 1
+
+
+async def test_second_writer_and_misuse_are_refused(tmp_path: Path) -> None:
+    log = FileLog(tmp_path / "log", fsync="none")
+    with pytest.raises(RuntimeError):
+        await log.append([Event("s", ("k",), 1, 1)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        with pytest.raises(StorageError, match="in use by another process"):
+            await FileLog(tmp_path / "log").run(View())
+        nursery.cancel_scope.cancel()
+    with pytest.raises(StorageError, match="closed"):
+        await log.append([Event("s", ("k",), 1, 1)])
+
+
+def test_bad_configuration_is_refused(tmp_path: Path) -> None:
+    from imds_replica import ConfigError
+    bad: list[dict[str, Any]] = [{"fsync": "sometimes"}, {"segment_bytes": 10},
+                                 {"snapshot_every": 0}]
+    for kwargs in bad:
+        with pytest.raises(ConfigError):
+            FileLog(tmp_path, **kwargs)
+
+
+async def test_checkpoint_with_list_cursor_round_trips(tmp_path: Path) -> None:
+    await write_log(tmp_path / "log", [([Event("s", ("k",), 1, 1)], Checkpoint("s", [1, "a"]))])
+    _, recovery = await reopen(tmp_path / "log")
+    assert recovery.checkpoints == {"s": [1, "a"]}
+
+
+@pytest.mark.parametrize("step", ["written", "switched"])
+async def test_compaction_interrupted_after_each_step(tmp_path: Path, step: str) -> None:
+    """Old or new generation, each complete; the other's files are removed on open."""
+    directory = tmp_path / "log"
+    live = await write_log(directory, make_batches(1000), snapshot_every=200,
+                           compact_ratio=None, segment_bytes=4096)
+    rec = recover_directory(directory, writable=False, fsync=False, max_record=2**26)
+    write_generation(directory, 2, rec.reducer.winners(), rec.reducer.checkpoints,
+                     segment_bytes=4096, fsync=False)
+    if step == "switched":
+        write_meta(directory, Meta(2), fsync=False)
+    (directory / "00000001-00000003-000000000016.snap.tmp").write_bytes(b"half a snapshot")
+    view, recovery = await reopen(directory)
+    assert view.digest() == live.digest()
+    assert any("leftover" in note for note in recovery.notes)
+    generations = {p.name[:8] for p in directory.iterdir() if p.suffix in (".seg", ".snap")}
+    assert generations == {"00000002" if step == "switched" else "00000001"}
+    assert not list(directory.glob("*.tmp"))

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from imds_server import parse_tags, render_tags, stringify
+from imds_server._versions import gate_compute
+
+
+def test_tags_forms_are_one_set() -> None:
+    expected = [("a", "1"), ("b", "x:y")]
+    assert parse_tags("a:1;b:x:y") == expected
+    assert parse_tags([{"name": "a", "value": "1"}, {"name": "b", "value": "x:y"}]) == expected
+    assert parse_tags({"a": 1, "b": "x:y"}) == expected
+    assert parse_tags(";;junk") == [("junk", "")]
+    assert parse_tags(7) == []
+    assert render_tags(expected) == ("a:1;b:x:y", [{"name": "a", "value": "1"},
+                                                   {"name": "b", "value": "x:y"}])
+
+
+def test_stringify() -> None:
+    assert stringify({"a": [1, True, None, 1.5, {"b": False}]}) == \
+        {"a": ["1", "true", "", "1.5", {"b": "false"}]}
+
+
+def test_gating_passes_unknown_fields_and_gates_nested() -> None:
+    out = gate_compute({"futureField": "x", "securityProfile": {"securityType": "T"}},
+                       "2021-11-01")
+    assert out["futureField"] == "x"
+    assert "securityType" not in out["securityProfile"]
+    assert out["securityProfile"]["encryptionAtHost"] == ""
