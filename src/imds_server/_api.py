@@ -84,6 +84,11 @@ class VmApi:
         self._watchers: dict[str, int] = {}
         self._fresh: dict[tuple[str, ...], tuple[int, tuple[tuple[str, str], ...]]] = {}
         self._versions_body = _render.to_json({"apiVersions": list(_versions.VERSIONS)})
+        self._targets: dict[str, _Target] = {}
+        #: Per (answer, watch): the last Response built for it and the freshness headers
+        #: it carries (entries hold the answer, so its id is not reused meanwhile).
+        self._prepared: dict[tuple[int, bool],
+                             tuple[Answer, tuple[tuple[str, str], ...], Response]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, view: View, liveliness: LivelinessTracker) -> None:
@@ -122,18 +127,30 @@ class VmApi:
                                       headers=(("Retry-After", retry),)), vm=vm)
         return self._handle(request, caller, vm, now)
 
+    def _target(self, target: str) -> _Target:
+        """The parsed request target, memoised: parsing the query and the path (with
+        percent-decoding) is most of a cached read's handler cost, and guests repeat the
+        same few targets. Bounded, since the targets are the guests' choice."""
+        parsed = self._targets.get(target)
+        if parsed is None:
+            parsed = _parse_target(target)
+            if len(self._targets) >= _MAX_TARGETS:
+                self._targets.clear()
+            self._targets[target] = parsed
+        return parsed
+
     def _handle(self, request: Request, caller: str, vm: str,
                 now: float) -> Response | Park | Submit:
-        try:
-            params = parse_query(request.query_string)
-        except BadQuery as exc:
-            return _bad(f"Bad request. {exc}", vm)
-        api_version = params.get("api-version")
+        target = self._target(request.target)
+        if target.bad_query is not None:
+            return _bad(f"Bad request. {target.bad_query}", vm)
+        params = target.params
+        api_version = target.api_version
         if "x-forwarded-for" in request.headers:
             return _bad("Bad request. Relayed requests (X-Forwarded-For) are refused", vm,
                         refused="forwarded", api_version=api_version)
-        segments = split_path(request.path)
-        route = _route(segments)
+        segments = target.segments
+        route = target.route
         if route is None or segments is None:
             return _not_found(vm, api_version)
         if route != "/metadata/versions" and \
@@ -177,7 +194,7 @@ class VmApi:
                 return _bad("Bad request. timeout_sec must be a non-negative integer", vm,
                             api_version=api_version, route=route)
             timeout = min(timeout, self.policy.max_watch_timeout)
-        answer = self._render(vm, route, segments, api_version, fmt)
+        answer = self._render(vm, route, segments, api_version, fmt, target.path_key)
         if watch == "true" and answer.status == 200:
             last = _unquote_etag(params.get("last_etag")) or answer.etag
             if last == answer.etag and timeout > 0:
@@ -200,13 +217,13 @@ class VmApi:
         if self.caller_vm(park.caller) != park.vm:  # the address now belongs elsewhere
             return error(403, "Forbidden", refused="unknown-caller")
         req = park.request
-        params = parse_query(req.query_string)
-        segments = split_path(req.path)
-        route = _route(segments)
+        target = self._target(req.target)
+        params, segments, route = target.params, target.segments, target.route
         assert route is not None
         assert segments is not None
         version = params["api-version"]
-        answer = self._render(park.vm, route, segments, version, params.get("format", "json"))
+        answer = self._render(park.vm, route, segments, version, params.get("format", "json"),
+                              target.path_key)
         if answer.status == 200 and answer.etag == park.last_etag and not timed_out:
             return park
         return self._respond(req, park.vm, route, version, answer, now, watch=True)
@@ -222,17 +239,34 @@ class VmApi:
     # -- answers ---------------------------------------------------------------------------
     def _respond(self, request: Request, vm: str, route: str, version: str, answer: Answer,
                  now: float, *, watch: bool) -> Response:
-        headers = self._freshness(answer.sources, now)
+        fresh = self._freshness(answer.sources, now)
         if answer.status != 200:
-            return Response(answer.status, answer.body, answer.content_type, headers,
+            return Response(answer.status, answer.body, answer.content_type, fresh,
                             route=route, vm=vm, api_version=version, watch=watch,
                             refused="bad-request" if answer.status == 400 else None)
-        headers = (("ETag", f'"{answer.etag}"'), *headers)
-        if _matches(request.headers.get("if-none-match"), answer.etag):
+        if_none_match = request.headers.get("if-none-match")
+        if not if_none_match:
+            # The same answer with the same freshness headers (they change at most once a
+            # second) is the same immutable Response: reuse it, so that the connection's
+            # wire cache can send its pre-encoded head too.
+            key = (id(answer), watch)
+            prepared = self._prepared.get(key)
+            if prepared is not None and prepared[0] is answer and prepared[1] is fresh:
+                response = prepared[2]
+                if response.vm == vm and response.route == route and \
+                        response.api_version == version:
+                    return response
+        headers = (("ETag", f'"{answer.etag}"'), *fresh)
+        if _matches(if_none_match, answer.etag):
             return Response(304, b"", answer.content_type, headers, etag=answer.etag,
                             route=route, vm=vm, api_version=version, watch=watch)
-        return Response(200, answer.body, answer.content_type, headers, etag=answer.etag,
-                        route=route, vm=vm, api_version=version, watch=watch)
+        response = Response(200, answer.body, answer.content_type, headers, etag=answer.etag,
+                            route=route, vm=vm, api_version=version, watch=watch)
+        if not if_none_match:
+            if len(self._prepared) >= _MAX_PREPARED:
+                self._prepared.clear()
+            self._prepared[(id(answer), watch)] = (answer, fresh, response)
+        return response
 
     def _answer_versions(self, request: Request, vm: str) -> Response:
         etag = _etag(self._versions_body)
@@ -258,9 +292,9 @@ class VmApi:
         return headers
 
     def _render(self, vm: str, route: str, segments: list[str], version: str,
-                fmt: str) -> Answer:
+                fmt: str, path_key: str | None = None) -> Answer:
         assert self.cache is not None
-        key = ("/".join(segments), version, fmt)
+        key = ("/".join(segments) if path_key is None else path_key, version, fmt)
         answer = self.cache.get(vm, key)
         if answer is None:
             answer = self._render_uncached(vm, route, segments, version, fmt)
@@ -325,6 +359,38 @@ class VmApi:
         events = _schedule.approval_events(vm, ids, caller, now)
         return Submit(events, _schedule.APPROVAL_SOURCE,
                       Response(200, b"", JSON, route=route, vm=vm, api_version=api_version))
+
+
+_MAX_TARGETS = 1024
+_MAX_PREPARED = 4096
+
+
+@attrs.frozen(slots=True)
+class _Target:
+    """A request target parsed once: query parameters (or why they are refused), the
+    decoded path segments and their route. ``params`` is shared: read it, never change it."""
+
+    bad_query: str | None
+    params: dict[str, str]
+    segments: list[str] | None
+    route: str | None
+    path_key: str | None  # "/".join(segments): the answer cache's path
+
+    @property
+    def api_version(self) -> str | None:
+        return self.params.get("api-version")
+
+
+def _parse_target(target: str) -> _Target:
+    path, _, query = target.partition("?")
+    try:
+        params = parse_query(query)
+        bad = None
+    except BadQuery as exc:
+        params, bad = {}, str(exc)
+    segments = split_path(path)
+    return _Target(bad, params, segments, _route(segments),
+                   "/".join(segments) if segments is not None else None)
 
 
 def _route(segments: list[str] | None) -> str | None:

@@ -9,25 +9,48 @@ can raise past a connection, so the server keeps answering everyone else.
 Draining (SIGTERM) stops accepting, closes keep-alive connections between requests, and
 lets each in-flight request finish; a connection accepted but not yet spoken on still gets
 its first request answered (it may have been queued for us by the kernel).
+
+Cost on the read path. This loop is most of the server's CPU per request, so:
+
+* Timeouts are enforced by one sweeper task per listener, not by a cancel scope with a
+  deadline per receive. Each connection has one cancel scope for its life and a
+  ``deadline`` it sets while it waits for bytes; the sweeper ticks (a tenth of the shorter
+  timeout, at most 1 s), keeps a coarse clock, and cancels connections waiting past their
+  deadline. Deadlines are computed from the coarse clock plus one tick, so a timeout
+  never fires early and at most two ticks late.
+* Sockets are used directly (non-blocking ``recv``/``send`` and ``wait_readable`` /
+  ``wait_writable``) rather than through ``SocketStream``, whose every send also yields
+  to the scheduler. Fairness is kept by construction: each turn of the loop blocks in
+  ``wait_readable`` or, when bytes were already there (pipelining), takes an explicit
+  checkpoint, so one busy connection cannot starve the others.
+* The per-request clock is ``time.perf_counter`` (the access record's ``seconds``).
+
+A request that may park (``wait_for_change``) is answered while a second task watches the
+socket: if the client goes away meanwhile, the request is cancelled, which releases its
+per-VM watcher slot at once instead of at its timeout.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import socket
 import sys
+import time
 import traceback
 from collections import Counter
 from typing import Protocol
 
 import attrs
 import trio
+from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
 from ._http import (
     LAST_CHUNK,
     HttpConnection,
     HttpLimits,
     ProtocolError,
+    WireCache,
     encode_chunk,
     encode_head,
     error_bytes,
@@ -37,6 +60,7 @@ from ._request import Request, Response, error
 
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+_INF = math.inf
 
 
 @attrs.frozen
@@ -63,6 +87,23 @@ class ListenerStatistics:
     protocol_errors: int = 0
     timeouts: int = 0
     internal_errors: int = 0
+    disconnected_watchers: int = 0  # parked requests cancelled because the client left
+
+
+class _Conn:
+    """What the sweeper and ``drain`` need to see of a connection."""
+
+    __slots__ = ("scope", "deadline", "idle", "timed_out")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self.deadline = _INF  # finite only while waiting for request bytes
+        self.idle = False  # waiting between keep-alive requests (drain may close it)
+        self.timed_out = False
+
+
+class _Closed(Exception):
+    """The connection is to end here (the peer closed, or we answered and close)."""
 
 
 class Listener:
@@ -71,7 +112,8 @@ class Listener:
     def __init__(self, sock: socket.socket, app: App, *, http: HttpLimits,
                  limits: ConnectionLimits, ttl: int = 0, clock: trio.abc.Clock | None = None,
                  wall: object = None) -> None:
-        self.socket = trio.socket.from_stdlib_socket(sock)
+        sock.setblocking(False)
+        self.socket = sock
         self.address = sock.getsockname()
         self.app = app
         self.http = http
@@ -80,28 +122,57 @@ class Listener:
         self.stats = ListenerStatistics()
         self.draining = False
         self._per_caller: Counter[str] = Counter()
-        self._idle: set[trio.CancelScope] = set()
+        self._conns: set[_Conn] = set()
         self._accepting = trio.CancelScope()
+        self._wire = WireCache()
+        shortest = min(limits.header_timeout, limits.idle_timeout)
+        self._tick = min(1.0, max(0.01, shortest / 10))
+        self._now = 0.0  # the sweeper's coarse clock (trio time); set in serve()
 
     def drain(self) -> None:
         """Stop accepting and close idle keep-alive connections; in-flight ones finish."""
         self.draining = True
         self._accepting.cancel()
-        for scope in list(self._idle):
-            scope.cancel()
+        for state in list(self._conns):
+            if state.idle:
+                state.scope.cancel()
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
-        async with trio.open_nursery() as nursery:
-            with self._accepting:
-                task_status.started()
-                await self._accept_loop(nursery)
-            self.socket.close()
+        self._now = trio.current_time()
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._sweep)
+            async with trio.open_nursery() as nursery:
+                with self._accepting:
+                    task_status.started()
+                    await self._accept_loop(nursery)
+                notify_closing(self.socket)
+                self.socket.close()
+            outer.cancel_scope.cancel()  # every connection has ended: stop the sweeper
+
+    async def _sweep(self) -> None:
+        """Cancel connections waiting for bytes past their deadline (one timer for all)."""
+        while True:
+            await trio.sleep(self._tick)
+            now = self._now = trio.current_time()
+            for state in self._conns:
+                if state.deadline <= now:
+                    state.timed_out = True
+                    state.deadline = _INF
+                    state.scope.cancel()
+
+    def _deadline(self, timeout: float) -> float:
+        # The coarse clock lags by up to a tick: adding one keeps a timeout from firing early.
+        return self._now + timeout + self._tick
 
     async def _accept_loop(self, nursery: trio.Nursery) -> None:
+        listener = self.socket
         while True:
             try:
-                conn, addr = await self.socket.accept()
+                conn, addr = listener.accept()
+            except BlockingIOError:
+                await wait_readable(listener)
+                continue
             except OSError as exc:
                 if exc.errno in _ACCEPT_RETRY:
                     await trio.sleep(0.1)  # out of descriptors: let connections finish
@@ -109,6 +180,7 @@ class Listener:
                 if exc.errno in _ACCEPT_SKIP:
                     continue
                 raise
+            await checkpoint()  # a flood of connections must not starve the others
             peer = peer_host(addr)
             if (self.stats.open >= self.limits.max_connections
                     or self._per_caller[peer] >= self.limits.max_connections_per_caller):
@@ -116,69 +188,106 @@ class Listener:
                 conn.close()
                 continue
             try:
-                set_ttl(conn, self.ttl)  # type: ignore[arg-type]
+                conn.setblocking(False)
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_ttl(conn, self.ttl)
             except OSError:
                 conn.close()
                 continue
             self.stats.accepted += 1
             self.stats.open += 1
             self._per_caller[peer] += 1
-            nursery.start_soon(self._connection, trio.SocketStream(conn), peer)
+            nursery.start_soon(self._connection, conn, peer)
 
-    async def _connection(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _connection(self, sock: socket.socket, peer: str) -> None:
+        state = _Conn()
+        self._conns.add(state)
         try:
-            async with stream:
-                await self._serve(stream, peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass  # the peer went away; nothing to answer
+            await self._serve(sock, peer, state)
+        except (_Closed, OSError):
+            pass  # the peer went away (or we closed after an answer): nothing to answer
         finally:
+            self._conns.discard(state)
+            notify_closing(sock)
+            sock.close()
             self.stats.open -= 1
             self._per_caller[peer] -= 1
             if not self._per_caller[peer]:
                 del self._per_caller[peer]
 
-    async def _serve(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _serve(self, sock: socket.socket, peer: str, state: _Conn) -> None:
         conn = HttpConnection(self.http)
-        deadline = trio.current_time() + self.limits.header_timeout
+        with state.scope:
+            await self._loop(sock, peer, state, conn)
+        if state.scope.cancelled_caught and state.timed_out and conn.mid_request:
+            self.stats.timeouts += 1
+            await self._send_all(sock, error_bytes(408, "request not complete in time"))
+
+    async def _loop(self, sock: socket.socket, peer: str, state: _Conn,
+                    conn: HttpConnection) -> None:
+        limits = self.limits
+        size = limits.receive_size
+        clock = time.perf_counter
+        pending = b""  # bytes read while a request was being answered (pipelined)
+        state.deadline = self._deadline(limits.header_timeout)
         while True:
             item = conn.next_request()
             if item is None:
                 idle = conn.requests > 0 and not conn.mid_request
                 if idle and self.draining:
                     return
-                with trio.CancelScope(deadline=deadline) as scope:
-                    if idle:
-                        self._idle.add(scope)
+                if pending:
+                    data, pending = pending, b""
+                    await checkpoint()
+                else:
+                    if state.deadline <= self._now:  # a dribbling slowloris
+                        state.timed_out = True
+                        return
                     try:
-                        data = await stream.receive_some(self.limits.receive_size)
-                    finally:
-                        self._idle.discard(scope)
-                if scope.cancelled_caught:
-                    if conn.mid_request:
-                        self.stats.timeouts += 1
-                        await stream.send_all(error_bytes(408, "request not complete in time"))
-                    return
+                        data = sock.recv(size)
+                        await checkpoint()  # bytes were waiting: still let others run
+                    except BlockingIOError:
+                        state.idle = idle
+                        try:
+                            data = await self._receive(sock, size)
+                        finally:
+                            state.idle = False
                 if not data:
                     return
                 if idle:  # the next request's first byte: it has header_timeout to finish
-                    deadline = trio.current_time() + self.limits.header_timeout
+                    state.deadline = self._deadline(limits.header_timeout)
                 try:
                     conn.feed(data)
                 except ProtocolError as exc:
                     self.stats.protocol_errors += 1
-                    await stream.send_all(error_bytes(exc.status, exc.message))
+                    await self._send_all(sock, error_bytes(exc.status, exc.message))
                     return
                 continue
             request, keep_alive = item
-            received = trio.current_time()
-            response = await self._respond(request, peer)
+            state.deadline = _INF  # no timeout while answering (a watcher parks)
+            received = clock()
+            if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
+                response, pending = await self._respond_watching(sock, request, peer)
+            else:
+                response = await self._respond(request, peer)
             keep_alive = keep_alive and not self.draining
-            sent = await self._send(stream, request, response, keep_alive)
-            self.app.answered(request, peer, response, received, sent,
-                              trio.current_time() - received)
+            sent = await self._send(sock, request, response, keep_alive)
+            self.app.answered(request, peer, response, received, sent, clock() - received)
             if not keep_alive:
                 return
-            deadline = trio.current_time() + self.limits.idle_timeout
+            # A partial pipelined request already in gets header_timeout from now (its
+            # first byte came while we were answering); otherwise the idle timeout runs.
+            state.deadline = self._deadline(limits.header_timeout if conn.mid_request
+                                            else limits.idle_timeout)
+
+    async def _receive(self, sock: socket.socket, size: int) -> bytes:
+        while True:
+            await wait_readable(sock)
+            try:
+                return sock.recv(size)
+            except BlockingIOError:
+                pass
 
     async def _respond(self, request: Request, peer: str) -> Response:
         try:
@@ -188,20 +297,64 @@ class Listener:
             traceback.print_exc(file=sys.stderr)
             return error(500, "Internal error")
 
-    async def _send(self, stream: trio.SocketStream, request: Request, response: Response,
+    async def _respond_watching(self, sock: socket.socket, request: Request,
+                                peer: str) -> tuple[Response, bytes]:
+        """Answer a request that may park while watching the socket: a client that closes
+        its connection cancels the request (releasing its watcher slot). Bytes it sends
+        meanwhile (a pipelined request) are kept for after the answer; from then on the
+        socket is no longer watched, so pipelining behind a watch cannot grow a buffer."""
+        box: list[Response] = []
+        early: list[bytes] = []
+
+        async def answer(cancel: trio.CancelScope) -> None:
+            box.append(await self._respond(request, peer))
+            cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer, nursery.cancel_scope)
+            try:
+                data = await self._receive(sock, self.limits.receive_size)
+            except OSError:  # reset: gone as surely as by EOF
+                data = b""
+            if data:
+                early.append(data)
+            else:  # EOF (or reset, which raises): the client is gone
+                self.stats.disconnected_watchers += 1
+                nursery.cancel_scope.cancel()
+        if not box:
+            raise _Closed
+        return box[0], b"".join(early)
+
+    async def _send_all(self, sock: socket.socket, data: bytes) -> None:
+        # No checkpoint after a send that completes at once: the loop's next receive (or
+        # its explicit checkpoint) yields, so a turn of the loop yields exactly once.
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        while view:
+            await wait_writable(sock)
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                pass
+
+    async def _send(self, sock: socket.socket, request: Request, response: Response,
                     keep_alive: bool) -> int:
         head_only = request.method == "HEAD"
         if response.stream is None:
-            data = encode_head(response, keep_alive=keep_alive, head_only=head_only)
-            await stream.send_all(data)
+            await self._send_all(sock, self._wire.encode(response, keep_alive, head_only))
             return 0 if head_only else len(response.body)
-        await stream.send_all(encode_head(response, keep_alive=keep_alive, head_only=True,
-                                          chunked=True))
+        await self._send_all(sock, encode_head(response, keep_alive=keep_alive,
+                                               head_only=True, chunked=True))
         sent = 0
         if not head_only:
             async for chunk in response.stream:
                 if chunk:
                     sent += len(chunk)
-                    await stream.send_all(encode_chunk(chunk))
-            await stream.send_all(LAST_CHUNK)
+                    await self._send_all(sock, encode_chunk(chunk))
+            await self._send_all(sock, LAST_CHUNK)
         return sent

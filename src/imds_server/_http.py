@@ -46,7 +46,7 @@ class _Collector:
         self.in_message = False
         self.heads = 0
         self.done: deque[tuple[Request, bool]] = deque()
-        self._url = bytearray()
+        self._url = b""
         self._headers: dict[str, str] = {}
         self._count = 0
         self._size = 0
@@ -59,27 +59,31 @@ class _Collector:
 
     def on_message_begin(self) -> None:
         self.in_head = self.in_message = True
-        self._url.clear()
+        self._url = b""
         self._headers = {}
         self._count = 0
         self._size = 0
-        self._body.clear()
+        if self._body:
+            self._body = bytearray()
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # Usually one call per request: keep the bytes as they come, join only if split.
+        self._url = self._url + url if self._url else url
         if len(self._url) > self.limits.max_request_line:
             self._fail(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count += 1
         self._size += len(name) + len(value) + 4
-        if self._count > self.limits.max_headers or \
-                self._size + len(self._url) > self.limits.max_header_bytes:
+        limits = self.limits
+        if self._count > limits.max_headers or \
+                self._size + len(self._url) > limits.max_header_bytes:
             self._fail(431, "request header too large")
-        key = name.decode("latin-1").lower()
+        key = _header_name(name)
         text = value.decode("latin-1")
-        old = self._headers.get(key)
-        self._headers[key] = text if old is None else f"{old}, {text}"
+        headers = self._headers
+        old = headers.get(key)
+        headers[key] = text if old is None else f"{old}, {text}"
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -99,10 +103,28 @@ class _Collector:
             target = self._url.decode("ascii")
         except UnicodeDecodeError:
             self._fail(400, "request target is not ASCII")
-        method = self.parser.get_method().decode("ascii", "replace")
-        request = Request(method, target, self._headers, bytes(self._body))
+        raw = self.parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("ascii", "replace")
+        request = Request(method, target, self._headers, bytes(self._body) if self._body
+                          else b"")
         self.done.append((request, self.parser.should_keep_alive()))
         self.in_message = False
+
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
+                                     "OPTIONS")}
+_NAMES: dict[bytes, str] = {}
+
+
+def _header_name(name: bytes) -> str:
+    """Lower-case header name, memoised: clients send the same few names every time.
+    Bounded (names are the client's choice)."""
+    key = _NAMES.get(name)
+    if key is None:
+        key = name.decode("latin-1").lower()
+        if len(_NAMES) < 512:
+            _NAMES[name] = key
+    return key
 
 
 class HttpConnection:
@@ -164,12 +186,60 @@ def http_date(now: float | None = None) -> str:
     return _date_cache[1]
 
 
+_date_line: tuple[int, bytes] = (0, b"")
+
+
+def _date_header() -> bytes:
+    """``Date: ...\r\n`` as bytes, formatted at most once per second."""
+    global _date_line
+    second = int(time.time())
+    if _date_line[0] != second:
+        _date_line = (second, f"Date: {http_date(second)}\r\n".encode("latin-1"))
+    return _date_line[1]
+
+
 def encode_head(response: Response, *, keep_alive: bool, head_only: bool,
                 chunked: bool = False) -> bytes:
     """Status line and headers (and the body, unless ``head_only`` or streaming)."""
+    status_line, rest = _encode_parts(response, keep_alive=keep_alive, head_only=head_only,
+                                      chunked=chunked)
+    return b"".join((status_line, _date_header(), rest))
+
+
+class WireCache:
+    """Encoded answers of recently sent ``Response`` objects, by identity.
+
+    The VM API hands out the same immutable ``Response`` for the same answer (until its
+    freshness headers change, at most once a second), so its status line, headers and body
+    are encoded once; a hit only joins them around the current ``Date`` line. Entries hold
+    their response, so an id cannot be reused while it is cached. Bounded: a full cache is
+    dropped and refilled (misses, such as one-off error answers, just encode)."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        # One map per (keep_alive, head_only): index 2 * keep_alive + head_only.
+        self._maps: tuple[dict[int, tuple[Response, bytes, bytes]], ...] = (
+            {}, {}, {}, {})
+
+    def encode(self, response: Response, keep_alive: bool, head_only: bool) -> bytes:
+        entries = self._maps[2 * keep_alive + head_only]
+        entry = entries.get(id(response))
+        if entry is None or entry[0] is not response:
+            status_line, rest = _encode_parts(response, keep_alive=keep_alive,
+                                              head_only=head_only)
+            if len(entries) >= self.size:
+                entries.clear()
+            entry = entries[id(response)] = (response, status_line, rest)
+        return b"".join((entry[1], _date_header(), entry[2]))
+
+
+def _encode_parts(response: Response, *, keep_alive: bool, head_only: bool,
+                  chunked: bool = False) -> tuple[bytes, bytes]:
+    """The status line, and everything after the ``Date`` line (headers, blank line and
+    the body unless ``head_only`` or streaming)."""
     status = response.status
-    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-             f"Date: {http_date()}\r\n"]
+    status_line = f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+    lines = []
     if status != 304:
         lines.append(f"Content-Type: {response.content_type}\r\n")
         if chunked:
@@ -183,8 +253,8 @@ def encode_head(response: Response, *, keep_alive: bool, head_only: bool,
     lines.append("\r\n")
     head = "".join(lines).encode("latin-1")
     if head_only or chunked or status == 304:
-        return head
-    return head + response.body
+        return status_line.encode("latin-1"), head
+    return status_line.encode("latin-1"), head + response.body
 
 
 def encode_chunk(data: bytes) -> bytes:

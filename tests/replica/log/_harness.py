@@ -119,7 +119,8 @@ def check_log(directory: Path, acked: set[int], last_ack: dict[int, int],
     verified |= present
     for w, b in last_ack.items():
         cursor = rec.reducer.checkpoints.get(f"w{w}")
-        assert cursor is not None and cursor >= b, f"cursor of w{w}: {cursor} < acked {b}"
+        assert cursor is not None, f"no cursor of w{w}"
+        assert cursor >= b, f"cursor of w{w}: {cursor} < acked {b}"
     return {"batches": len(present), "notes": rec.notes}
 
 

@@ -134,7 +134,7 @@ def test_repair_moves_damage_aside_and_explains(tmp_path: Path) -> None:
     assert sum(p.name in {s.name for s in segments} for p in kept) == \
         len(segments) - len(segments) // 2 - 1
     assert cli("log", "verify", log).returncode == 0
-    view, recovery = trio.run(reopen, log)
+    view, _ = trio.run(reopen, log)
     assert len(view) > 0
     assert cli("log", "repair", log).stdout.startswith("nothing to repair")
 

@@ -15,7 +15,6 @@ SOAK_KILLS = int(os.environ.get("IMDS_SOAK_KILLS", "5000"))
 
 def test_kill_9_while_appending(tmp_path: Path) -> None:
     stats = kill_loop(tmp_path / "log", 200, mode="normal", seed=1)
-    print(stats)
     assert stats["kills"] >= 200 - stats["exited"]
     assert stats["exited"] == 0
     assert stats["acked"] > 1000  # the writers got real work done between kills
@@ -23,7 +22,6 @@ def test_kill_9_while_appending(tmp_path: Path) -> None:
 
 def test_kill_9_during_compaction_and_snapshots(tmp_path: Path) -> None:
     stats = kill_loop(tmp_path / "log", 150, mode="maint", seed=2)
-    print(stats)
     assert stats["exited"] == 0
     assert stats["acked"] > 100
 

@@ -104,11 +104,11 @@ async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
         nonlocal ticks
         while True:
             ticks += 1
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         before = ticks
         await nursery.start(FileLog(tmp_path / "log", fsync="none").run, View())
         assert ticks > before + 5

@@ -49,7 +49,7 @@ def test_trusted_event_equals_validated_event_field_for_field() -> None:
         Event("s", ("k",), 1, -(2**63)),
     ]
     for event in events:
-        rebuilt = trusted_event(tuple(event_tuple(event)))  # type: ignore[arg-type]
+        rebuilt = trusted_event(tuple(event_tuple(event)))
         for field in attrs.fields(Event):
             assert getattr(rebuilt, field.name) == getattr(event, field.name), field.name
         assert repr(rebuilt) == repr(event)
