@@ -18,9 +18,18 @@ from ._errors import (
     ValidationError,
 )
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
+from ._file_source import (
+    FileSource,
+    FileSourceStatistics,
+    ScanResult,
+    diff_document,
+    parse_document,
+)
 from ._liveliness import LivelinessPolicy, LivelinessTracker, SourceState, SourceStatus
+from ._log import CompactionResult, FileLog, FileLogStatistics
 from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
 from ._merge import merge, order_key, supersedes
+from ._poll_source import PollResult, PollSource, PollSourceStatistics
 from ._push import PushSource
 from ._replica import Replica, ReplicaStatistics, SubmitResult, open_replica
 from ._source import Source, SourceSink
@@ -32,11 +41,16 @@ __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
     "Checkpoint",
     "ClientError",
+    "CompactionResult",
     "ConfigError",
     "CorruptLogError",
     "DocumentInfo",
     "Event",
     "EventLog",
+    "FileLog",
+    "FileLogStatistics",
+    "FileSource",
+    "FileSourceStatistics",
     "HybridClock",
     "ImdsError",
     "JSONValue",
@@ -44,10 +58,14 @@ __all__ = [
     "LivelinessPolicy",
     "LivelinessTracker",
     "MemoryLog",
+    "PollResult",
+    "PollSource",
+    "PollSourceStatistics",
     "PushSource",
     "Recovery",
     "Replica",
     "ReplicaStatistics",
+    "ScanResult",
     "ServerError",
     "Source",
     "SourceSink",
@@ -60,10 +78,12 @@ __all__ = [
     "View",
     "ViewStatistics",
     "__version__",
+    "diff_document",
     "hlc_version",
     "merge",
     "open_replica",
     "order_key",
+    "parse_document",
     "supersedes",
     "validate_batch",
     "version_wall_ms",

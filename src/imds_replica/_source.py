@@ -10,7 +10,7 @@ cursor after a restart. New adapters are one module plus a three-line test subcl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -35,6 +35,10 @@ class Source(Protocol):
         ...
 
 
+def _claimed(event: object) -> object:
+    return event.get("source") if isinstance(event, Mapping) else None
+
+
 class SourceSink:
     """A source's handle on its replica; one per source."""
 
@@ -55,12 +59,15 @@ class SourceSink:
     def now(self) -> float:
         return self._replica.now()
 
-    async def submit(self, events: Sequence[Event], cursor: Any = _UNSET) -> SubmitResult:
+    async def submit(
+        self, events: Sequence[Event | Mapping[str, Any]], cursor: Any = _UNSET
+    ) -> SubmitResult:
         """Submit a batch of this source's events, with the cursor to resume after it."""
         for i, event in enumerate(events):
-            if isinstance(event, Event) and event.source != self.name:
+            claimed = event.source if isinstance(event, Event) else _claimed(event)
+            if claimed != self.name:
                 raise ValidationError(
-                    f"source: {event.source!r} submitted through source {self.name!r}", index=i
+                    f"source: {claimed!r} submitted through source {self.name!r}", index=i
                 )
         checkpoint = None if cursor is _UNSET else Checkpoint(self.name, cursor)
         return await self._replica.submit(events, checkpoint=checkpoint, source=self.name)

@@ -25,15 +25,17 @@ Cost on the read path. This loop is most of the server's CPU per request, so:
   checkpoint, so one busy connection cannot starve the others.
 * The per-request clock is ``time.perf_counter`` (the access record's ``seconds``).
 
-A request that may park (``wait_for_change``) is answered while a second task watches the
-socket: if the client goes away meanwhile, the request is cancelled, which releases its
-per-VM watcher slot at once instead of at its timeout.
+A request that may park (``wait_for_change``) is answered while the listener's hang-up
+monitor watches its socket: if the client goes away meanwhile, the request is cancelled,
+which releases its per-VM watcher slot at once instead of at its timeout. (A client that
+half-closes its side while parked counts as gone, as in most servers' long-polling.)
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import select
 import socket
 import sys
 import time
@@ -93,13 +95,47 @@ class ListenerStatistics:
 class _Conn:
     """What the sweeper and ``drain`` need to see of a connection."""
 
-    __slots__ = ("scope", "deadline", "idle", "timed_out")
+    __slots__ = ("deadline", "idle", "scope", "timed_out")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
         self.deadline = _INF  # finite only while waiting for request bytes
         self.idle = False  # waiting between keep-alive requests (drain may close it)
         self.timed_out = False
+
+
+class _HangupMonitor:
+    """Notices clients that hang up while their request is parked.
+
+    A parked connection is not read (its next bytes belong to the next request), so a
+    hang-up would go unseen until the park ends. Rather than a reader task per parked
+    request, one task per listener waits on a private epoll set of the parked sockets,
+    registered for ``EPOLLRDHUP`` only (the peer shut its side; pipelined data does not
+    wake it), and cancels the request of each socket that reports a hang-up or an error."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._scopes: dict[int, trio.CancelScope] = {}
+
+    def watch(self, fd: int, scope: trio.CancelScope) -> None:
+        self._epoll.register(fd, select.EPOLLRDHUP)
+        self._scopes[fd] = scope
+
+    def forget(self, fd: int) -> None:
+        if self._scopes.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        while True:
+            await wait_readable(self._epoll)
+            for fd, _events in self._epoll.poll(0):  # only hang-ups and errors are asked
+                scope = self._scopes.pop(fd, None)
+                if scope is not None:
+                    self._epoll.unregister(fd)
+                    scope.cancel()
+
+    def close(self) -> None:
+        self._epoll.close()
 
 
 class _Closed(Exception):
@@ -125,6 +161,7 @@ class Listener:
         self._conns: set[_Conn] = set()
         self._accepting = trio.CancelScope()
         self._wire = WireCache()
+        self._hangups = _HangupMonitor()
         shortest = min(limits.header_timeout, limits.idle_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))
         self._now = 0.0  # the sweeper's coarse clock (trio time); set in serve()
@@ -142,13 +179,15 @@ class Listener:
         self._now = trio.current_time()
         async with trio.open_nursery() as outer:
             outer.start_soon(self._sweep)
+            outer.start_soon(self._hangups.run)
             async with trio.open_nursery() as nursery:
                 with self._accepting:
                     task_status.started()
                     await self._accept_loop(nursery)
                 notify_closing(self.socket)
                 self.socket.close()
-            outer.cancel_scope.cancel()  # every connection has ended: stop the sweeper
+            outer.cancel_scope.cancel()  # every connection has ended: stop the helpers
+        self._hangups.close()
 
     async def _sweep(self) -> None:
         """Cancel connections waiting for bytes past their deadline (one timer for all)."""
@@ -229,7 +268,6 @@ class Listener:
         limits = self.limits
         size = limits.receive_size
         clock = time.perf_counter
-        pending = b""  # bytes read while a request was being answered (pipelined)
         state.deadline = self._deadline(limits.header_timeout)
         while True:
             item = conn.next_request()
@@ -237,22 +275,18 @@ class Listener:
                 idle = conn.requests > 0 and not conn.mid_request
                 if idle and self.draining:
                     return
-                if pending:
-                    data, pending = pending, b""
-                    await checkpoint()
-                else:
-                    if state.deadline <= self._now:  # a dribbling slowloris
-                        state.timed_out = True
-                        return
+                if state.deadline <= self._now:  # a dribbling slowloris
+                    state.timed_out = True
+                    return
+                try:
+                    data = sock.recv(size)
+                    await checkpoint()  # bytes were waiting: still let others run
+                except BlockingIOError:
+                    state.idle = idle
                     try:
-                        data = sock.recv(size)
-                        await checkpoint()  # bytes were waiting: still let others run
-                    except BlockingIOError:
-                        state.idle = idle
-                        try:
-                            data = await self._receive(sock, size)
-                        finally:
-                            state.idle = False
+                        data = await self._receive(sock, size)
+                    finally:
+                        state.idle = False
                 if not data:
                     return
                 if idle:  # the next request's first byte: it has header_timeout to finish
@@ -268,7 +302,7 @@ class Listener:
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
             if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
-                response, pending = await self._respond_watching(sock, request, peer)
+                response = await self._respond_watching(sock, request, peer)
             else:
                 response = await self._respond(request, peer)
             keep_alive = keep_alive and not self.draining
@@ -298,32 +332,18 @@ class Listener:
             return error(500, "Internal error")
 
     async def _respond_watching(self, sock: socket.socket, request: Request,
-                                peer: str) -> tuple[Response, bytes]:
-        """Answer a request that may park while watching the socket: a client that closes
-        its connection cancels the request (releasing its watcher slot). Bytes it sends
-        meanwhile (a pipelined request) are kept for after the answer; from then on the
-        socket is no longer watched, so pipelining behind a watch cannot grow a buffer."""
-        box: list[Response] = []
-        early: list[bytes] = []
-
-        async def answer(cancel: trio.CancelScope) -> None:
-            box.append(await self._respond(request, peer))
-            cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(answer, nursery.cancel_scope)
+                                peer: str) -> Response:
+        """Answer a request that may park, cancelling it if the client hangs up meanwhile
+        (which releases its per-VM watcher slot at once, not at its timeout)."""
+        with trio.CancelScope() as scope:
+            fd = sock.fileno()
+            self._hangups.watch(fd, scope)
             try:
-                data = await self._receive(sock, self.limits.receive_size)
-            except OSError:  # reset: gone as surely as by EOF
-                data = b""
-            if data:
-                early.append(data)
-            else:  # EOF (or reset, which raises): the client is gone
-                self.stats.disconnected_watchers += 1
-                nursery.cancel_scope.cancel()
-        if not box:
-            raise _Closed
-        return box[0], b"".join(early)
+                return await self._respond(request, peer)
+            finally:
+                self._hangups.forget(fd)
+        self.stats.disconnected_watchers += 1
+        raise _Closed
 
     async def _send_all(self, sock: socket.socket, data: bytes) -> None:
         # No checkpoint after a send that completes at once: the loop's next receive (or

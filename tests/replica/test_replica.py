@@ -155,3 +155,14 @@ async def test_given_view_and_policy_are_used() -> None:
     async with open_replica(view=view, sources=[push], policies={"fabric": policy}) as replica:
         assert replica.view is view
         assert replica.liveliness.status("fabric", 0.0).policy == policy
+
+
+async def test_sink_refuses_wire_form_events_of_another_source() -> None:
+    push = PushSource("fabric")
+    async with open_replica(sources=[push]) as replica:
+        sink = push._sink
+        assert sink is not None
+        with pytest.raises(ValidationError, match="event 0: source: 'tags' submitted through"):
+            await sink.submit([{"source": "tags", "key": ["a"], "version": 1, "value": 1}])
+        await sink.submit([{"source": "fabric", "key": ["a"], "version": 1, "value": 1}])
+        assert replica.view.document(("a",)) == 1

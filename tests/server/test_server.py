@@ -408,3 +408,44 @@ async def test_statistics_record() -> None:
         assert stats.connections_accepted >= 3
         assert stats.requests >= 3
 
+
+
+async def test_parked_watcher_disconnect_releases_its_slot() -> None:
+    # One watcher slot per VM: a client that goes away while parked must give it back at
+    # once (not at its timeout), so the next watcher parks instead of getting 429.
+    async with running(make_config(rate_limit=0.0, max_watchers_per_vm=1)) as server:
+        target = (f"/metadata/instance/compute/name?api-version={V}&format=text"
+                  "&wait_for_change=true&timeout_sec=300")
+        from .conftest import connect
+
+        for _ in range(2):
+            stream = await connect(server.vm_address)
+            await stream.send_all(request_bytes("GET", target, MD, close=False))
+            await wait_until(lambda: server.statistics().parked_watchers == 1)
+            await stream.aclose()
+            await wait_until(lambda: server.statistics().parked_watchers == 0, seconds=5)
+        # The slot is free: a watcher now parks and is answered by a change.
+        assert server.replica is not None
+        replies: list[Any] = []
+
+        async def watch() -> None:
+            replies.append(await get(server.vm_address, target))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            await wait_until(lambda: server.statistics().parked_watchers == 1)
+            await server.replica.submit([Event("fabric", ("vms", VM_A, "compute", "name"),
+                                               60, "renamed")])
+        assert [(r.status, r.body) for r in replies] == [(200, b"renamed")]
+
+
+async def test_request_pipelined_behind_a_watch_is_answered_after_it() -> None:
+    async with running(make_config(rate_limit=0.0)) as server:
+        watch = (f"/metadata/instance/compute/name?api-version={V}&format=text"
+                 "&wait_for_change=true&timeout_sec=1")
+        plain = f"/metadata/instance/compute/name?api-version={V}&format=text"
+        data = (request_bytes("GET", watch, MD, close=False)
+                + request_bytes("GET", plain, MD, close=True))
+        with trio.fail_after(5):
+            replies = await exchange(server.vm_address, data, expect=2)
+        assert [(r.status, r.body) for r in replies] == [(200, b"vm-a-name")] * 2
