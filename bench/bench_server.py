@@ -122,7 +122,15 @@ def _wrk(port: int, pid: int) -> dict[str, float]:
 
 
 def read_path() -> dict[str, Any]:
+    """imds (``imds-server serve``, telemetry included) against the bare server, and,
+    to show what of the difference is telemetry's, the same server without telemetry."""
     proc, port, _ = _start_server(["--demo", "--rate-limit", "0"])
+    plain_port, plain_admin = _free_port(), _free_port()
+    plain_config = Path(tempfile.mkstemp(suffix=".toml")[1])
+    plain_config.write_text("rate-limit = 0\n")
+    plain = subprocess.Popen([*_pin(0), sys.executable, "-m", "bench.bench_server",
+                              "--serve-no-telemetry", str(plain_config), str(plain_port),
+                              str(plain_admin)], stderr=subprocess.DEVNULL)
     try:
         answer = _raw_answer(port)
         bare_port = _free_port()
@@ -132,18 +140,28 @@ def read_path() -> dict[str, Any]:
                                  "--bare", str(bare_port), str(answer_file)])
         try:
             _wait_tcp(bare_port)
-            runs: dict[str, list[dict[str, float]]] = {"imds": [], "bare": []}
-            for _ in range(ROUNDS):  # alternating, so drift hits both alike
+            _wait_http(f"http://127.0.0.1:{plain_admin}/healthz")
+            runs: dict[str, list[dict[str, float]]] = {"imds": [], "bare": [],
+                                                       "imds_no_telemetry": []}
+            for _ in range(ROUNDS):  # alternating, so drift hits all alike
                 runs["imds"].append(_wrk(port, proc.pid))
                 runs["bare"].append(_wrk(bare_port, bare.pid))
+                runs["imds_no_telemetry"].append(_wrk(plain_port, plain.pid))
         finally:
             _stop(bare)
     finally:
         _stop(proc)
+        _stop(plain)
     out: dict[str, Any] = {"answer_bytes": len(answer), "rounds": ROUNDS, "seconds": SECONDS}
     for name, results in runs.items():
         out[name] = {k: statistics.median(r[k] for r in results) for k in results[0]}
     out["cpu_ratio"] = out["imds"]["cpu_us_per_request"] / out["bare"]["cpu_us_per_request"]
+    out["cpu_ratio_no_telemetry"] = (out["imds_no_telemetry"]["cpu_us_per_request"]
+                                     / out["bare"]["cpu_us_per_request"])
+    # Per-round ratios (each round's runs are back to back): the spread shows the noise.
+    out["cpu_ratios_per_round"] = [
+        i["cpu_us_per_request"] / b["cpu_us_per_request"]
+        for i, b in zip(runs["imds"], runs["bare"], strict=True)]
     out["p99_ratio"] = out["imds"]["p99_ms"] / out["bare"]["p99_ms"]
     return out
 
@@ -278,10 +296,13 @@ def watch_client(port: int, count: int) -> None:
     print(json.dumps({"answered": answered, "last": last or None}), flush=True)
 
 
-def serve_watch(config_path: str, port: int, admin: int) -> None:
-    """The server for the watcher benchmark: ``imds-server serve --demo`` (same ``Server``,
-    same signal handling) with an observer noting when the last watch answer was written
-    (an access record's ``time + seconds``); printed as JSON on exit."""
+def serve(config_path: str, port: int, admin: int, *, telemetry: bool = True,
+          watch: bool = False) -> None:
+    """``imds-server serve --demo`` as the CLI runs it (same ``Server``, same signal
+    handling, telemetry mounted the same way) with two knobs for measuring: ``watch`` adds
+    an observer noting when the last watch answer was written (an access record's
+    ``time + seconds``, printed as JSON on exit); ``telemetry=False`` leaves telemetry out,
+    to tell the server's own cost from telemetry's."""
     import trio
 
     from imds_server import AccessRecord, RequestObserver, Server
@@ -295,7 +316,7 @@ def serve_watch(config_path: str, port: int, admin: int) -> None:
             self.last = 0.0
 
         def request(self, record: AccessRecord) -> None:
-            if self.inner is not None:  # telemetry, as `imds-server serve` has it
+            if self.inner is not None:
                 self.inner.request(record)
             if record.watch:
                 self.answered += 1
@@ -303,13 +324,15 @@ def serve_watch(config_path: str, port: int, admin: int) -> None:
 
     config = load_config(config_path, {"listen": f"127.0.0.1:{port}",
                                        "admin-listen": f"127.0.0.1:{admin}", "demo": True})
-    telemetry = _telemetry_for(config)
-    arguments: dict[str, Any] = telemetry.server_arguments(config) if telemetry else {}
+    tel = _telemetry_for(config) if telemetry else None
+    arguments: dict[str, Any] = tel.server_arguments(config) if tel else {}
     observer = LastWrite(arguments.get("observer"))
-    arguments["observer"] = observer
-    trio.run(serve_until_signalled, Server(config, **arguments), telemetry)
-    print(json.dumps({"answered": observer.answered, "last_written": observer.last or None}),
-          flush=True)
+    if watch:
+        arguments["observer"] = observer
+    trio.run(serve_until_signalled, Server(config, **arguments), tel)
+    if watch:
+        print(json.dumps({"answered": observer.answered,
+                          "last_written": observer.last or None}), flush=True)
 
 
 def _health(admin: int) -> dict[str, Any]:
@@ -369,7 +392,10 @@ def main() -> None:
     rows = [
         ["read CPU µs/request (imds)", rp["imds"]["cpu_us_per_request"], ""],
         ["read CPU µs/request (bare trio+httptools)", rp["bare"]["cpu_us_per_request"], ""],
-        ["CPU ratio imds/bare (goal <= 1.5)", rp["cpu_ratio"], ""],
+        ["CPU ratio imds/bare (goal <= 1.5)", rp["cpu_ratio"],
+         " / ".join(f"{r:.2f}" for r in rp["cpu_ratios_per_round"])],
+        ["read CPU µs/request (imds without telemetry; ratio)",
+         rp["imds_no_telemetry"]["cpu_us_per_request"], rp["cpu_ratio_no_telemetry"]],
         ["p99 ms at 32 conns (imds / bare)", rp["imds"]["p99_ms"], rp["bare"]["p99_ms"]],
         ["requests/s (imds / bare)", rp["imds"]["rps"], rp["bare"]["rps"]],
         ["parked watchers", w["watchers"], w["parked_seen"]],
@@ -420,6 +446,8 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--watch-client"]:
         watch_client(int(sys.argv[2]), int(sys.argv[3]))
     elif sys.argv[1:2] == ["--serve-watch"]:
-        serve_watch(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), watch=True)
+    elif sys.argv[1:2] == ["--serve-no-telemetry"]:
+        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), telemetry=False)
     else:
         main()

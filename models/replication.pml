@@ -245,13 +245,12 @@ end:
      }
   /* a consumer redelivers everything after the cursor (an acknowledgement timed out) */
   :: atomic {
-       s = 0;
-       if
-       :: (cursor[0] < SEQS && (net & ABOVE(0, cursor[0])) != ABOVE(0, cursor[0])) -> s = 0
-       :: (cursor[1] < SEQS && (net & ABOVE(1, cursor[1])) != ABOVE(1, cursor[1])) -> s = 1
-       fi;
-       net = net | ABOVE(s, cursor[s]);
-       s = 0
+       (cursor[0] < SEQS && (net & ABOVE(0, cursor[0])) != ABOVE(0, cursor[0])) ->
+       net = net | ABOVE(0, cursor[0])
+     }
+  :: atomic {
+       (cursor[1] < SEQS && (net & ABOVE(1, cursor[1])) != ABOVE(1, cursor[1])) ->
+       net = net | ABOVE(1, cursor[1])
      }
   /* caught up: every consumer at the end of its stream and the log durable */
   :: atomic {

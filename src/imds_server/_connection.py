@@ -19,10 +19,14 @@ Cost on the read path. This loop is most of the server's CPU per request, so:
   deadline. Deadlines are computed from the coarse clock plus one tick, so a timeout
   never fires early and at most two ticks late.
 * Sockets are used directly (non-blocking ``recv``/``send`` and ``wait_readable`` /
-  ``wait_writable``) rather than through ``SocketStream``, whose every send also yields
-  to the scheduler. Fairness is kept by construction: each turn of the loop blocks in
-  ``wait_readable`` or, when bytes were already there (pipelining), takes an explicit
-  checkpoint, so one busy connection cannot starve the others.
+  ``wait_writable``) rather than through ``SocketStream``, whose every receive and send
+  also yields to the scheduler (two scheduler round trips per request). Fairness is kept
+  by a bound instead: a client that waits for each answer makes the next receive block
+  (a yield); bytes already waiting are processed at once, but after ``_YIELD_EVERY`` such
+  receives in a row the connection takes a checkpoint, so a pipelining client cannot
+  starve the others.
+* Answers are sent from ``WireCache``: the VM API reuses one immutable ``Response`` per
+  answer and second, whose head and body are encoded once.
 * The per-request clock is ``time.perf_counter`` (the access record's ``seconds``).
 
 A request that may park (``wait_for_change``) is answered while the listener's hang-up
@@ -63,6 +67,7 @@ from ._request import Request, Response, error
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _INF = math.inf
+_YIELD_EVERY = 8
 
 
 @attrs.frozen
@@ -268,6 +273,7 @@ class Listener:
         limits = self.limits
         size = limits.receive_size
         clock = time.perf_counter
+        streak = 0  # receives in a row that found bytes waiting (no yield yet)
         state.deadline = self._deadline(limits.header_timeout)
         while True:
             item = conn.next_request()
@@ -280,13 +286,22 @@ class Listener:
                     return
                 try:
                     data = sock.recv(size)
-                    await checkpoint()  # bytes were waiting: still let others run
                 except BlockingIOError:
+                    streak = 0
                     state.idle = idle
                     try:
                         data = await self._receive(sock, size)
                     finally:
                         state.idle = False
+                else:
+                    # Bytes were already waiting (usual under load: the request came while
+                    # we answered others). A client that waits for each answer makes the
+                    # next receive block, which yields; one that keeps pipelining is made
+                    # to yield every _YIELD_EVERY receives, so it cannot starve the others.
+                    streak += 1
+                    if streak >= _YIELD_EVERY:
+                        streak = 0
+                        await checkpoint()
                 if not data:
                     return
                 if idle:  # the next request's first byte: it has header_timeout to finish
@@ -304,9 +319,23 @@ class Listener:
             if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
                 response = await self._respond_watching(sock, request, peer)
             else:
-                response = await self._respond(request, peer)
+                try:  # inline of _respond: one coroutine less per request
+                    response = await self.app.respond(request, peer)
+                except Exception:
+                    response = self._failed()
             keep_alive = keep_alive and not self.draining
-            sent = await self._send(sock, request, response, keep_alive)
+            if response.stream is None:
+                head_only = request.method == "HEAD"
+                data = self._wire.encode(response, keep_alive, head_only)
+                try:
+                    written = sock.send(data)
+                except BlockingIOError:
+                    written = 0
+                if written != len(data):  # the socket buffer is full: wait for room
+                    await self._send_all(sock, memoryview(data)[written:])
+                sent = 0 if head_only else len(response.body)
+            else:
+                sent = await self._send(sock, request, response, keep_alive)
             self.app.answered(request, peer, response, received, sent, clock() - received)
             if not keep_alive:
                 return
@@ -326,10 +355,15 @@ class Listener:
     async def _respond(self, request: Request, peer: str) -> Response:
         try:
             return await self.app.respond(request, peer)
-        except Exception:  # a bug of ours: answer 500 (clients retry), keep serving
-            self.stats.internal_errors += 1
-            traceback.print_exc(file=sys.stderr)
-            return error(500, "Internal error")
+        except Exception:
+            return self._failed()
+
+    def _failed(self) -> Response:
+        """A bug of ours (called in an ``except``): answer 500 (clients retry), keep
+        serving."""
+        self.stats.internal_errors += 1
+        traceback.print_exc(file=sys.stderr)
+        return error(500, "Internal error")
 
     async def _respond_watching(self, sock: socket.socket, request: Request,
                                 peer: str) -> Response:
@@ -345,9 +379,10 @@ class Listener:
         self.stats.disconnected_watchers += 1
         raise _Closed
 
-    async def _send_all(self, sock: socket.socket, data: bytes) -> None:
-        # No checkpoint after a send that completes at once: the loop's next receive (or
-        # its explicit checkpoint) yields, so a turn of the loop yields exactly once.
+    async def _send_all(self, sock: socket.socket, data: bytes | memoryview) -> None:
+        # No checkpoint after a send that completes at once: the connection loop's
+        # fairness rule (a receive that blocks, or a checkpoint every _YIELD_EVERY turns)
+        # already bounds how long one connection runs without yielding.
         try:
             sent = sock.send(data)
         except BlockingIOError:

@@ -11,6 +11,7 @@ import email.utils
 import json
 import time
 from collections import deque
+from types import MappingProxyType
 
 import attrs
 import httptools
@@ -105,12 +106,13 @@ class _Collector:
             self._fail(400, "request target is not ASCII")
         raw = self.parser.get_method()
         method = _METHODS.get(raw) or raw.decode("ascii", "replace")
-        request = Request(method, target, self._headers, bytes(self._body) if self._body
-                          else b"")
+        request = Request(method, target, MappingProxyType(self._headers),
+                          bytes(self._body) if self._body else b"")
         self.done.append((request, self.parser.should_keep_alive()))
         self.in_message = False
 
 
+_MAX_REPEAT = 4096  # bytes: a request longer than this is not remembered for reuse
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
                                      "OPTIONS")}
 _NAMES: dict[bytes, str] = {}
@@ -140,6 +142,10 @@ class HttpConnection:
         self._proto.parser = self._parser
         self._head_bytes = 0
         self.requests = 0
+        # The last lone request read in one piece, and what it parsed to: clients on a
+        # keep-alive connection (guest agents, pollers) send byte-identical requests.
+        self._repeat = b""
+        self._repeated: tuple[Request, bool] | None = None
 
     @property
     def mid_request(self) -> bool:
@@ -147,7 +153,18 @@ class HttpConnection:
         return self._proto.in_message
 
     def feed(self, data: bytes) -> None:
-        heads = self._proto.heads
+        proto = self._proto
+        boundary = not proto.in_message
+        if boundary and data == self._repeat and self._repeated is not None:
+            # The bytes of the last lone request again, at a message boundary: llhttp
+            # would call back the same values and end where it started (the request was
+            # complete, bodiless and keep-alive), so its parse is reused. The Request is
+            # immutable (headers are a read-only view), so sharing it is safe.
+            proto.done.append(self._repeated)
+            self._head_bytes = 0
+            return
+        heads = proto.heads
+        queued = len(proto.done)
         # Bytes since the last complete head: bounds a head that never ends (httptools
         # buffers partial names and values itself). A chunk that completes a head resets
         # the count, so the bound is approximate by at most one receive.
@@ -160,10 +177,15 @@ class HttpConnection:
             if self._proto.error is not None:
                 raise self._proto.error from None
             raise ProtocolError(400, "malformed request") from None
-        if self._proto.heads != heads:
+        if proto.heads != heads:
             self._head_bytes = 0
-        if self._proto.in_head and self._head_bytes > self.limits.max_header_bytes:
+        if proto.in_head and self._head_bytes > self.limits.max_header_bytes:
             raise ProtocolError(431, "request header too large")
+        if boundary and not proto.in_message and proto.heads == heads + 1 and \
+                len(proto.done) == queued + 1 and len(data) <= _MAX_REPEAT:
+            item = proto.done[-1]
+            if item[1] and not item[0].body:
+                self._repeat, self._repeated = data, item
 
     def next_request(self) -> tuple[Request, bool] | None:
         """The next complete request and whether the client allows keep-alive."""
