@@ -74,9 +74,6 @@ byte crashes;
 #ifdef LIVENESS
 bool settled[HOSTS];              /* host h has caught up, is durable and holds the winner */
 #endif
-/* Always 0.  Each assertion reads `assert(name || condition)` so that pan's report names
- * the property that failed; models/check matches on the name. */
-hidden byte convergence, catch_up_complete, acked_kept, no_resurrection;
 
 /* imds_replica._merge.supersedes(new, old) */
 inline supersedes(n, o, res) {
@@ -109,6 +106,10 @@ proctype Host(byte h) {
   byte win;                       /* the specification's winner (a constant) */
   byte e, k, i, c, s, got, wins;  /* scratch, zero between steps */
   bool caught_up;
+  /* Always 0.  Each assertion reads `assert(name || condition)` so that pan's report names
+   * the property that failed; models/check matches on the name.  (Locals, not globals:
+   * a global read would defeat the partial-order reduction.) */
+  bit convergence, catch_up_complete, acked_kept, no_resurrection;
 
 /* View.apply(event) */
 #define apply(ev) \

@@ -22,9 +22,9 @@ Cost on the read path. This loop is most of the server's CPU per request, so:
   ``wait_writable``) rather than through ``SocketStream``, whose every receive and send
   also yields to the scheduler (two scheduler round trips per request). Fairness is kept
   by a bound instead: a client that waits for each answer makes the next receive block
-  (a yield); bytes already waiting are processed at once, but after ``_YIELD_EVERY`` such
-  receives in a row the connection takes a checkpoint, so a pipelining client cannot
-  starve the others.
+  (a yield); bytes already waiting, and pipelined requests already parsed, are processed
+  at once, but after ``_YIELD_EVERY`` such steps without a blocking receive the
+  connection takes a checkpoint, so a pipelining client cannot starve the others.
 * Answers are sent from ``WireCache``: the VM API reuses one immutable ``Response`` per
   answer and second, whose head and body are encoded once.
 * The per-request clock is ``time.perf_counter`` (the access record's ``seconds``).
@@ -49,7 +49,14 @@ from typing import Protocol
 
 import attrs
 import trio
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import (
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    notify_closing,
+    wait_readable,
+    wait_writable,
+)
 
 from ._http import (
     LAST_CHUNK,
@@ -67,7 +74,7 @@ from ._request import Request, Response, error
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _INF = math.inf
-_YIELD_EVERY = 8
+_YIELD_EVERY = 16  # steps a connection may run without yielding (see _loop)
 
 
 @attrs.frozen
@@ -118,33 +125,31 @@ class _HangupMonitor:
     registered for ``EPOLLRDHUP`` only (the peer shut its side; pipelined data does not
     wake it), and cancels the request of each socket that reports a hang-up or an error."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: ListenerStatistics) -> None:
+        self._stats = stats
         self._epoll = select.epoll()
-        self._scopes: dict[int, trio.CancelScope] = {}
+        self._conns: dict[int, _Conn] = {}
 
-    def watch(self, fd: int, scope: trio.CancelScope) -> None:
+    def watch(self, fd: int, state: _Conn) -> None:
         self._epoll.register(fd, select.EPOLLRDHUP)
-        self._scopes[fd] = scope
+        self._conns[fd] = state
 
     def forget(self, fd: int) -> None:
-        if self._scopes.pop(fd, None) is not None:
+        if self._conns.pop(fd, None) is not None:
             self._epoll.unregister(fd)
 
     async def run(self) -> None:
         while True:
             await wait_readable(self._epoll)
             for fd, _events in self._epoll.poll(0):  # only hang-ups and errors are asked
-                scope = self._scopes.pop(fd, None)
-                if scope is not None:
+                state = self._conns.pop(fd, None)
+                if state is not None:
                     self._epoll.unregister(fd)
-                    scope.cancel()
+                    self._stats.disconnected_watchers += 1
+                    state.scope.cancel()
 
     def close(self) -> None:
         self._epoll.close()
-
-
-class _Closed(Exception):
-    """The connection is to end here (the peer closed, or we answered and close)."""
 
 
 class Listener:
@@ -166,7 +171,7 @@ class Listener:
         self._conns: set[_Conn] = set()
         self._accepting = trio.CancelScope()
         self._wire = WireCache()
-        self._hangups = _HangupMonitor()
+        self._hangups = _HangupMonitor(self.stats)
         shortest = min(limits.header_timeout, limits.idle_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))
         self._now = 0.0  # the sweeper's coarse clock (trio time); set in serve()
@@ -182,17 +187,19 @@ class Listener:
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
         self._now = trio.current_time()
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self._sweep)
-            outer.start_soon(self._hangups.run)
-            async with trio.open_nursery() as nursery:
-                with self._accepting:
-                    task_status.started()
-                    await self._accept_loop(nursery)
-                notify_closing(self.socket)
-                self.socket.close()
-            outer.cancel_scope.cancel()  # every connection has ended: stop the helpers
-        self._hangups.close()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._sweep)
+                outer.start_soon(self._hangups.run)
+                async with trio.open_nursery() as nursery:
+                    with self._accepting:
+                        task_status.started()
+                        await self._accept_loop(nursery)
+                    notify_closing(self.socket)
+                    self.socket.close()
+                outer.cancel_scope.cancel()  # every connection has ended: stop the helpers
+        finally:
+            self._hangups.close()
 
     async def _sweep(self) -> None:
         """Cancel connections waiting for bytes past their deadline (one timer for all)."""
@@ -212,6 +219,9 @@ class Listener:
     async def _accept_loop(self, nursery: trio.Nursery) -> None:
         listener = self.socket
         while True:
+            # As trio's own accept: stop here once draining, never after accepting (a
+            # connection accepted is served; the kernel's queue waits for the next process).
+            await checkpoint_if_cancelled()
             try:
                 conn, addr = listener.accept()
             except BlockingIOError:
@@ -224,7 +234,7 @@ class Listener:
                 if exc.errno in _ACCEPT_SKIP:
                     continue
                 raise
-            await checkpoint()  # a flood of connections must not starve the others
+            await cancel_shielded_checkpoint()  # a flood must not starve the others
             peer = peer_host(addr)
             if (self.stats.open >= self.limits.max_connections
                     or self._per_caller[peer] >= self.limits.max_connections_per_caller):
@@ -249,7 +259,7 @@ class Listener:
         self._conns.add(state)
         try:
             await self._serve(sock, peer, state)
-        except (_Closed, OSError):
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (or we closed after an answer): nothing to answer
         finally:
             self._conns.discard(state)
@@ -264,7 +274,7 @@ class Listener:
         conn = HttpConnection(self.http)
         with state.scope:
             await self._loop(sock, peer, state, conn)
-        if state.scope.cancelled_caught and state.timed_out and conn.mid_request:
+        if state.timed_out and conn.mid_request:  # by the sweeper, or seen by the loop
             self.stats.timeouts += 1
             await self._send_all(sock, error_bytes(408, "request not complete in time"))
 
@@ -295,9 +305,7 @@ class Listener:
                         state.idle = False
                 else:
                     # Bytes were already waiting (usual under load: the request came while
-                    # we answered others). A client that waits for each answer makes the
-                    # next receive block, which yields; one that keeps pipelining is made
-                    # to yield every _YIELD_EVERY receives, so it cannot starve the others.
+                    # we answered others): go on without yielding, within the bound below.
                     streak += 1
                     if streak >= _YIELD_EVERY:
                         streak = 0
@@ -310,6 +318,7 @@ class Listener:
                     conn.feed(data)
                 except ProtocolError as exc:
                     self.stats.protocol_errors += 1
+                    state.deadline = _INF  # answering now: not a 408 as well
                     await self._send_all(sock, error_bytes(exc.status, exc.message))
                     return
                 continue
@@ -317,7 +326,7 @@ class Listener:
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
             if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
-                response = await self._respond_watching(sock, request, peer)
+                response = await self._respond_watching(sock, state, request, peer)
             else:
                 try:  # inline of _respond: one coroutine less per request
                     response = await self.app.respond(request, peer)
@@ -339,6 +348,14 @@ class Listener:
             self.app.answered(request, peer, response, received, sent, clock() - received)
             if not keep_alive:
                 return
+            # Fairness: sends do not yield, and a client that waits for each answer makes
+            # the next receive block (a yield). One that pipelines gets its requests
+            # answered from the buffer, so every _YIELD_EVERY steps (answers, or receives
+            # that found bytes waiting) without a blocking receive take a checkpoint.
+            streak += 1
+            if streak >= _YIELD_EVERY:
+                streak = 0
+                await checkpoint()
             # A partial pipelined request already in gets header_timeout from now (its
             # first byte came while we were answering); otherwise the idle timeout runs.
             state.deadline = self._deadline(limits.header_timeout if conn.mid_request
@@ -365,23 +382,23 @@ class Listener:
         traceback.print_exc(file=sys.stderr)
         return error(500, "Internal error")
 
-    async def _respond_watching(self, sock: socket.socket, request: Request,
+    async def _respond_watching(self, sock: socket.socket, state: _Conn, request: Request,
                                 peer: str) -> Response:
-        """Answer a request that may park, cancelling it if the client hangs up meanwhile
-        (which releases its per-VM watcher slot at once, not at its timeout)."""
-        with trio.CancelScope() as scope:
-            fd = sock.fileno()
-            self._hangups.watch(fd, scope)
-            try:
-                return await self._respond(request, peer)
-            finally:
-                self._hangups.forget(fd)
-        self.stats.disconnected_watchers += 1
-        raise _Closed
+        """Answer a request that may park; if the client hangs up meanwhile, the hang-up
+        monitor cancels the connection's scope, which ends the request (releasing its
+        per-VM watcher slot at once, not at its timeout) and the connection. The
+        connection's own scope is used, rather than one more per request, because a
+        hang-up ends the connection anyway."""
+        fd = sock.fileno()
+        self._hangups.watch(fd, state)
+        try:
+            return await self._respond(request, peer)
+        finally:
+            self._hangups.forget(fd)
 
     async def _send_all(self, sock: socket.socket, data: bytes | memoryview) -> None:
         # No checkpoint after a send that completes at once: the connection loop's
-        # fairness rule (a receive that blocks, or a checkpoint every _YIELD_EVERY turns)
+        # fairness rule (a receive that blocks, or a checkpoint every _YIELD_EVERY steps)
         # already bounds how long one connection runs without yielding.
         try:
             sent = sock.send(data)

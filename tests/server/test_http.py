@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from imds_server import HttpConnection, HttpLimits, ProtocolError, Response
+from imds_server import HttpConnection, HttpLimits, ProtocolError, Request, Response
 from imds_server._http import encode_head
 
 
@@ -57,3 +57,63 @@ def test_encode_head() -> None:
     only = encode_head(Response(200, b"{}"), keep_alive=True, head_only=True)
     assert only.endswith(b"\r\n\r\n")
     assert b"Content-Length: 2" in only
+
+
+REQ = b"GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n"
+
+
+def _requests(conn: HttpConnection) -> list[tuple[Request, bool]]:
+    out = []
+    while (item := conn.next_request()) is not None:
+        out.append(item)
+    return out
+
+
+def test_a_repeated_request_reuses_its_parse_only_when_that_is_exact() -> None:
+    conn = HttpConnection()
+    conn.feed(REQ)
+    [(first, keep)] = _requests(conn)
+    conn.feed(REQ)  # the same bytes at a message boundary: the same (immutable) request
+    [(again, keep_again)] = _requests(conn)
+    assert again is first
+    assert (keep, keep_again) == (True, True)
+    with pytest.raises(TypeError):
+        first.headers["metadata"] = "false"  # type: ignore[index]  # read-only view
+    conn.feed(REQ[:10])  # split: parsed afresh, still the same request
+    conn.feed(REQ[10:])
+    [(split, _)] = _requests(conn)
+    assert split is not first
+    assert (split.target, dict(split.headers)) == (first.target, dict(first.headers))
+    conn.feed(REQ + REQ)  # pipelined: both parsed
+    assert [r.target for r, _ in _requests(conn)] == [first.target] * 2
+    conn.feed(b"GET /x HTTP/1.1\r\nX-Pad: ")  # mid-request: REQ is not a whole request
+    conn.feed(REQ)
+    [(padded, _)] = _requests(conn)
+    assert padded.target == "/x"
+    assert padded.headers["x-pad"].startswith("GET /metadata")
+
+
+def test_requests_with_a_body_are_always_parsed() -> None:
+    conn = HttpConnection()
+    post = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+    conn.feed(post)
+    conn.feed(post)
+    first, second = _requests(conn)
+    assert first[0] is not second[0]
+    assert first[0].body == second[0].body == b"abc"
+
+
+def test_wire_cache_encodes_like_encode_head() -> None:
+    from imds_server._http import WireCache
+
+    cache = WireCache(size=2)
+    response = Response(200, b"{}", headers=(("ETag", '"x"'),))
+    for keep_alive in (True, False):
+        for head_only in (True, False):
+            expected = encode_head(response, keep_alive=keep_alive, head_only=head_only)
+            assert cache.encode(response, keep_alive, head_only) == expected
+            assert cache.encode(response, keep_alive, head_only) == expected  # a hit
+    other = Response(404, b'{"error": "Not found"}')  # past the bound: dropped, refilled
+    for _ in range(3):
+        assert cache.encode(other, True, False) == encode_head(other, keep_alive=True,
+                                                               head_only=False)

@@ -449,3 +449,39 @@ async def test_request_pipelined_behind_a_watch_is_answered_after_it() -> None:
         with trio.fail_after(5):
             replies = await exchange(server.vm_address, data, expect=2)
         assert [(r.status, r.body) for r in replies] == [(200, b"vm-a-name")] * 2
+
+
+async def test_a_pipelining_client_does_not_starve_another() -> None:
+    # Sends do not yield; answers from a buffer full of pipelined requests must still let
+    # other connections in (every few answers), not only after the whole pipeline.
+    methods: list[str] = []
+    all_answered = trio.Event()
+
+    class Order:
+        def request(self, record: AccessRecord) -> None:
+            methods.append(record.method)
+            if len(methods) == 301:
+                all_answered.set()
+
+    async with running(make_config(rate_limit=0.0), observer=Order()) as server:
+        from .conftest import connect
+
+        other = await connect(server.vm_address, CALLER_B)
+        greedy = await connect(server.vm_address)
+
+        async def drain() -> None:
+            while await greedy.receive_some(65536):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await greedy.send_all(request_bytes("HEAD", "/metadata/versions", close=False)
+                                  * 300)
+            await other.send_all(request_bytes("GET", "/metadata/versions"))
+            with trio.fail_after(10):
+                await all_answered.wait()
+            nursery.cancel_scope.cancel()
+        await greedy.aclose()
+        await other.aclose()
+        assert methods.count("HEAD") == 300
+        assert methods.index("GET") < 300  # answered during the pipeline, not after it

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -59,10 +60,14 @@ KNOWN_TYPES = frozenset(int(t) for t in RecordType)
 
 
 # -- writing -------------------------------------------------------------------------------
+_LENGTH_TYPE = struct.Struct("<IB")
+_CRC = struct.Struct("<I")
+
+
 def frame(rtype: RecordType, payload: bytes) -> bytes:
     """One framed record."""
-    body = struct.pack("<IB", len(payload), rtype) + payload
-    return struct.pack("<I", crc32c(body)) + body
+    body = _LENGTH_TYPE.pack(len(payload), rtype) + payload
+    return _CRC.pack(crc32c(body)) + body
 
 
 def file_header(magic: bytes) -> bytes:
@@ -81,13 +86,29 @@ def cursor_pair(checkpoint: Checkpoint) -> list[Any]:
     return [checkpoint.source, encode_value(checkpoint.cursor)]
 
 
+_packers = threading.local()
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    # One reusable Packer per thread: ``packb`` builds (and frees) a Packer per call, a
+    # third of the cost of framing a one-event batch. Same options, so the same bytes.
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    data: bytes = packer.pack(obj)
+    return data
 
 
 def batch_payload(events: Sequence[Event], checkpoint: Checkpoint | None) -> bytes:
+    """A BATCH payload; the values go in as each event's precomputed canonical bytes.
+
+    Tuples pack as msgpack arrays exactly like lists, so ``event.key`` goes in as it is
+    and each event is one tuple display (no ``event_tuple`` call, no list copies).
+    """
     cp = None if checkpoint is None else cursor_pair(checkpoint)
-    return pack([[event_tuple(e) for e in events], cp])
+    return pack(([(e.source, e.key, e.version, e.deleted, e.encoded, e.seq)
+                  for e in events], cp))
 
 
 def tuples_payload(events: Iterable[EventTuple]) -> bytes:

@@ -70,6 +70,11 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
     def _write(self, lines: list[str]) -> None:
         self.stream = self.stream or self._open()  # None after an error or at start
         position = self.stream.tell()
+        text = "".join(lines)
+        if position + len(text) < self.maxBytes:  # the usual batch: no rollover inside
+            self.stream.write(text)
+            self.stream.flush()
+            return
         start = 0
         for i, line in enumerate(lines):
             if position and position + len(line) >= self.maxBytes:
@@ -130,8 +135,16 @@ def _gz_name(name: str) -> str:
     return name + ".gz"
 
 
+#: zlib level of rotated files. Every line is compressed once, at rotation, on the writer
+#: thread: on JSON access lines level 6 costs ~1.6 µs a line for a 22x ratio, level 3
+#: ~0.7 µs for 17x (levels 1-3 are zlib's fast strategy; bench/bench_telemetry.py). A
+#: quarter more disk for half the CPU per request.
+GZIP_LEVEL = 3
+
+
 def _gzip_rotate(source: str, dest: str) -> None:
-    with open(source, "rb") as src, gzip.open(dest + ".tmp", "wb", compresslevel=6) as dst:
+    with open(source, "rb") as src, gzip.open(dest + ".tmp", "wb",
+                                              compresslevel=GZIP_LEVEL) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(dest + ".tmp", dest)
     os.remove(source)

@@ -1,24 +1,33 @@
-"""One structured stream, fanned out to the paths: a bounded queue of rendered lines drained
-by a writer thread into the cold file and the warm buffer.
+"""One structured stream, fanned out to the paths: a bounded queue drained by a writer
+thread into the cold file and the warm buffer.
 
-Producers (the request path, component loggers) render a line and put ``(level, line)`` on
-the queue, without blocking: when the writer falls behind by ``queue_size`` lines, new lines
-are dropped and counted rather than stalling the event loop.
+Producers never block: the request path appends the request's immutable ``AccessRecord``,
+component loggers append ``(level, line)`` rendered on their own thread (a ``LogRecord``
+holds live arguments). When the writer falls behind by ``queue_size`` entries, new ones are
+dropped and counted rather than stalling the event loop.
 
-Why not the stdlib ``QueueListener``: it wakes per line and its handlers lock, format and
-write (and seek) per line; on these 2-core machines that thread's GIL traffic cost the event
-loop more than half its read-path throughput (bench/bench_telemetry.py). The writer here
-wakes every ``WRITER_PERIOD``, takes every waiting line, and each sink writes the lot with
-one system call (the cold file still rotates through ``RotatingFileHandler``).
+The writer renders access lines, in batches. Why there and not on the request path: the
+record is immutable and carries its own time, so the line is identical wherever it is
+rendered, and the issue's point ("file I/O off the event loop") holds either way; but
+rendering is most of telemetry's per-request cost, and off the loop it is paid in one
+burst per batch, with the batch's work (render, join, one write) in one tight loop, rather
+than between every two requests. Measured in bench/bench_telemetry.py (docs/telemetry.md).
+
+Why the writer sleeps ``WRITER_PERIOD`` after *every* batch, busy or not: a thread that
+always has work wants the GIL back each time the event loop releases it for a system call,
+and on a loaded 2-core host that ping-pong cost more than the lines themselves. Sleeping
+makes it wake ~20 times a second and take a few hundred lines each time. (The stdlib
+``QueueListener`` wakes per line and its handlers lock, format and write per line: worse
+still.) The cold file still rotates through ``RotatingFileHandler``.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
@@ -27,15 +36,17 @@ from imds_server._observe import AccessRecord
 
 from ._cold import LEVELS, ColdFileHandler
 from ._config import TelemetryConfig
-from ._jsonlog import JsonFormatter, render_access
+from ._jsonlog import AccessRenderer, JsonFormatter, access_line
 from ._metrics import TelemetryMetrics
 from ._spool import Spool
 from ._warm import WarmBuffer
 
 #: The loggers whose records the pipeline takes (components log under these).
 COMPONENT_LOGGERS = ("imds_server", "imds_replica")
-#: Seconds the writer sleeps when the queue is empty: lines reach files this late at most.
+#: Seconds the writer sleeps between batches: lines reach files about this late at most.
 WRITER_PERIOD = 0.05
+#: Entries rendered and written per sink call (bounds the memory of one batch).
+WRITER_BATCH = 8192
 _INFO = logging.INFO
 
 
@@ -90,7 +101,9 @@ class LogPipeline:
         self.config = config
         self.log_dir = log_dir
         self.metrics = metrics
-        self.queue: queue.SimpleQueue[tuple[int, str]] = queue.SimpleQueue()
+        #: Access records and ``(level, line)`` of components, in order. ``deque`` append
+        #: and popleft are atomic under the GIL: no lock, and no wake-up per entry.
+        self.queue: deque[AccessRecord | tuple[int, str]] = deque()
         self._limit = config.queue_size
         self._dropped = metrics.log_dropped.labels("queue-full")
         self.handler = _QueueHandler(self)
@@ -118,10 +131,15 @@ class LogPipeline:
         self.sinks: tuple[LineSink, ...] = tuple(sinks)
         self._installed: list[logging.Logger] = []
         self._access_lines = metrics.log_lines.labels("info")
-        self._access_count = 0
-        self._access_counted = 0
+        self._unrenderable = metrics.log_dropped.labels("unrenderable")
+        self.render_errors = 0
+        self._renderer = AccessRenderer()  # the writer's: it alone renders access lines
+        import os
+        if os.environ.get("_BENCH_RENDER_ON_LOOP"):
+            self.access = self.access_rendered  # type: ignore[method-assign]
         self._writer: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._stopping = False
+        self._wake = threading.Event()  # set by stop() and flush(): no need to wait a period
         self._busy = False
 
     def _spool_dropped(self, batch: object) -> None:
@@ -129,6 +147,21 @@ class LogPipeline:
         self.metrics.spool_dropped_lines.inc(getattr(batch, "lines", 0))
 
     def start(self, loggers: Iterable[str] = COMPONENT_LOGGERS) -> None:
+        import gc, os, atexit  # TEMPORARY diagnostic
+        if os.environ.get("_BENCH_GC_LOG"):
+            stats = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+            began = [0.0]
+            def cb(phase: str, info: dict[str, int]) -> None:
+                if phase == "start":
+                    began[0] = time.perf_counter()
+                else:
+                    st = stats[info["generation"]]
+                    st[0] += 1
+                    st[1] += time.perf_counter() - began[0]
+            gc.callbacks.append(cb)
+            def dump() -> None:
+                Path(os.environ["_BENCH_GC_LOG"]).write_text(repr((stats, gc.get_count(), len(gc.get_objects(2)))))
+            self._gc_dump = dump
         try:
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +170,8 @@ class LogPipeline:
             self.metrics.log_errors.labels("cold").inc()
             print(f"imds-server: cannot create log directory {self.log_dir}: {error}",
                   file=sys.stderr, flush=True)
-        self._stopping.clear()
+        self._stopping = False
+        self._wake.clear()
         self._writer = threading.Thread(target=self._write_forever, name="imds-log-writer",
                                         daemon=True)
         self._writer.start()
@@ -149,69 +183,123 @@ class LogPipeline:
             self._installed.append(logger)
 
     def put(self, level: int, line: str) -> bool:
-        """Queue one rendered line; False (and counted) when the queue is full."""
-        if self.queue.qsize() >= self._limit:
+        """Queue one rendered line (no newline); False (and counted) when the queue is full."""
+        if len(self.queue) >= self._limit:
             self._dropped.inc()
             return False
-        self.queue.put((level, line))
+        self.queue.append((level, line + "\n"))
         return True
 
     def access(self, record: AccessRecord) -> None:
-        """Render one access line here (the request path) and queue it; never blocks."""
-        if self.queue.qsize() >= self._limit:
+        """Queue one access record (the request path): an append, never blocking."""
+        if len(self.queue) >= self._limit:
             self._dropped.inc()
             return
-        self.queue.put((_INFO, render_access(record)))
-        self._access_count += 1  # added to the metric by the writer, once per batch
+        self.queue.append(record)
+
+    def access_rendered(self, record: AccessRecord) -> None:  # TEMPORARY A/B
+        if len(self.queue) >= self._limit:
+            self._dropped.inc()
+            return
+        self.queue.append((_INFO, access_line(record)))
 
     def _write_forever(self) -> None:
+        failures = 0
         while True:
-            self._busy = True
-            batch: list[tuple[int, str]] = []
+            self._wake.wait(WRITER_PERIOD)
+            self._wake.clear()
+            stopping = self._stopping
             try:
-                while len(batch) < 10_000:
-                    batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                pass
-            if batch:
-                self._write(batch)
-            self._busy = False
-            if not batch:
-                if self._stopping.is_set():
-                    return
-                self._stopping.wait(WRITER_PERIOD)
+                self._drain()
+            except Exception as error:  # a sink bug: keep writing what comes next
+                failures += 1
+                if failures == 1:
+                    print(f"imds-server: log writer failed: {error!r}", file=sys.stderr,
+                          flush=True)
+            if stopping:
+                return
 
-    def _write(self, batch: list[tuple[int, str]]) -> None:
-        counted = self._access_count  # a racy read is fine: the rest is counted next time
-        self._access_lines.inc(counted - self._access_counted)
-        self._access_counted = counted
+    def _drain(self) -> None:
+        """Write everything queued now, ``WRITER_BATCH`` entries at a time."""
+        queue = self.queue
+        self._busy = True
+        try:
+            while queue:
+                n = min(len(queue), WRITER_BATCH)
+                self._write([queue.popleft() for _ in range(n)])
+        finally:
+            self._busy = False
+
+    def _write(self, batch: list[AccessRecord | tuple[int, str]]) -> None:
+        lines, levels, accessed = self._render(batch)
+        if accessed:
+            self._access_lines.inc(accessed)
+        if not lines:
+            return
+        lowest = _INFO if levels is None else min(levels)
         for sink in self.sinks:
             level = sink.level
-            lines = [line + "\n" for lineno, line in batch if lineno >= level]
-            if lines:
-                sink.write_lines(lines)
+            if level <= lowest:
+                chosen = lines
+            else:
+                assert levels is not None  # lowest > INFO only with component lines
+                chosen = [line for line, lvl in zip(lines, levels, strict=True) if lvl >= level]
+            if chosen:
+                sink.write_lines(chosen)
+
+    def _render(self, batch: list[AccessRecord | tuple[int, str]]
+                ) -> tuple[list[str], list[int] | None, int]:
+        """(lines, each line's level or None when all are access lines (info), access
+        lines rendered)."""
+        try:
+            return self._renderer.render(batch)
+        except Exception:
+            pass
+        # A record that does not render (a server bug) must neither stop the writer nor
+        # take its batch with it: render one by one, drop and count the bad ones.
+        lines: list[str] = []
+        levels: list[int] = []
+        accessed = 0
+        for item in batch:
+            if isinstance(item, tuple):
+                lines.append(item[1])
+                levels.append(item[0])
+                continue
+            try:
+                lines.append(access_line(item))
+            except Exception as error:
+                self._unrenderable.inc()
+                self.render_errors += 1
+                if self.render_errors == 1:
+                    print(f"imds-server: cannot render access record {item!r}: {error!r}",
+                          file=sys.stderr, flush=True)
+                continue
+            levels.append(_INFO)
+            accessed += 1
+        return lines, levels, accessed
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the writer has written every queued line (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while (self.queue.qsize() or self._busy) and time.monotonic() < deadline:
+        while (self.queue or self._busy) and time.monotonic() < deadline:
+            self._wake.set()
             time.sleep(0.002)
-        return not (self.queue.qsize() or self._busy)
+        return not (self.queue or self._busy)
 
     def stop(self) -> None:
         """Drain the queue, seal the warm buffer into the spool, close files."""
+        if hasattr(self, "_gc_dump"):
+            self._gc_dump()
         for logger in self._installed:
             logger.removeHandler(self.handler)
         self._installed.clear()
         if self._writer is not None:
-            self._stopping.set()
+            self._stopping = True
+            self._wake.set()
             self._writer.join()
             self._writer = None
         else:  # never started: what was queued is still written
-            batch: list[tuple[int, str]] = []
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self._write(batch)
+            self._drain()
         for sink in self.sinks:
             sink.close()  # the warm buffer seals what it holds into the spool
         self.handler.close()

@@ -1,0 +1,166 @@
+"""The fast paths of ingest and replay give exactly what the plain paths give.
+
+* ``View.load`` (recovery's bulk load) == ``View.apply`` event by event: registers, digest,
+  statistics, documents, change history.
+* ``Reducer.add_events`` (C-level update when versions grow) == a per-event LWW fold.
+* ``batch_payload`` writes the very bytes of the documented record layout.
+* ``gc_paused`` nests and restores the collector's state.
+* a cancelled ``append`` waiter does not disturb the appender.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from imds_replica import Checkpoint, Event, View
+from imds_replica._log import FileLog
+from imds_replica._log._frame import batch_payload, event_tuple, stored_digest
+from imds_replica._log._replay import Reducer, gc_paused, recover_directory
+from imds_replica._view import CHANGE_HISTORY
+from imds_replica.testing import _strategies as ist
+
+event_lists = st.lists(st.one_of(ist.tight_events(), ist.events()), max_size=40)
+
+
+def _state(view: View) -> dict[str, Any]:
+    docs = {tuple(e.key[:view.document_depth]) for e in view.registers()}
+    return {
+        "registers": [(e.key, e.version, e.source, e.deleted, e.encoded, e.seq)
+                      for e in view.registers()],
+        "digest": view.digest(),
+        "statistics": view.statistics(),
+        "documents": {d: view.document_info(d) for d in sorted(docs)},
+        "history": [view.changed_since(s) for s in range(-1, view.change_seq + 1)],
+    }
+
+
+@given(event_lists, event_lists)
+def test_load_equals_apply_one_by_one(before: list[Event], events: list[Event]) -> None:
+    applied, loaded = View(), View()
+    for e in before:  # also into a view that already holds registers
+        applied.apply(e)
+        loaded.apply(e)
+    changed = [applied.apply(e) for e in events]
+    assert loaded.load(events) == sum(changed)
+    assert _state(loaded) == _state(applied)
+
+
+@given(event_lists)
+def test_load_with_a_subscriber_calls_it_as_apply_does(events: list[Event]) -> None:
+    seen: dict[str, list[Any]] = {"apply": [], "load": []}
+    applied, loaded = View(), View()
+    applied.subscribe(lambda d: seen["apply"].append((d, applied.change_seq)))
+    loaded.subscribe(lambda d: seen["load"].append((d, loaded.change_seq)))
+    for e in events:
+        applied.apply(e)
+    loaded.load(events)
+    assert seen["load"] == seen["apply"]
+    assert _state(loaded) == _state(applied)
+
+
+def test_load_keeps_only_the_bounded_history() -> None:
+    n = CHANGE_HISTORY + 10
+    events = [Event("a", ("vms", f"vm{i % 7}", f"f{i}"), i, i) for i in range(n)]
+    applied, loaded = View(), View()
+    for e in events:
+        applied.apply(e)
+    loaded.load(events)
+    assert loaded.change_seq == applied.change_seq == n
+    for seq in (0, 9, 10, 11, n - CHANGE_HISTORY, n - 1, n):
+        assert loaded.changed_since(seq) == applied.changed_since(seq)
+
+
+def _reference_fold(batches: list[list[Event]]) -> dict[tuple[str, ...], tuple[Any, ...]]:
+    """LWW by (version, source, digest); an exact tie keeps the first in log order."""
+    best: dict[tuple[str, ...], tuple[Any, ...]] = {}
+    for batch in batches:
+        for e in batch:
+            t = tuple(event_tuple(e))
+            cur = best.get(e.key)
+            if cur is None or (t[2], t[0], stored_digest(t)) > (
+                    cur[2], cur[0], stored_digest(cur)):
+                best[e.key] = (t[0], e.key, *t[2:])
+    return best
+
+
+growing = st.lists(st.integers(0, 3), min_size=1, max_size=12).map(
+    lambda steps: [sum(steps[:i + 1]) for i in range(len(steps))])
+
+
+@given(st.lists(st.one_of(
+    st.lists(ist.tight_events(), min_size=1, max_size=6),
+    # batches whose versions grow, so the fast path is taken (and sometimes not, when a
+    # step is 0 or a later batch starts below an earlier one)
+    st.tuples(growing, st.lists(st.sampled_from(ist.TIGHT_KEYS), min_size=12, max_size=12),
+              st.sampled_from(["a", "b"]), st.integers(0, 40)).map(
+        lambda a: [Event(a[2], k, v + a[3], v) for v, k in zip(a[0], a[1], strict=False)]),
+), max_size=12))
+def test_reducer_fast_path_equals_per_event_fold(batches: list[list[Event]]) -> None:
+    reducer = Reducer()
+    for batch in batches:
+        reducer.add_events([(e.source, e.key, e.version, e.deleted, e.encoded, e.seq)
+                            for e in batch])
+    assert reducer.best == _reference_fold(batches)
+
+
+@given(st.lists(ist.any_events(), max_size=5), st.none() | st.integers(0, 99))
+def test_batch_payload_bytes_are_the_documented_layout(events: list[Event],
+                                                       cursor: int | None) -> None:
+    cp = None if cursor is None else Checkpoint("src", {"pos": cursor})
+    expected = msgpack.packb(
+        [[[e.source, list(e.key), e.version, e.deleted, e.encoded, e.seq] for e in events],
+         None if cp is None else [cp.source, msgpack.packb(cp.cursor, use_bin_type=True)]],
+        use_bin_type=True)
+    assert batch_payload(events, cp) == expected
+
+
+def test_gc_paused_nests_and_restores() -> None:
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # it was off before: left off
+    finally:
+        gc.enable()
+
+
+async def test_cancelled_waiter_leaves_the_log_working(tmp_path: Path) -> None:
+    log = FileLog(tmp_path / "log", snapshot_every=None)
+    view = View()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        with trio.move_on_after(0) as scope:  # cancelled at its first checkpoint
+            await log.append([Event("a", ("k", "1"), 1, 1)])
+        assert scope.cancelled_caught
+        assert await log.append([Event("a", ("k", "2"), 2, 2)]) == (True,)
+        results = []
+
+        async def one(i: int) -> None:
+            results.append(await log.append([Event("a", ("k", str(i)), i, i)]))
+
+        async with trio.open_nursery() as inner:
+            for i in range(10, 60):
+                inner.start_soon(one, i)
+        assert results == [(True,)] * 50
+        nursery.cancel_scope.cancel()
+    # The cancelled batch was queued before the cancel: written and applied like the rest.
+    with tempfile.TemporaryDirectory():
+        rec = recover_directory(tmp_path / "log", writable=False, fsync=False,
+                                max_record=2**26)
+    assert {k for k in rec.reducer.best} == {e.key for e in view.registers()}
+    assert ("k", "1") in rec.reducer.best
