@@ -35,11 +35,12 @@ def write_results(name: str, figures: dict[str, Any], header: Sequence[str],
                   rows: Sequence[Sequence[Any]]) -> Path:
     """Write NAME.json (figures + machine + time) and NAME.md (a table); return the md path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": machine(), "figures": figures}
+    host = machine()
+    doc: dict[str, Any] = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": host, "figures": figures}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    lines = [f"# {name}", "", f"Machine: {doc['machine']['cpu']}, "
-             f"{doc['machine']['cores']} cores, Python {doc['machine']['python']}; "
+    lines = [f"# {name}", "", f"Machine: {host['cpu']}, "
+             f"{host['cores']} cores, Python {host['python']}; "
              f"{doc['when']}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]

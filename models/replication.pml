@@ -92,6 +92,168 @@ inline supersedes(n, o, res) {
   fi
 }
 
+#ifdef DUP_MAX
+#define DUP_OK (dups < DUP_MAX)
+#define DUP_TAKE dups++
+#else
+#define DUP_OK true
+#define DUP_TAKE skip
+#endif
+#ifdef LOSS_MAX
+#define LOSS_OK (losses < LOSS_MAX)
+#define LOSS_TAKE losses++
+#else
+#define LOSS_OK true
+#define LOSS_TAKE skip
+#endif
+#ifdef CRASH_MAX
+#define CRASH_OK (crashes < CRASH_MAX)
+#define CRASH_TAKE crashes++
+#else
+#define CRASH_OK true
+#define CRASH_TAKE skip
+#endif
+
+/* View.apply(event) */
+inline apply(ev) {
+  k = KEY(ev);
+  supersedes(ev, reg[k], wins);
+  if
+  :: wins -> reg[k] = ev
+  :: else -> skip
+  fi;
+  wins = 0; k = 0
+}
+
+/* submit returns: the event is acknowledged to its source */
+inline acknowledge(ev) {
+  acked = acked | BIT(ev);
+  if
+  :: DEL(ev) && ORD(ev) > tombmax[KEY(ev)] -> tombmax[KEY(ev)] = ORD(ev)
+  :: else -> skip
+  fi
+}
+
+/* The consumer hands one message to Replica.submit([event], checkpoint=Checkpoint(source,
+ * cursor)): dedupe by seq, apply, append to the log tail with the new cursor. */
+inline submit(ev) {
+  s = SRC(ev);
+  if
+  :: SEQ(ev) > cursor[s] ->
+     apply(ev);
+     got = durable | BIT(ev);
+     i = 0;
+     do
+     :: i < tail_n -> got = got | BIT(tail_ev[i]); i++
+     :: else -> break
+     od;
+#ifdef CURSOR_PAST_GAP
+     /* control: the cursor jumps to the newest seq received, over any gap */
+     cursor[s] = SEQ(ev);
+#else
+     /* the cursor ends the contiguous prefix of seqs logged */
+     do
+     :: (cursor[s] < SEQS && (got & BIT(s * SEQS + cursor[s]))) -> cursor[s]++
+     :: else -> break
+     od;
+#endif
+     tail_ev[tail_n] = ev;
+     tail_ck[tail_n] = cursor[s];
+     tail_n++;
+#ifdef ACK_BEFORE_DURABLE
+     acknowledge(ev);             /* control: submit returns before the record is durable */
+#endif
+     /* no tombstone this host acknowledged is overtaken by an older write */
+     assert(no_resurrection || ORD(reg[KEY(ev)]) >= tombmax[KEY(ev)])
+  :: else -> skip                 /* a duplicate the cursor already covers */
+  fi;
+  s = 0; i = 0; got = 0
+}
+
+/* The log writes tail records [0, n) to disk: each record with its Checkpoint. */
+inline persist(n) {
+  c = 0;
+  do
+  :: c < n ->
+     durable = durable | BIT(tail_ev[c]);
+     pcur[SRC(tail_ev[c])] = tail_ck[c];
+     c++
+  :: else -> break
+  od;
+  c = 0
+}
+
+inline clear_tail() {
+  c = 0;
+  do
+  :: c < TAIL -> tail_ev[c] = 0; tail_ck[c] = 0; c++
+  :: else -> break
+  od;
+  tail_n = 0; c = 0
+}
+
+/* Group commit: the tail becomes durable, then submit returns for each of its events. */
+inline commit() {
+  persist(tail_n);
+#ifndef ACK_BEFORE_DURABLE
+  c = 0;
+  do
+  :: c < tail_n -> acknowledge(tail_ev[c]); c++
+  :: else -> break
+  od;
+  c = 0;
+#endif
+  clear_tail()
+}
+
+/* Crash and restart keeping `kept` tail records (a torn write keeps a prefix): replay the
+ * durable log into an empty view (MemoryLog.run), resume from the durable checkpoints. */
+inline restart(kept) {
+  persist(kept);
+  clear_tail();
+  reg[0] = NONE;
+  e = 0;
+  do
+  :: e < EVENTS ->
+     if
+     :: durable & BIT(e) -> apply(e)
+     :: else -> skip
+     fi;
+     e++
+  :: else -> break
+  od;
+  cursor[0] = pcur[0];
+  cursor[1] = pcur[1];
+  /* every acknowledged event is still in force */
+  e = 0;
+  do
+  :: e < EVENTS ->
+     assert(acked_kept || !(acked & BIT(e)) || ORD(reg[KEY(e)]) >= ORD(e));
+     e++
+  :: else -> break
+  od;
+  e = 0;
+  assert(no_resurrection || ORD(reg[0]) >= tombmax[0])
+}
+
+/* One message in flight to the host: delivered (consumed), delivered with a copy left in
+ * flight (a duplicate to come), or lost. */
+#define RECEIVE(E) \
+  :: d_step { ((net & BIT(E)) && tail_n < TAIL) -> net = net & ~BIT(E); submit(E) } \
+  :: d_step { ((net & BIT(E)) && tail_n < TAIL && DUP_OK) -> DUP_TAKE; submit(E) } \
+  :: d_step { ((net & BIT(E)) && LOSS_OK) -> LOSS_TAKE; net = net & ~BIT(E) }
+
+#define CRASH(KEPT) \
+  :: d_step { (CRASH_OK && tail_n >= KEPT) -> CRASH_TAKE; restart(KEPT) }
+
+/* A consumer redelivers everything after the host's cursor (an acknowledgement timed out)
+ * whenever some of it is not in flight. */
+#define REDELIVER(S) \
+  :: d_step { (cursor[S] < SEQS && (net & ABOVE(S, cursor[S])) != ABOVE(S, cursor[S])) -> \
+              net = net | ABOVE(S, cursor[S]) }
+
+#define CAUGHT_UP (tail_n == 0 && cursor[0] == SEQS && cursor[1] == SEQS)
+
 proctype Host(byte h) {
   byte net = ALL;                 /* the bag of messages in flight to this host */
   byte reg[KEYS];                 /* View registers: the winning event, or NONE */
@@ -111,12 +273,6 @@ proctype Host(byte h) {
    * a global read would defeat the partial-order reduction.) */
   bit convergence, catch_up_complete, acked_kept, no_resurrection;
 
-/* View.apply(event) */
-#define apply(ev) \
-  k = KEY(ev); supersedes(ev, reg[k], wins); \
-  if :: wins -> reg[k] = ev :: else -> skip fi; \
-  wins = 0
-
   d_step {
     reg[0] = NONE;
     win = NONE;
@@ -130,138 +286,29 @@ proctype Host(byte h) {
 
 end:
   do
-  /* the network hands the host one message in flight, in any order */
-  :: atomic {
-       net != 0 && tail_n < TAIL ->
-       if
-       :: net & 1 -> e = 0
-       :: net & 2 -> e = 1
-       :: net & 4 -> e = 2
-       :: net & 8 -> e = 3
-       fi;
-       if
-       :: net = net & ~BIT(e); c = 1                      /* delivered */
-#ifdef DUP_MAX
-       :: dups < DUP_MAX -> dups++; c = 1                 /* delivered, a copy stays */
-#else
-       :: c = 1
-#endif
-#ifdef LOSS_MAX
-       :: losses < LOSS_MAX -> losses++; net = net & ~BIT(e)
-#else
-       :: net = net & ~BIT(e)                             /* lost */
-#endif
-       fi;
-       s = SRC(e);
-       if
-       :: c && SEQ(e) > cursor[s] ->
-          /* Replica.submit([event], checkpoint=Checkpoint(source, cursor)) */
-          apply(e);
-          got = durable | BIT(e);
-          i = 0;
-          do
-          :: i < tail_n -> got = got | BIT(tail_ev[i]); i++
-          :: else -> break
-          od;
-#ifdef CURSOR_PAST_GAP
-          /* control: the cursor jumps to the newest seq received, over any gap */
-          cursor[s] = SEQ(e);
-#else
-          /* the cursor ends the contiguous prefix of seqs logged */
-          do
-          :: (cursor[s] < SEQS && (got & BIT(s * SEQS + cursor[s]))) -> cursor[s]++
-          :: else -> break
-          od;
-#endif
-          tail_ev[tail_n] = e;
-          tail_ck[tail_n] = cursor[s];
-          tail_n++;
-#ifdef ACK_BEFORE_DURABLE
-          /* control: submit returns before the record is durable */
-          acked = acked | BIT(e);
-          if :: DEL(e) && ORD(e) > tombmax[KEY(e)] -> tombmax[KEY(e)] = ORD(e) :: else -> skip fi;
-#endif
-          /* no tombstone this host acknowledged is overtaken by an older write */
-          assert(no_resurrection || ORD(reg[KEY(e)]) >= tombmax[KEY(e)])
-       :: else -> skip    /* lost, or a duplicate the cursor already covers */
-       fi;
-       e = 0; k = 0; i = 0; c = 0; s = 0; got = 0
-     }
-  /* group commit: the tail becomes durable, then its events are acknowledged */
-  :: atomic {
-       tail_n > 0 ->
-       c = 0;
-       do
-       :: c < tail_n ->
-          e = tail_ev[c];
-          durable = durable | BIT(e);
-          pcur[SRC(e)] = tail_ck[c];
-#ifndef ACK_BEFORE_DURABLE
-          acked = acked | BIT(e);
-          if :: DEL(e) && ORD(e) > tombmax[KEY(e)] -> tombmax[KEY(e)] = ORD(e) :: else -> skip fi;
-#endif
-          tail_ev[c] = 0; tail_ck[c] = 0;
-          c++
-       :: else -> break
-       od;
-       tail_n = 0; c = 0; e = 0
-     }
-  /* crash and restart: the durable log and a prefix of the tail survive; replay them into
-   * an empty view (MemoryLog.run); resume from the durable checkpoints (Recovery) */
-  :: atomic {
-#ifdef CRASH_MAX
-       crashes < CRASH_MAX -> crashes++;
-#else
-       true ->
-#endif
-       c = 0;
-       do
-       :: c < tail_n ->                       /* this record reached the disk */
-          durable = durable | BIT(tail_ev[c]); pcur[SRC(tail_ev[c])] = tail_ck[c]; c++
-       :: break
-       od;
-       c = 0;
-       do
-       :: c < TAIL -> tail_ev[c] = 0; tail_ck[c] = 0; c++
-       :: else -> break
-       od;
-       tail_n = 0; c = 0;
-       reg[0] = NONE;
-       e = 0;
-       do
-       :: e < EVENTS -> if :: durable & BIT(e) -> apply(e) :: else -> skip fi; e++
-       :: else -> break
-       od;
-       cursor[0] = pcur[0];
-       cursor[1] = pcur[1];
-       /* every acknowledged event is still in force */
-       e = 0;
-       do
-       :: e < EVENTS ->
-          assert(acked_kept || !(acked & BIT(e)) || ORD(reg[KEY(e)]) >= ORD(e)); e++
-       :: else -> break
-       od;
-       assert(no_resurrection || ORD(reg[0]) >= tombmax[0]);
-       e = 0; k = 0
-     }
-  /* a consumer redelivers everything after the cursor (an acknowledgement timed out) */
-  :: atomic {
-       (cursor[0] < SEQS && (net & ABOVE(0, cursor[0])) != ABOVE(0, cursor[0])) ->
-       net = net | ABOVE(0, cursor[0])
-     }
-  :: atomic {
-       (cursor[1] < SEQS && (net & ABOVE(1, cursor[1])) != ABOVE(1, cursor[1])) ->
-       net = net | ABOVE(1, cursor[1])
-     }
-  /* caught up: every consumer at the end of its stream and the log durable */
-  :: atomic {
-       (tail_n == 0 && cursor[0] == SEQS && cursor[1] == SEQS && !caught_up) ->
+  RECEIVE(0)
+  RECEIVE(1)
+  RECEIVE(2)
+  RECEIVE(3)
+  :: d_step { tail_n > 0 -> commit() }
+  CRASH(0)
+  CRASH(1)
+  CRASH(2)
+  REDELIVER(0)
+  REDELIVER(1)
+  /* caught up: every consumer at the end of its stream, the log durable */
+  :: d_step {
+       (CAUGHT_UP && !caught_up) ->
        caught_up = true;
        assert(catch_up_complete || durable == ALL);
        /* convergence: this host holds the specification's winner ... */
-       assert(convergence || reg[0] == win);
+       assert(convergence || reg[0] == win)
+     };
+     /* ... and the same register as every host that caught up before it.  A step of its
+      * own: the only one that touches globals, so every other step stays local and the
+      * partial-order reduction can interleave hosts cheaply. */
+     d_step {
        final[h] = reg[0];
-       /* ... and the same register as every other host that has caught up */
        c = 0;
        do
        :: c < HOSTS -> assert(convergence || final[c] == NONE || final[c] == reg[0]); c++
@@ -269,16 +316,15 @@ end:
        od;
        c = 0;
 #ifdef LIVENESS
-       settled[h] = (reg[0] == win);
+       settled[h] = (reg[0] == win)
+#else
+       skip
 #endif
      }
-  :: atomic {
-       (caught_up && !(tail_n == 0 && cursor[0] == SEQS && cursor[1] == SEQS)) ->
-       caught_up = false;
+  :: d_step { (caught_up && !CAUGHT_UP) -> caught_up = false }
 #ifdef LIVENESS
-       settled[h] = false;
+     ; settled[h] = false
 #endif
-     }
   od
 }
 

@@ -85,10 +85,6 @@ class VmApi:
         self._fresh: dict[tuple[str, ...], tuple[int, tuple[tuple[str, str], ...]]] = {}
         self._versions_body = _render.to_json({"apiVersions": list(_versions.VERSIONS)})
         self._targets: dict[str, _Target] = {}
-        #: Per (answer, watch): the last Response built for it and the freshness headers
-        #: it carries (entries hold the answer, so its id is not reused meanwhile).
-        self._prepared: dict[tuple[int, bool],
-                             tuple[Answer, tuple[tuple[str, str], ...], Response]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, view: View, liveliness: LivelinessTracker) -> None:
@@ -245,16 +241,17 @@ class VmApi:
                             route=route, vm=vm, api_version=version, watch=watch,
                             refused="bad-request" if answer.status == 400 else None)
         if_none_match = request.headers.get("if-none-match")
+        assert self.cache is not None
+        table = self.cache.prepared(vm)  # dropped with the VM's answers
         if not if_none_match:
             # The same answer with the same freshness headers (they change at most once a
             # second) is the same immutable Response: reuse it, so that the connection's
-            # wire cache can send its pre-encoded head too.
-            key = (id(answer), watch)
-            prepared = self._prepared.get(key)
+            # wire cache can send its pre-encoded head too. Entries hold their answer, so
+            # its id is not reused meanwhile.
+            prepared = table.get((id(answer), watch))
             if prepared is not None and prepared[0] is answer and prepared[1] is fresh:
-                response = prepared[2]
-                if response.vm == vm and response.route == route and \
-                        response.api_version == version:
+                response: Response = prepared[2]
+                if response.route == route and response.api_version == version:
                     return response
         headers = (("ETag", f'"{answer.etag}"'), *fresh)
         if _matches(if_none_match, answer.etag):
@@ -263,9 +260,7 @@ class VmApi:
         response = Response(200, answer.body, answer.content_type, headers, etag=answer.etag,
                             route=route, vm=vm, api_version=version, watch=watch)
         if not if_none_match:
-            if len(self._prepared) >= _MAX_PREPARED:
-                self._prepared.clear()
-            self._prepared[(id(answer), watch)] = (answer, fresh, response)
+            table[(id(answer), watch)] = (answer, fresh, response)
         return response
 
     def _answer_versions(self, request: Request, vm: str) -> Response:
@@ -362,7 +357,6 @@ class VmApi:
 
 
 _MAX_TARGETS = 1024
-_MAX_PREPARED = 4096
 
 
 @attrs.frozen(slots=True)

@@ -9,6 +9,7 @@ the guest's choice); past the bound the VM's entries are dropped and rebuilt on 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -35,12 +36,22 @@ class AnswerCache:
         self.misses = 0
         self.invalidations = 0
         self._vms: dict[str, dict[CacheKey, Answer]] = {}
+        self._prepared: dict[str, dict[Any, Any]] = {}
         self._unsubscribe: Callable[[], None] = view.subscribe(self._changed)
 
     def _changed(self, doc_key: tuple[str, ...]) -> None:
-        if len(doc_key) == 2 and doc_key[0] == "vms" and \
-                self._vms.pop(doc_key[1], None) is not None:
-            self.invalidations += 1
+        if len(doc_key) == 2 and doc_key[0] == "vms":
+            self._prepared.pop(doc_key[1], None)
+            if self._vms.pop(doc_key[1], None) is not None:
+                self.invalidations += 1
+
+    def prepared(self, vm: str) -> dict[Any, Any]:
+        """A side table for what the API derives from this VM's answers (the responses it
+        reuses), dropped with them: on a change of the VM's document, or at the bound."""
+        table = self._prepared.get(vm)
+        if table is None:
+            table = self._prepared[vm] = {}
+        return table
 
     def get(self, vm: str, key: CacheKey) -> Answer | None:
         entries = self._vms.get(vm)
@@ -55,6 +66,7 @@ class AnswerCache:
         entries = self._vms.setdefault(vm, {})
         if len(entries) >= self.max_per_vm:
             entries.clear()
+            self._prepared.pop(vm, None)
         entries[key] = answer
 
     def __len__(self) -> int:

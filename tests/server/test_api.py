@@ -414,3 +414,31 @@ def test_cache_hit_then_invalidated_by_change(view: View, liveliness: Liveliness
 def test_versions_2017_03_01_predates_every_field(api: VmApi) -> None:
     doc = body(answer(api, "/metadata/instance?api-version=2017-03-01"))
     assert doc == {"compute": {}, "network": {}}
+
+
+def test_a_cached_read_reuses_its_response_until_age_or_data_change(
+        api: VmApi, view: View) -> None:
+    target = f"/metadata/instance/compute/name?api-version={V}&format=text"
+    first = answer(api, target)
+    assert answer(api, target) is first  # same answer, same second: nothing rebuilt
+    assert answer(api, target, now=NOW + 0.5) is first
+    later = answer(api, target, now=NOW + 1)  # a new second: Age is recomputed
+    assert later is not first
+    assert later.body == first.body
+    etag = first.headers[0][1]
+    not_modified = answer(api, target, headers={**MD, "If-None-Match": etag}, now=NOW + 1)
+    assert not_modified.status == 304
+    assert answer(api, target, now=NOW + 1) is later  # the 304 did not replace it
+    view.apply(Event("fabric", ("vms", VM_A, "compute", "name"), 99, "renamed"))
+    renamed = answer(api, target, now=NOW + 1)
+    assert renamed.body == b"renamed"
+    assert renamed.etag != first.etag
+
+
+def test_parsed_targets_are_remembered_but_bounded(api: VmApi) -> None:
+    for i in range(1100):  # more distinct targets than the memo keeps
+        resp = answer(api, f"/metadata/instance/compute/name?api-version={V}&format=text"
+                           f"&extra={i}")
+        assert resp.body == b"vm-a-name"
+    assert len(api._targets) <= 1024
+    assert answer(api, f"/metadata/instance?api-version={V}&x=1&x=2").status == 400

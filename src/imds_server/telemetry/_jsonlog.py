@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from imds_server._observe import AccessRecord
 
@@ -78,6 +79,31 @@ def access_line(r: AccessRecord) -> str:
         f'"refused":{_opt(r.refused)},"watch":{"true" if r.watch else "false"}}}\n')
 
 
+#: An access record as the pipeline queues it: a plain tuple, in this order. Why not the
+#: ``AccessRecord`` itself: it is a GC-tracked object, and thousands waiting ~50 ms for the
+#: writer were promoted through the collector's generations and set off full collections
+#: on the event loop; a tuple of strings and numbers is untracked at its first collection.
+#: The last nine fields are all a line's text but its time, id and numbers: the segment
+#: cache's key is ``item[4:]``.
+QUEUED_FIELDS = ("time", "request_id", "bytes", "seconds", "method", "path", "status", "vm",
+                 "caller", "route", "api_version", "refused", "watch")
+QueuedAccess = tuple[float, str, int, float, str, str, int, str | None, str, str, str | None,
+                     str | None, bool]
+
+
+def queued(r: AccessRecord) -> QueuedAccess:
+    """``r`` as the pipeline queues it (``QUEUED_FIELDS``; the pipeline inlines this)."""
+    return (r.time, r.request_id, r.bytes, r.seconds, r.method, r.path, r.status, r.vm,
+            r.caller, r.route, r.api_version, r.refused, r.watch)
+
+
+class Line(NamedTuple):
+    """A component line, rendered where it was logged, as the pipeline queues it."""
+
+    level: int
+    text: str  # ends with a newline
+
+
 #: Rendered line segments kept by ``AccessRenderer`` (a VM's requests repeat them), and the
 #: longest path cached: together they bound the cache to about a megabyte whatever the
 #: clients send.
@@ -86,7 +112,8 @@ SEGMENT_CACHE_MAX_PATH = 256
 
 
 class AccessRenderer:
-    """Renders batches of access records exactly as ``access_line``, at ~60% of its cost.
+    """Renders batches of queued access records exactly as ``access_line``, at ~60% of its
+    cost.
 
     A VM asks the same few paths: everything of a line but its time, request id, bytes and
     seconds is fixed by (method, path, status, vm, caller, route, api_version, refused,
@@ -101,10 +128,11 @@ class AccessRenderer:
         self._second = -1
         self._prefix = ""
 
-    def render(self, batch: list[Any]) -> tuple[list[str], list[int] | None, int]:
-        """``batch``: access records, and ``(level, line)`` already rendered (component
-        lines, passed through). Returns the lines (each ending in a newline), each line's
-        level (None when every line is an access line: info) and how many access lines."""
+    def render(self, batch: Sequence[QueuedAccess | Line]
+               ) -> tuple[list[str], list[int] | None, int]:
+        """``batch``: queued access records (``queued()``) and component ``Line``s (passed
+        through). Returns the lines (each ending in a newline), each line's level (None
+        when every line is an access line: info) and how many access lines."""
         out: list[str] = []
         append = out.append
         segments = self._segments
@@ -112,47 +140,48 @@ class AccessRenderer:
         esc = _string
         second, prefix = self._second, self._prefix
         levels: list[int] | None = None
+        items: Sequence[Any] = batch  # fields by position: see QUEUED_FIELDS
         try:
-            for i, r in enumerate(batch):
-                if type(r) is tuple:
+            for i, item in enumerate(items):
+                if type(item) is not tuple:  # a component Line
                     if levels is None:
                         levels = [logging.INFO] * i
-                    levels.append(r[0])
-                    append(r[1])
+                    levels.append(item[0])
+                    append(item[1])
                     continue
                 if levels is not None:
                     levels.append(logging.INFO)
-                t = r.time
+                t = item[0]
                 s = int(t)
                 if s != second:
                     second = s
                     prefix = f'{{"time":"{_second_text(s)}.'
-                key = (r.method, r.path, r.status, r.vm, r.caller, r.route, r.api_version,
-                       r.refused, r.watch)
+                key = item[4:]
                 segment = get(key)
                 if segment is None:
-                    segment = self._segment(r)
-                    if len(r.path) <= SEGMENT_CACHE_MAX_PATH:
+                    segment = _segments(item)
+                    if len(item[5]) <= SEGMENT_CACHE_MAX_PATH:
                         if len(segments) >= SEGMENT_CACHE_ENTRIES:
                             segments.clear()
                         segments[key] = segment
                 head, middle, tail = segment
-                append(f'{prefix}{int((t - s) * 1e6):06d}{head}{esc(r.request_id)}{middle}'
-                       f'{int(r.bytes)},"seconds":{float(r.seconds):.7f}{tail}')
+                append(f'{prefix}{int((t - s) * 1e6):06d}{head}{esc(item[1])}{middle}'
+                       f'{int(item[2])},"seconds":{float(item[3]):.7f}{tail}')
         finally:
             self._second, self._prefix = second, prefix
-        count = len(out) if levels is None else sum(1 for x in batch if type(x) is not tuple)
+        count = len(out) if levels is None else sum(1 for x in batch if type(x) is tuple)
         return out, levels, count
 
-    @staticmethod
-    def _segment(r: AccessRecord) -> tuple[str, str, str]:
-        return (
-            f'Z","level":"info","logger":"{ACCESS_LOGGER}",'
-            f'"message":{_string(f"{r.method} {r.path} {r.status}")},"request_id":',
-            f',"vm":{_opt(r.vm)},"caller":{_string(r.caller)},"method":{_string(r.method)},'
-            f'"route":{_string(r.route)},"path":{_string(r.path)},'
-            f'"api_version":{_opt(r.api_version)},"status":{int(r.status)},"bytes":',
-            f',"refused":{_opt(r.refused)},"watch":{"true" if r.watch else "false"}}}\n')
+
+def _segments(q: QueuedAccess) -> tuple[str, str, str]:
+    method, path, status, vm, caller, route, api_version, refused, watch = q[4:]
+    return (
+        f'Z","level":"info","logger":"{ACCESS_LOGGER}",'
+        f'"message":{_string(f"{method} {path} {status}")},"request_id":',
+        f',"vm":{_opt(vm)},"caller":{_string(caller)},"method":{_string(method)},'
+        f'"route":{_string(route)},"path":{_string(path)},'
+        f'"api_version":{_opt(api_version)},"status":{int(status)},"bytes":',
+        f',"refused":{_opt(refused)},"watch":{"true" if watch else "false"}}}\n')
 
 
 class JsonFormatter(logging.Formatter):

@@ -36,7 +36,7 @@ from imds_server._observe import AccessRecord
 
 from ._cold import LEVELS, ColdFileHandler
 from ._config import TelemetryConfig
-from ._jsonlog import AccessRenderer, JsonFormatter, access_line
+from ._jsonlog import AccessRenderer, JsonFormatter, Line, QueuedAccess
 from ._metrics import TelemetryMetrics
 from ._spool import Spool
 from ._warm import WarmBuffer
@@ -101,9 +101,9 @@ class LogPipeline:
         self.config = config
         self.log_dir = log_dir
         self.metrics = metrics
-        #: Access records and ``(level, line)`` of components, in order. ``deque`` append
-        #: and popleft are atomic under the GIL: no lock, and no wake-up per entry.
-        self.queue: deque[AccessRecord | tuple[int, str]] = deque()
+        #: Access records (as ``_jsonlog.queued`` tuples) and component ``Line``s, in order.
+        #: ``deque`` append and popleft are atomic under the GIL: no lock, no wake-up.
+        self.queue: deque[QueuedAccess | Line] = deque()
         self._limit = config.queue_size
         self._dropped = metrics.log_dropped.labels("queue-full")
         self.handler = _QueueHandler(self)
@@ -134,9 +134,6 @@ class LogPipeline:
         self._unrenderable = metrics.log_dropped.labels("unrenderable")
         self.render_errors = 0
         self._renderer = AccessRenderer()  # the writer's: it alone renders access lines
-        import os
-        if os.environ.get("_BENCH_RENDER_ON_LOOP"):
-            self.access = self.access_rendered  # type: ignore[method-assign]
         self._writer: threading.Thread | None = None
         self._stopping = False
         self._wake = threading.Event()  # set by stop() and flush(): no need to wait a period
@@ -147,21 +144,6 @@ class LogPipeline:
         self.metrics.spool_dropped_lines.inc(getattr(batch, "lines", 0))
 
     def start(self, loggers: Iterable[str] = COMPONENT_LOGGERS) -> None:
-        import gc, os, atexit  # TEMPORARY diagnostic
-        if os.environ.get("_BENCH_GC_LOG"):
-            stats = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
-            began = [0.0]
-            def cb(phase: str, info: dict[str, int]) -> None:
-                if phase == "start":
-                    began[0] = time.perf_counter()
-                else:
-                    st = stats[info["generation"]]
-                    st[0] += 1
-                    st[1] += time.perf_counter() - began[0]
-            gc.callbacks.append(cb)
-            def dump() -> None:
-                Path(os.environ["_BENCH_GC_LOG"]).write_text(repr((stats, gc.get_count(), len(gc.get_objects(2)))))
-            self._gc_dump = dump
         try:
             if self.log_dir is not None:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -187,21 +169,18 @@ class LogPipeline:
         if len(self.queue) >= self._limit:
             self._dropped.inc()
             return False
-        self.queue.append((level, line + "\n"))
+        self.queue.append(Line(level, line + "\n"))
         return True
 
-    def access(self, record: AccessRecord) -> None:
-        """Queue one access record (the request path): an append, never blocking."""
+    def access(self, r: AccessRecord) -> None:
+        """Queue one access record (the request path): a tuple and an append, never
+        blocking. The tuple is ``_jsonlog.queued(r)``, inlined (a call costs as much)."""
         if len(self.queue) >= self._limit:
             self._dropped.inc()
             return
-        self.queue.append(record)
-
-    def access_rendered(self, record: AccessRecord) -> None:  # TEMPORARY A/B
-        if len(self.queue) >= self._limit:
-            self._dropped.inc()
-            return
-        self.queue.append((_INFO, access_line(record)))
+        self.queue.append((r.time, r.request_id, r.bytes, r.seconds, r.method, r.path,
+                           r.status, r.vm, r.caller, r.route, r.api_version, r.refused,
+                           r.watch))
 
     def _write_forever(self) -> None:
         failures = 0
@@ -230,7 +209,7 @@ class LogPipeline:
         finally:
             self._busy = False
 
-    def _write(self, batch: list[AccessRecord | tuple[int, str]]) -> None:
+    def _write(self, batch: list[QueuedAccess | Line]) -> None:
         lines, levels, accessed = self._render(batch)
         if accessed:
             self._access_lines.inc(accessed)
@@ -247,7 +226,7 @@ class LogPipeline:
             if chosen:
                 sink.write_lines(chosen)
 
-    def _render(self, batch: list[AccessRecord | tuple[int, str]]
+    def _render(self, batch: list[QueuedAccess | Line]
                 ) -> tuple[list[str], list[int] | None, int]:
         """(lines, each line's level or None when all are access lines (info), access
         lines rendered)."""
@@ -261,12 +240,8 @@ class LogPipeline:
         levels: list[int] = []
         accessed = 0
         for item in batch:
-            if isinstance(item, tuple):
-                lines.append(item[1])
-                levels.append(item[0])
-                continue
             try:
-                lines.append(access_line(item))
+                line, _, count = self._renderer.render([item])
             except Exception as error:
                 self._unrenderable.inc()
                 self.render_errors += 1
@@ -274,8 +249,9 @@ class LogPipeline:
                     print(f"imds-server: cannot render access record {item!r}: {error!r}",
                           file=sys.stderr, flush=True)
                 continue
-            levels.append(_INFO)
-            accessed += 1
+            lines += line
+            levels.append(item.level if isinstance(item, Line) else _INFO)
+            accessed += count
         return lines, levels, accessed
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -288,8 +264,6 @@ class LogPipeline:
 
     def stop(self) -> None:
         """Drain the queue, seal the warm buffer into the spool, close files."""
-        if hasattr(self, "_gc_dump"):
-            self._gc_dump()
         for logger in self._installed:
             logger.removeHandler(self.handler)
         self._installed.clear()

@@ -62,9 +62,12 @@ class _Histogram:
 
 
 class _Route:
-    __slots__ = ("duration", "size", "watches")
+    __slots__ = ("duration", "name", "requests", "size", "watches")
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: (api_version as sent, status) → answered requests
+        self.requests: dict[tuple[str | None, int], int] = {}
         self.duration = _Histogram(LATENCY_BUCKETS)
         self.size = _Histogram(SIZE_BUCKETS)
         self.watches = 0
@@ -75,39 +78,47 @@ class RequestCounts(Collector):
 
     def __init__(self, known_api_versions: Iterable[str]) -> None:
         self._known = frozenset(known_api_versions)
-        self._requests: dict[tuple[str, str | None, int], int] = {}
         self._routes: dict[str, _Route] = {}
         self._refused: dict[str, int] = {}
 
     def observe(self, record: AccessRecord) -> None:
-        route_name = record.route
-        route = self._routes.get(route_name)
+        # Once per request on the event loop: the histograms' updates are inlined (a method
+        # call each cost as much as the update).
+        route = self._routes.get(record.route)
         if route is None:
-            route_name, route = self._new_route(route_name)
-        key = (route_name, record.api_version, record.status)
-        self._requests[key] = self._requests.get(key, 0) + 1
+            route = self._new_route(record.route)
+        requests = route.requests
+        key = (record.api_version, record.status)
+        requests[key] = requests.get(key, 0) + 1
         if record.watch:
             route.watches += 1
         else:
-            route.duration.observe(record.seconds)
-        route.size.observe(record.bytes)
+            seconds = record.seconds
+            histogram = route.duration
+            histogram.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: <= bound
+            histogram.sum += seconds
+        size = record.bytes
+        histogram = route.size
+        histogram.buckets[bisect_left(SIZE_BUCKETS, size)] += 1
+        histogram.sum += size
         if record.refused is not None:
             reason = record.refused if record.refused in REFUSAL_REASONS else "other"
             self._refused[reason] = self._refused.get(reason, 0) + 1
 
-    def _new_route(self, name: str) -> tuple[str, _Route]:
-        if len(self._routes) >= MAX_ROUTES:
+    def _new_route(self, name: str) -> _Route:
+        if name not in self._routes and len(self._routes) >= MAX_ROUTES:
             name = "other"
-        return name, self._routes.setdefault(name, _Route())
+        return self._routes.setdefault(name, _Route(name))
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         requests = CounterMetricFamily(
             "imds_http_requests", "Answered metadata requests by route, api-version and code.",
             labels=["route", "api_version", "code"])
         merged: dict[tuple[str, str, str], int] = {}
-        for (route, version, status), count in self._requests.items():
-            label = (route, bound_api_version(version, self._known), str(status))
-            merged[label] = merged.get(label, 0) + count
+        for route in self._routes.values():
+            for (version, status), count in route.requests.items():
+                label = (route.name, bound_api_version(version, self._known), str(status))
+                merged[label] = merged.get(label, 0) + count
         for labels, count in sorted(merged.items()):
             requests.add_metric(list(labels), count)
         yield requests
