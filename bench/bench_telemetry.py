@@ -15,8 +15,10 @@
    thread, comes out of throughput. Runs alternate off/metrics/on for ``ROUNDS`` rounds
    (the machines are shared and noisy, so drift hits every variant alike). Reported per
    variant: requests/s (median over rounds) and server CPU µs per request (from
-   ``/proc/PID/stat``, less sensitive to other tenants); the cost is ``1 - on/off`` of the
-   median requests/s, with each round's own ratio listed.
+   ``/proc/PID/task/*/stat``: event loop and other threads). The headline cost is
+   ``1 - CPU(off)/CPU(on)`` per round, median over rounds: the throughput a saturated core
+   loses. On a shared host the server is rarely saturated (other tenants hold the cores),
+   so the req/s ratio is reported too, every round's value listed; it swings widely.
 2. The observer alone, single-threaded: µs per ``request(record)`` on the request path,
    and the writer thread's µs per line, which with one core is paid by the same core.
 """

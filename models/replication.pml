@@ -15,7 +15,8 @@
  *
  * Knobs (cpp -D, set by models/check or by the files that #include this one):
  *   HOSTS                       host replicas (default 2)
- *   LOSS_MAX DUP_MAX CRASH_MAX  fault budgets, shared by all hosts; undefined = unbounded
+ *   TAIL                        group-commit window, 1 or 2 (default 2)
+ *   LOSS_MAX DUP_MAX CRASH_MAX  fault budgets of each host; undefined = unbounded
  *   LIVENESS                    add the LTL claim `converge` (needs every budget finite)
  *   ARRIVAL_TIE NO_SOURCE_TIE ACK_BEFORE_DURABLE CURSOR_PAST_GAP   negative controls
  *
@@ -30,7 +31,9 @@
 #define SEQS 2                    /* events per source */
 #define EVENTS 4                  /* SOURCES * SEQS; event e is seq SEQ(e) of source SRC(e) */
 #define KEYS 1
+#ifndef TAIL
 #define TAIL 2                    /* group-commit window: records appended, not yet durable */
+#endif
 #define NONE 255                  /* an empty register */
 #define TOMB 3                    /* the digest of the tombstone marker (one fixed value) */
 #define ALL 15                    /* bitmask of every event */
@@ -59,21 +62,8 @@
  * controls break. */
 #define ORD(e) ((e) == NONE -> 0 : 1 + VER(e) * 16 + SRC(e) * 4 + DIG(e))
 
-/* What each host held the last time it had caught up (NONE: not yet); the assertions
- * compare hosts through it. */
+/* What each host holds when it stops, having caught up (NONE: still running). */
 byte final[HOSTS];
-#ifdef LOSS_MAX
-byte losses;
-#endif
-#ifdef DUP_MAX
-byte dups;
-#endif
-#ifdef CRASH_MAX
-byte crashes;
-#endif
-#ifdef LIVENESS
-bool settled[HOSTS];              /* host h has caught up, is durable and holds the winner */
-#endif
 
 /* imds_replica._merge.supersedes(new, old) */
 inline supersedes(n, o, res) {
@@ -240,16 +230,18 @@ inline restart(kept) {
  * flight (a duplicate to come), or lost. */
 #define RECEIVE(E) \
   :: d_step { ((net & BIT(E)) && tail_n < TAIL) -> net = net & ~BIT(E); submit(E) } \
-  :: d_step { ((net & BIT(E)) && tail_n < TAIL && DUP_OK) -> DUP_TAKE; submit(E) } \
+  :: d_step { ((net & BIT(E)) && tail_n < TAIL && SEQ(E) > cursor[SRC(E)] && DUP_OK) -> \
+              DUP_TAKE; submit(E) } \
   :: d_step { ((net & BIT(E)) && LOSS_OK) -> LOSS_TAKE; net = net & ~BIT(E) }
 
 #define CRASH(KEPT) \
-  :: d_step { (CRASH_OK && tail_n >= KEPT) -> CRASH_TAKE; restart(KEPT) }
+  :: d_step { (CRASH_OK && tail_n > 0 && tail_n >= KEPT) -> CRASH_TAKE; restart(KEPT) }
 
-/* A consumer redelivers everything after the host's cursor (an acknowledgement timed out)
- * whenever some of it is not in flight. */
+/* A consumer redelivers everything after the host's cursor when none of its messages is in
+ * flight any more (the acknowledgement timed out).  Redelivering earlier adds nothing: it
+ * is a duplicate, which the network already makes. */
 #define REDELIVER(S) \
-  :: d_step { (cursor[S] < SEQS && (net & ABOVE(S, cursor[S])) != ABOVE(S, cursor[S])) -> \
+  :: d_step { (cursor[S] < SEQS && (net & SRCBITS(S)) == 0) -> \
               net = net | ABOVE(S, cursor[S]) }
 
 #define CAUGHT_UP (tail_n == 0 && cursor[0] == SEQS && cursor[1] == SEQS)
@@ -267,7 +259,7 @@ proctype Host(byte h) {
   byte tombmax[KEYS];             /* ghost: ORD of the greatest acknowledged tombstone */
   byte win;                       /* the specification's winner (a constant) */
   byte e, k, i, c, s, got, wins;  /* scratch, zero between steps */
-  bool caught_up;
+  byte losses, dups, crashes;     /* faults spent, against this host's budgets */
   /* Always 0.  Each assertion reads `assert(name || condition)` so that pan's report names
    * the property that failed; models/check matches on the name.  (Locals, not globals:
    * a global read would defeat the partial-order reduction.) */
@@ -293,39 +285,24 @@ end:
   :: d_step { tail_n > 0 -> commit() }
   CRASH(0)
   CRASH(1)
+#if TAIL >= 2
   CRASH(2)
+#endif
   REDELIVER(0)
   REDELIVER(1)
-  /* caught up: every consumer at the end of its stream, the log durable */
+  /* caught up: every consumer at the end of its stream, the log durable.  The host may
+   * stop here (or run on: later crashes and duplicates are explored too). */
   :: d_step {
-       (CAUGHT_UP && !caught_up) ->
-       caught_up = true;
+       CAUGHT_UP ->
        assert(catch_up_complete || durable == ALL);
-       /* convergence: this host holds the specification's winner ... */
+       /* convergence: this host holds the specification's winner */
        assert(convergence || reg[0] == win)
      };
-     /* ... and the same register as every host that caught up before it.  A step of its
-      * own: the only one that touches globals, so every other step stays local and the
-      * partial-order reduction can interleave hosts cheaply. */
-     d_step {
-       final[h] = reg[0];
-       c = 0;
-       do
-       :: c < HOSTS -> assert(convergence || final[c] == NONE || final[c] == reg[0]); c++
-       :: else -> break
-       od;
-       c = 0;
-#ifdef LIVENESS
-       settled[h] = (reg[0] == win)
-#else
-       skip
-#endif
-     }
-  :: d_step { (caught_up && !CAUGHT_UP) -> caught_up = false }
-#ifdef LIVENESS
-     ; settled[h] = false
-#endif
-  od
+     break
+  od;
+  /* Publishing the result is the only step that touches a global, so every step above is
+   * local and the partial-order reduction interleaves hosts cheaply. */
+  final[h] = reg[0]
 }
 
 init {
@@ -340,16 +317,23 @@ init {
     do
     :: i < HOSTS -> run Host(i); i++
     :: else -> break
-    od
-  }
+    od;
+    i = 0
+  };
+  /* every host stopped: all hold the same registers */
+  _nr_pr == 1;
+  do
+  :: i < HOSTS -> assert(final[i] == final[0]); i++
+  :: else -> break
+  od
 }
 
 #ifdef LIVENESS
-/* Under fair delivery (finitely many losses, duplicates and crashes: the budgets) and weak
- * fairness between processes, every host eventually holds the winner and keeps it. */
+/* Under fair delivery (finitely many losses, duplicates and crashes per host: the budgets)
+ * and weak fairness between processes, every host eventually catches up and stops. */
 #if HOSTS == 1
-ltl converge { <> [] settled[0] }
+ltl converge { <> (final[0] != NONE) }
 #else
-ltl converge { <> [] (settled[0] && settled[1]) }
+ltl converge { <> (final[0] != NONE && final[1] != NONE) }
 #endif
 #endif

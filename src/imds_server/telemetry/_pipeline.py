@@ -1,8 +1,9 @@
 """One structured stream, fanned out to the paths: a bounded queue drained by a writer
 thread into the cold file and the warm buffer.
 
-Producers never block: the request path appends the request's immutable ``AccessRecord``,
-component loggers append ``(level, line)`` rendered on their own thread (a ``LogRecord``
+Producers never block: the request path appends the fields of the request's immutable
+``AccessRecord`` as one tuple (``_jsonlog.queued``: not the record itself, which the GC
+tracks), component loggers append a ``Line`` rendered on their own thread (a ``LogRecord``
 holds live arguments). When the writer falls behind by ``queue_size`` entries, new ones are
 dropped and counted rather than stalling the event loop.
 
