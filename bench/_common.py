@@ -36,8 +36,8 @@ def write_results(name: str, figures: dict[str, Any], header: Sequence[str],
     """Write NAME.json (figures + machine + time) and NAME.md (a table); return the md path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     host = machine()
-    doc: dict[str, Any] = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": host, "figures": figures}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc: dict[str, Any] = {"benchmark": name, "when": when, "machine": host, "figures": figures}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     lines = [f"# {name}", "", f"Machine: {host['cpu']}, "
              f"{host['cores']} cores, Python {host['python']}; "
