@@ -63,7 +63,7 @@
 #define ORD(e) ((e) == NONE -> 0 : 1 + VER(e) * 16 + SRC(e) * 4 + DIG(e))
 
 /* What each host holds when it stops, having caught up (NONE: still running). */
-byte final[HOSTS];
+byte final[HOSTS] = NONE;
 
 /* imds_replica._merge.supersedes(new, old) */
 inline supersedes(n, o, res) {
@@ -308,11 +308,6 @@ end:
 init {
   byte i;
   atomic {
-    i = 0;
-    do
-    :: i < HOSTS -> final[i] = NONE; i++
-    :: else -> break
-    od;
     i = 0;
     do
     :: i < HOSTS -> run Host(i); i++

@@ -71,8 +71,9 @@ def _check_version(_: Any, __: Any, version: Any) -> None:
 
 
 def _check_seq(_: Any, __: Any, seq: Any) -> None:
-    if seq is not None and (type(seq) is not int or seq < 0):
-        raise ValidationError(f"seq: {seq!r} must be a non-negative integer or absent")
+    # Bounded like versions: the log stores seq as a msgpack integer.
+    if seq is not None and (type(seq) is not int or not 0 <= seq <= MAX_VERSION):
+        raise ValidationError(f"seq: {seq!r} must be a non-negative integer below 2**63, or absent")
 
 
 @attrs.frozen(eq=False, repr=False, slots=True, weakref_slot=False)

@@ -62,6 +62,7 @@ def nested(depth: int) -> Any:
         ({"deleted": 1}, "deleted", "boolean"),
         ({"seq": -1}, "seq", "non-negative"),
         ({"seq": True}, "seq", "non-negative"),
+        ({"seq": 2**63}, "seq", "below 2**63"),
     ],
 )
 def test_invalid_event_names_field_and_reason(kwargs: dict[str, Any], field: str,

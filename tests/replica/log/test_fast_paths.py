@@ -164,3 +164,19 @@ async def test_cancelled_waiter_leaves_the_log_working(tmp_path: Path) -> None:
                                 max_record=2**26)
     assert {k for k in rec.reducer.best} == {e.key for e in view.registers()}
     assert ("k", "1") in rec.reducer.best
+
+
+async def test_largest_seq_and_version_round_trip_through_the_log(tmp_path: Path) -> None:
+    # The validation bounds must fit the log's integer encoding: the extreme event is
+    # durable and comes back identical (it once crashed the appender instead).
+    from imds_replica import FileLog, View, open_replica
+
+    extreme = Event("s", ("k",), 2**63 - 1, 2**64 - 1, seq=2**63 - 1)
+    async with open_replica(FileLog(tmp_path / "log")) as replica:
+        await replica.submit([extreme])
+    view = View()
+    async with open_replica(FileLog(tmp_path / "log"), view=view):
+        pass
+    got = view.get(("k",))
+    assert got == extreme
+    assert got is not None and got.seq == extreme.seq
