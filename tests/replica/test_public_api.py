@@ -58,12 +58,14 @@ PUBLIC = [
 ]
 
 TESTING = [
-    "DELETED",
     "ConvergenceError",
     "ConvergenceOutcome",
+    "DELETED",
     "Deliver",
     "Deliverer",
     "EventLogContract",
+    "FleetConfig",
+    "FleetReport",
     "Interrupt",
     "LogFactory",
     "Restart",
@@ -83,6 +85,7 @@ TESTING = [
     "push_delivery",
     "schedule_sets",
     "schedules",
+    "simulate_fleet",
     "source_names",
     "tight_events",
     "versions",

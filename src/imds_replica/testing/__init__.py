@@ -12,6 +12,7 @@ from ._convergence import (
     check_convergence,
     check_convergence_async,
 )
+from ._fleet import FleetConfig, FleetReport, simulate_fleet
 from ._sim import (
     Deliver,
     Deliverer,
@@ -47,6 +48,8 @@ __all__ = [
     "Deliver",
     "Deliverer",
     "EventLogContract",
+    "FleetConfig",
+    "FleetReport",
     "Interrupt",
     "LogFactory",
     "Restart",
@@ -66,6 +69,7 @@ __all__ = [
     "push_delivery",
     "schedule_sets",
     "schedules",
+    "simulate_fleet",
     "source_names",
     "tight_events",
     "versions",
