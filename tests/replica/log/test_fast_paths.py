@@ -20,7 +20,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from imds_replica import Checkpoint, Event, View
+from imds_replica import Checkpoint, Event, View, open_replica
 from imds_replica._log import FileLog
 from imds_replica._log._frame import batch_payload, event_tuple, stored_digest
 from imds_replica._log._replay import Reducer, gc_paused, recover_directory
@@ -169,8 +169,6 @@ async def test_cancelled_waiter_leaves_the_log_working(tmp_path: Path) -> None:
 async def test_largest_seq_and_version_round_trip_through_the_log(tmp_path: Path) -> None:
     # The validation bounds must fit the log's integer encoding: the extreme event is
     # durable and comes back identical (it once crashed the appender instead).
-    from imds_replica import FileLog, View, open_replica
-
     extreme = Event("s", ("k",), 2**63 - 1, 2**64 - 1, seq=2**63 - 1)
     async with open_replica(FileLog(tmp_path / "log")) as replica:
         await replica.submit([extreme])
@@ -179,4 +177,5 @@ async def test_largest_seq_and_version_round_trip_through_the_log(tmp_path: Path
         pass
     got = view.get(("k",))
     assert got == extreme
-    assert got is not None and got.seq == extreme.seq
+    assert got is not None
+    assert got.seq == extreme.seq
