@@ -47,7 +47,8 @@ REPORTS: dict[str, tuple[str, str]] = {
                 "LIMIT {limit}"),
     "grep": ("lines whose message matches --regex",
              "SELECT time, cluster, machine, level, logger, message FROM logs "
-             "WHERE regexp_matches(message, $regex) ORDER BY time LIMIT {limit}"),
+             "WHERE regexp_matches(message, $regex) "
+             "ORDER BY time, cluster, machine, message LIMIT {limit}"),
     "levels": ("lines by cluster, machine and level",
                "SELECT cluster, machine, level, count(*) AS lines, min(time) AS first, "
                "max(time) AS last FROM logs GROUP BY ALL ORDER BY ALL"),
