@@ -8,6 +8,7 @@ it, so it must be identical across processes, machines and Python versions.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Any
 
@@ -68,6 +69,28 @@ def _key_order(path: str) -> Any:
         return k
 
     return check
+
+
+def parse_json(data: str | bytes) -> JSONValue:
+    """Parse JSON text, or raise ``ValidationError`` saying what is wrong and where.
+
+    Stricter than ``json.loads``: ``NaN`` and ``Infinity`` are refused (they are not JSON and
+    not valid values). Bytes are decoded as ``json.loads`` does (UTF-8, -16 or -32).
+    """
+    try:
+        return json.loads(data, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"bad JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValidationError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise ValidationError("bad JSON: nested too deeply") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValidationError(f"{name} is not valid JSON")
 
 
 def encode(value: JSONValue) -> bytes:

@@ -17,7 +17,6 @@ it and its cursor entry is left as it was, so it is retried on every scan until 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +27,7 @@ import attrs
 import trio
 
 from ._clock import HybridClock
+from ._codec import parse_json
 from ._errors import ConfigError, ValidationError
 from ._event import SOURCE_RE, Event, Key
 from ._liveliness import LivelinessPolicy
@@ -45,11 +45,6 @@ DEFAULT_MAX_BATCH_EVENTS = 4096
 
 # -- the pure diff -------------------------------------------------------------------------
 
-def _reject_constant(name: str) -> Any:
-    # json.loads accepts NaN and Infinity by default; they are not JSON and not valid values.
-    raise ValidationError(f"{name} is not valid JSON")
-
-
 def parse_document(data: bytes) -> dict[str, Any]:
     """Decode one file's bytes into a document (a JSON object), or raise ``ValidationError``.
 
@@ -62,14 +57,7 @@ def parse_document(data: bytes) -> dict[str, Any]:
         raise ValidationError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
     if not text.strip():
         raise ValidationError("empty file (half-written?)")
-    try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            f"bad JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise ValidationError("bad JSON: nested too deeply") from None
+    document = parse_json(text)
     if not isinstance(document, dict):
         raise ValidationError(f"must be a JSON object, not {_json_type(document)}")
     return document

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from ._clock import version_wall_ms
+from ._errors import ConfigError
 
 
 class SourceState(enum.Enum):
@@ -77,8 +78,6 @@ class LivelinessPolicy:
     hlc_versions: bool = False
 
     def __attrs_post_init__(self) -> None:
-        from ._errors import ConfigError
-
         if not 0 < self.interval <= self.stale_after <= self.expired_after:
             raise ConfigError(
                 "need 0 < interval <= stale_after <= expired_after, got "

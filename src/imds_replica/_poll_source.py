@@ -3,8 +3,10 @@
 Every ``interval`` the source asks the endpoint for its events, sending the ETag of the last
 body it applied (its cursor, persisted in the log with that body's events, so a restarted
 replica resumes with a conditional request). ``200`` carries ``{"events": [...]}`` in the
-wire form of ``Event.from_dict`` (or anything a ``transform`` turns into events): they are
-submitted as one batch with the new ETag. ``304`` means nothing changed: contact only.
+wire form of ``Event.from_dict`` (or anything a ``transform`` turns into events): those the
+view does not already hold exactly are submitted as one batch with the new ETag (nothing is
+submitted when there are none and the ETag is unchanged). ``304`` means nothing changed:
+contact only.
 
 Anything else — no connection, a timeout, a non-200/304 status, a body that is not JSON or
 not events, a batch the replica refuses — is a failure: reported to liveliness, nothing of
@@ -15,7 +17,6 @@ again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ import tenacity
 import trio
 from tenacity.wait import WaitBaseT
 
+from ._codec import parse_json
 from ._errors import ConfigError, ValidationError
 from ._event import SOURCE_RE, Event
 from ._liveliness import LivelinessPolicy
@@ -42,22 +44,12 @@ _CLOSE_TIMEOUT = 5.0
 Transform = Callable[[Any], Sequence[Event]]
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValidationError(f"body: {name} is not valid JSON")
-
-
 def decode_body(data: bytes) -> Any:
     """The JSON value of a response body, or ``ValidationError`` saying why not."""
     try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise ValidationError(
-            f"body: bad JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ValidationError(f"body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except RecursionError:
-        raise ValidationError("body: bad JSON: nested too deeply") from None
+        return parse_json(data)
+    except ValidationError as exc:
+        raise ValidationError(f"body: {exc.message}") from None
 
 
 def events_from_body(body: Any) -> list[Event]:

@@ -21,7 +21,7 @@ from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
 from ._liveliness import LivelinessPolicy, LivelinessTracker
 from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
-from ._source import Source, SourceSink
+from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
 
 
@@ -87,20 +87,28 @@ class Replica:
             raise
         changed = await self.log.append(batch, checkpoint)
         self._submitted += 1
-        now = self.now()
-        n_changed = 0
+        # Liveliness once per source of the batch, not once per event: per source, the
+        # greatest version that changed the view (-1: none did, which is contact only).
+        newest: dict[str, int] = {}
         for event, did in zip(batch, changed, strict=True):
-            self._received[event.source] += 1
+            src = event.source
+            self._received[src] += 1
+            best = newest.get(src, -1)
             if did:
-                n_changed += 1
-                self._applied[event.source] += 1
-                self.liveliness.applied(event.source, now, event.version)
+                self._applied[src] += 1
+                best = max(best, event.version)
+            newest[src] = best
+        now = self.now()
+        for src, version in newest.items():
+            if version < 0:
+                self.liveliness.contact(src, now)
             else:
-                self.liveliness.contact(event.source, now)
-        if source is not None:
+                self.liveliness.applied(src, now, version)
+        if source is not None and source not in newest:
             self.liveliness.contact(source, now)
         if checkpoint is not None:
             self._cursors[checkpoint.source] = checkpoint.cursor
+        n_changed = sum(changed)
         return SubmitResult(len(batch), n_changed)
 
     # -- change notification ---------------------------------------------------------------
@@ -135,12 +143,12 @@ class Replica:
 
 
 def _claimed_source(events: object) -> str:
+    """The source the first event of a rejected batch claims, for the rejection counters."""
     try:
-        first = events[0]  # type: ignore[index]
-        src = first.source if isinstance(first, Event) else first.get("source")
-        return src if isinstance(src, str) and len(src) <= 64 else "unknown"
-    except Exception:
+        src = claimed_source(events[0])  # type: ignore[index]
+    except Exception:  # not indexable, empty: whatever a caller passed
         return "unknown"
+    return src if isinstance(src, str) and len(src) <= 64 else "unknown"
 
 
 @asynccontextmanager

@@ -35,7 +35,10 @@ class Source(Protocol):
         ...
 
 
-def _claimed(event: object) -> object:
+def claimed_source(event: object) -> object:
+    """The ``source`` an event or its wire form claims (None when it claims none)."""
+    if isinstance(event, Event):
+        return event.source
     return event.get("source") if isinstance(event, Mapping) else None
 
 
@@ -64,7 +67,7 @@ class SourceSink:
     ) -> SubmitResult:
         """Submit a batch of this source's events, with the cursor to resume after it."""
         for i, event in enumerate(events):
-            claimed = event.source if isinstance(event, Event) else _claimed(event)
+            claimed = claimed_source(event)
             if claimed != self.name:
                 raise ValidationError(
                     f"source: {claimed!r} submitted through source {self.name!r}", index=i

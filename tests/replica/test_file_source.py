@@ -21,6 +21,8 @@ from imds_replica._source import Source
 from imds_replica._view import View
 from imds_replica.testing._source_contract import DELETED, SourceContract, Spec
 
+from ._helpers import view_of
+
 SRC = "files"
 
 
@@ -62,13 +64,6 @@ class TestFileSource(SourceContract):
 
 
 # -- the pure diff -------------------------------------------------------------------------
-
-def view_of(*events: Event) -> View:
-    view = View()
-    for event in events:
-        view.apply(event)
-    return view
-
 
 def test_diff_new_document_writes_every_field() -> None:
     doc = {"compute": {"name": "a", "tagsList": []}, "network": {"interface": [1]}}
@@ -149,6 +144,12 @@ def key(vmid: str, field: str, section: str = "compute") -> tuple[str, ...]:
     return ("vms", vmid, section, field)
 
 
+def scanned_by_hand(directory: Path, **options: Any) -> FileSource:
+    """A source the test scans itself: its periodic scan is an hour away, so it can never
+    slip in between a test's change and its ``scan()`` (and take that scan's work)."""
+    return FileSource(SRC, directory, interval=3600, **options)
+
+
 async def test_first_scan_happens_before_start_and_later_scans_are_periodic(
         tmp_path: Path) -> None:
     # Real time, not the autojump MockClock: a scan waits on a worker thread, and the
@@ -159,7 +160,7 @@ async def test_first_scan_happens_before_start_and_later_scans_are_periodic(
         assert replica.view.document(("vms", "vm1")) == {"compute": {"name": "a"}}
         write(tmp_path, "vm1.json", {"compute": {"name": "b"}})
         # No explicit scan: only the periodic loop can pick this up.
-        with trio.fail_after(10):
+        with trio.fail_after(60):  # a generous bound: scans run on a worker thread
             while replica.view.get(key("vm1", "name")).value != "b":  # type: ignore[union-attr]
                 await replica.wait_any_change()
         assert source.statistics().scans >= 2
@@ -170,7 +171,7 @@ async def test_first_scan_happens_before_start_and_later_scans_are_periodic(
 async def test_half_written_file_is_reported_and_previous_data_kept(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path, "vm1.json", {"compute": {"name": "a", "zone": "1"}})
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     async with open_replica(sources=[source]) as replica:
         before = replica.view.digest()
         # A producer writing in place, caught mid-write.
@@ -202,7 +203,7 @@ async def test_half_written_file_is_reported_and_previous_data_kept(
 
 
 async def test_one_bad_file_does_not_hold_back_the_others(tmp_path: Path) -> None:
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     async with open_replica(sources=[source], max_value_bytes=1024) as replica:
         write(tmp_path, "vm1.json", {"compute": {"name": "a"}})
         write(tmp_path, "vm2.json", {"compute": {"blob": "x" * 2000}})  # over this replica's limit
@@ -225,7 +226,7 @@ async def test_one_bad_file_does_not_hold_back_the_others(tmp_path: Path) -> Non
 async def test_removed_field_and_file_give_tombstones(tmp_path: Path) -> None:
     write(tmp_path, "vm1.json", {"compute": {"name": "a", "zone": "1"}, "network": {"x": 1}})
     write(tmp_path, "vm2.json", {"compute": {"name": "b"}})
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     tags = Event("tags", key("vm2", "tagsList"), 1, [])
     async with open_replica(sources=[source]) as replica:
         await replica.submit([tags])
@@ -247,7 +248,7 @@ async def test_other_files_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "vm3.json.tmp").write_text("{")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "dir.json").mkdir()
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     async with open_replica(sources=[source]) as replica:
         result = await source.scan()
         assert result.malformed == {}
@@ -259,7 +260,7 @@ async def test_unreadable_directory_is_a_failure_that_deletes_nothing(tmp_path: 
     drop = tmp_path / "drop"
     drop.mkdir()
     write(drop, "vm1.json", {"compute": {"name": "a"}})
-    source = FileSource(SRC, drop)
+    source = scanned_by_hand(drop)
     async with open_replica(sources=[source]) as replica:
         drop.rename(tmp_path / "unmounted")
         result = await source.scan()
@@ -276,7 +277,7 @@ async def test_unreadable_directory_is_a_failure_that_deletes_nothing(tmp_path: 
 
 
 async def test_missing_directory_at_start_does_not_prevent_start(tmp_path: Path) -> None:
-    source = FileSource(SRC, tmp_path / "absent")
+    source = scanned_by_hand(tmp_path / "absent")
     async with open_replica(sources=[source]) as replica:
         status = replica.liveliness.status(SRC, replica.now())
         assert status.state is SourceState.UNKNOWN
@@ -287,9 +288,9 @@ async def test_restart_skips_unchanged_files_by_cursor(tmp_path: Path) -> None:
     records: list[Any] = []
     for i in range(3):
         write(tmp_path, f"vm{i}.json", {"compute": {"name": str(i)}})
-    async with open_replica(MemoryLog(records), sources=[FileSource(SRC, tmp_path)]):
+    async with open_replica(MemoryLog(records), sources=[scanned_by_hand(tmp_path)]):
         pass
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     parsed: list[bytes] = []
     original = parse_document
 
@@ -310,13 +311,13 @@ async def test_without_a_cursor_the_view_diff_still_writes_nothing_twice(tmp_pat
     records: list[Any] = []
     write(tmp_path, "vm1.json", {"compute": {"name": "a"}})
     write(tmp_path, "vm2.json", {"compute": {"name": "b"}})
-    async with open_replica(MemoryLog(records), sources=[FileSource(SRC, tmp_path)]):
+    async with open_replica(MemoryLog(records), sources=[scanned_by_hand(tmp_path)]):
         pass
     # The cursor is lost (say the adapter was renamed and back); vm2 was removed meanwhile.
     records[:] = [(batch, None) for batch, _ in records]
     (tmp_path / "vm2.json").unlink()
     logged = len(records)
-    source = FileSource(SRC, tmp_path)
+    source = scanned_by_hand(tmp_path)
     async with open_replica(MemoryLog(records), sources=[source]) as replica:
         assert replica.view.document(("vms", "vm1")) == {"compute": {"name": "a"}}
         # vm2 has no file and no cursor entry: found by its registers in the view.
@@ -331,13 +332,13 @@ async def test_without_a_cursor_the_view_diff_still_writes_nothing_twice(tmp_pat
 async def test_versions_never_go_backwards_across_restarts(tmp_path: Path) -> None:
     records: list[Any] = []
     write(tmp_path, "vm1.json", {"compute": {"name": "a"}})
-    async with open_replica(MemoryLog(records), sources=[FileSource(SRC, tmp_path)],
+    async with open_replica(MemoryLog(records), sources=[scanned_by_hand(tmp_path)],
                             clock=lambda: 2_000_000.0) as replica:
         first = replica.view.get(key("vm1", "name"))
     assert first is not None
     write(tmp_path, "vm1.json", {"compute": {"name": "b"}})
     # The host's clock stepped back a long way while it was down.
-    async with open_replica(MemoryLog(records), sources=[FileSource(SRC, tmp_path)],
+    async with open_replica(MemoryLog(records), sources=[scanned_by_hand(tmp_path)],
                             clock=lambda: 1_000.0) as replica:
         second = replica.view.get(key("vm1", "name"))
         assert second is not None
@@ -349,7 +350,7 @@ async def test_large_scans_are_split_into_batches_each_with_its_cursor(tmp_path:
     records: list[Any] = []
     for i in range(10):
         write(tmp_path, f"vm{i}.json", {"compute": {"a": i, "b": i}})
-    source = FileSource(SRC, tmp_path, max_batch_events=4)
+    source = scanned_by_hand(tmp_path, max_batch_events=4)
     async with open_replica(MemoryLog(records), sources=[source]) as replica:
         assert len(replica.view) == 20
     assert [len(batch) for batch, _ in records] == [4] * 5
@@ -358,4 +359,4 @@ async def test_large_scans_are_split_into_batches_each_with_its_cursor(tmp_path:
 
 async def test_scan_before_start_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="before run"):
-        await FileSource(SRC, tmp_path).scan()
+        await scanned_by_hand(tmp_path).scan()

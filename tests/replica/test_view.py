@@ -13,14 +13,9 @@ from imds_replica._merge import order_key
 from imds_replica._view import View
 from imds_replica.testing._strategies import events
 
+from ._helpers import view_of
+
 VM = ("vms", "vm1")
-
-
-def view_of(*evs: Event) -> View:
-    view = View()
-    for e in evs:
-        view.apply(e)
-    return view
 
 
 def w(key: Key, value: Any, version: int = 1, source: str = "s") -> Event:

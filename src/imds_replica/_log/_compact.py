@@ -26,6 +26,7 @@ from ._segment import (
     fsync_dir,
     list_directory,
     segment_name,
+    write_all,
     write_meta,
 )
 from ._snapshot import Counters, checkpoint_frames, event_frames
@@ -75,7 +76,7 @@ def write_generation(directory: Path, generation: int, events: list[Event],
         pending: list[bytes] = []
         for data in frames:
             if size + len(data) > segment_bytes and size > FILE_HEADER_SIZE:
-                _write_all(fd, b"".join(pending))
+                write_all(fd, b"".join(pending))
                 pending = []
                 total += size
                 close(fd)
@@ -84,19 +85,13 @@ def write_generation(directory: Path, generation: int, events: list[Event],
             pending.append(data)
             size += len(data)
             records += 1
-        _write_all(fd, b"".join(pending))
+        write_all(fd, b"".join(pending))
     finally:
         close(fd)
     total += size
     if fsync:
         fsync_dir(directory)
     return Written(seq, size, total, Counters(records, records - len(checkpoints), len(events)))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def switch_generation(directory: Path, old: int, new: int, *, fsync: bool) -> None:

@@ -91,7 +91,8 @@ class _Pending:
         self.task: trio.lowlevel.Task | None = None  # None once its waiter is gone
 
     async def wait(self) -> Any:
-        """Park until ``finish``; a cancelled waiter leaves the batch queued (as before)."""
+        """Park until ``finish``. A cancelled waiter leaves its batch queued: it is still
+        written and applied, only nobody is told."""
         if self.done:  # finished before anyone waited
             if self.error is not None:
                 raise self.error
@@ -328,10 +329,12 @@ class FileLog:
 
     async def _maintain(self, what: str) -> CompactionResult | None:
         if what == "auto":
-            grown = self._bytes > max(self._segment_bytes, self._live_bytes * (
-                self._compact_ratio or 0))
-            what = "compact" if self._compact_ratio is not None and grown and \
-                self._live_bytes else "snapshot"
+            # Compact once the log outgrows the live state (the size of the last snapshot
+            # or compaction output, so never before the first one) by ``compact_ratio``.
+            ratio = self._compact_ratio
+            grown = ratio is not None and self._live_bytes > 0 and (
+                self._bytes > max(self._segment_bytes, self._live_bytes * ratio))
+            what = "compact" if grown else "snapshot"
         self._since_snapshot = 0
         if what == "snapshot":
             await self._snapshot()

@@ -260,8 +260,7 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
         try:
             reducer.add_record(rtype, payload)
         except (ValueError, TypeError) as exc:
-            raise CorruptLogError(f"record has a valid checksum but an unreadable payload "
-                                  f"({exc})", segment=name, offset=offset)
+            raise unreadable_payload(exc, name, offset) from None
     if scan.outcome is Outcome.REFUSE:
         raise CorruptLogError(f"mid-log corruption: {scan.detail}", segment=name,
                               offset=scan.end)
@@ -271,6 +270,12 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
         if writable:
             _truncate(path, scan.end, fsync, rewrite_header=False)
     return scan.end
+
+
+def unreadable_payload(exc: Exception, segment: str, offset: int) -> CorruptLogError:
+    """A record whose checksum holds but whose payload does not decode (msgpack's error)."""
+    return CorruptLogError(f"record has a valid checksum but an unreadable payload ({exc})",
+                           segment=segment, offset=offset)
 
 
 def _truncate(path: Path, size: int, fsync: bool, *, rewrite_header: bool) -> None:

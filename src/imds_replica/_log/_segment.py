@@ -52,11 +52,26 @@ def storage_error(what: str, exc: OSError) -> StorageError:
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync_path(directory, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    _fsync_path(path, os.O_RDONLY)
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a write may be partial)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
@@ -201,10 +216,7 @@ class SegmentWriter:
 
     def write(self, data: bytes) -> float:
         """Write and fdatasync; returns the seconds fdatasync took. OSError propagates."""
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        write_all(self._fd, data)
         self.offset += len(data)
         if not self.fsync:
             return 0.0

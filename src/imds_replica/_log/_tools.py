@@ -30,11 +30,12 @@ from ._frame import (
     unpack,
 )
 from ._recovery import Outcome, find_whole_record, scan_records
-from ._replay import Reducer, recover_directory
+from ._replay import Reducer, recover_directory, unreadable_payload
 from ._segment import (
     DAMAGED_DIR,
     create_segment,
     fsync_dir,
+    fsync_file,
     list_directory,
     lock_directory,
     read_meta,
@@ -64,7 +65,7 @@ def verify_log(directory: str | os.PathLike[str], *,
                                 use_snapshots=False)
     except CorruptLogError as exc:
         return VerifyReport(False, (exc.message,), (), 0, 0, 0, 0)
-    notes = [n for n in rec.notes]
+    notes = list(rec.notes)
     notes += [f"{n}: leftover of an interrupted compaction or snapshot (removed on next "
               f"open)" for n in rec.listing.leftovers]
     for seq, offset, name in rec.listing.snapshots:
@@ -125,11 +126,15 @@ def dump_log(directory: str | os.PathLike[str], *,
     Raises ``CorruptLogError`` after yielding what precedes mid-log corruption.
     """
     seen: set[tuple[str, tuple[str, ...], int, bool, bytes]] = set()
-    for _, scan in _segment_scans(Path(directory), max_record):
-        for _, rtype, payload in scan.records:
+    for name, scan in _segment_scans(Path(directory), max_record):
+        for offset, rtype, payload in scan.records:
             if rtype != RecordType.BATCH:
                 continue
-            for t in unpack(payload)[0]:
+            try:
+                stored = unpack(payload)[0]
+            except (ValueError, TypeError) as exc:
+                raise unreadable_payload(exc, name, offset) from None
+            for t in stored:
                 identity = (t[0], t[1], t[2], t[3], t[4])
                 if identity not in seen:
                     seen.add(identity)
@@ -306,7 +311,7 @@ def _move_suffix(path: Path, aside: Path, generation: int, segments: list[int],
         if i == first and start > FILE_HEADER_SIZE:
             target = aside / f"{names[i]}.from-{start}"
             target.write_bytes(buf[start:])
-            _fsync_file(target)
+            fsync_file(target)
             with open(path / names[i], "r+b") as f:
                 f.truncate(start)
                 os.fsync(f.fileno())
@@ -322,12 +327,3 @@ def _move_suffix(path: Path, aside: Path, generation: int, segments: list[int],
         # Keep the generation non-empty: an empty first segment in place of the damaged one.
         create_segment(path, generation, segments[0], fsync=True)
     return moved
-
-
-def _fsync_file(target: Path) -> None:
-    fd = os.open(target, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-

@@ -282,11 +282,16 @@ class _Fleet:
         cfg, rng = self.cfg, self.rng
         if self.hosts[host].partitioned or (cfg.loss and rng.random() < cfg.loss):
             return
-        self._at(self.now + cfg.delay + rng.expovariate(1.0 / cfg.jitter) if cfg.jitter
-                 else self.now + cfg.delay, kind, host, source, lo, hi)
+        self._at(self._arrival(), kind, host, source, lo, hi)
         if cfg.duplicate and rng.random() < cfg.duplicate:
-            self._at(self.now + cfg.delay + rng.expovariate(1.0 / cfg.jitter) if cfg.jitter
-                     else self.now + cfg.delay, kind, host, source, lo, hi)
+            self._at(self._arrival(), kind, host, source, lo, hi)
+
+    def _arrival(self) -> float:
+        """When a message sent now arrives: ``delay`` plus an exponential ``jitter``."""
+        cfg = self.cfg
+        if not cfg.jitter:
+            return self.now + cfg.delay
+        return self.now + cfg.delay + self.rng.expovariate(1.0 / cfg.jitter)
 
     def _fail(self, message: str) -> AssertionError:
         return AssertionError(f"fleet seed={self.cfg.seed} t={self.now:.3f}: {message} "

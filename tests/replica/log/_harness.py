@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from imds_replica._log._frame import EventTuple
+from imds_replica._log._frame import DEFAULT_MAX_RECORD_BYTES, EventTuple
 from imds_replica._log._replay import Reducer, recover_directory
 from imds_replica._log._segment import META_NAME
 
 from ._zygote import SHARED_KEYS, SUBMITTERS, batch_events
 
 ZYGOTE = Path(__file__).with_name("_zygote.py")
-MAX = 64 * 2**20
+MAX = DEFAULT_MAX_RECORD_BYTES
 
 
 class Zygote:

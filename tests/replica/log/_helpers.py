@@ -12,6 +12,8 @@ import trio
 from imds_replica import Checkpoint, Event, Recovery, View
 from imds_replica._log import FileLog
 
+from .._helpers import view_of
+
 Batch = tuple[list[Event], Checkpoint | None]
 
 
@@ -62,11 +64,8 @@ async def reopen(directory: Path, **kwargs: Any) -> tuple[View, Recovery]:
 
 
 def replay_view(batches: Sequence[Batch]) -> View:
-    view = View()
-    for events, _ in batches:
-        for event in events:
-            view.apply(event)
-    return view
+    """The view of applying every event of ``batches`` in order (no log involved)."""
+    return view_of(*(event for events, _ in batches for event in events))
 
 
 def only_segment(directory: Path) -> Path:

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from imds_replica import Event
-from imds_replica._log._frame import FILE_HEADER_SIZE
+from imds_replica._log._frame import FILE_HEADER_SIZE, RecordType, frame
 from imds_replica._log._segment import lock_directory
 
 from ._helpers import Batch, make_batches, only_segment, reopen, write_log
@@ -83,6 +83,19 @@ def test_dump_prints_each_stored_event_once(tmp_path: Path) -> None:
         {"source": "tags", "key": ["vms", "b"], "version": 5, "value": {"a": None, "z": [1, 2]}},
     ]
 
+
+
+def test_dump_reports_an_unreadable_payload_as_corruption(tmp_path: Path) -> None:
+    _write(tmp_path / "log", make_batches(20))
+    segment = only_segment(tmp_path / "log")
+    offset = segment.stat().st_size
+    with open(segment, "ab") as f:  # a whole record (good checksum) that is not msgpack
+        f.write(frame(RecordType.BATCH, b"\xc1"))
+    result = cli("log", "dump", tmp_path / "log")
+    assert result.returncode == 1, result.stderr
+    assert "unreadable payload" in result.stderr
+    assert f"({segment.name} at offset {offset})" in result.stderr
+    assert "Traceback" not in result.stderr
 
 def test_stats_and_compact(tmp_path: Path) -> None:
     log = tmp_path / "log"

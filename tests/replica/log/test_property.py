@@ -13,7 +13,7 @@ from imds_replica import Checkpoint, Event, View
 from imds_replica._log import FileLog
 from imds_replica._log._replay import recover_directory
 
-from ._helpers import reopen
+from ._helpers import reopen, replay_view
 
 # Few keys, sources, versions and values, so ties and overwrites are the common case;
 # value 1 next to tombstones exercises the tie-break between a value and a deletion.
@@ -49,10 +49,7 @@ def test_replay_digest_equals_live_view(
                     cp = None if cursor is None else Checkpoint("a", cursor)
                     await log.append(batch, cp)
                 nursery.cancel_scope.cancel()
-            sequential = View()
-            for batch, _ in plan:
-                for event in batch:
-                    sequential.apply(event)
+            sequential = replay_view([(batch, None) for batch, _ in plan])
             assert view.digest() == sequential.digest()
             recovered, recovery = await reopen(directory)
             assert recovered.digest() == view.digest()

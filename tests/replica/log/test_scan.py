@@ -11,6 +11,7 @@ import trio
 
 from imds_replica import Event, View
 from imds_replica._log._frame import (
+    DEFAULT_MAX_RECORD_BYTES,
     FILE_HEADER_SIZE,
     SEGMENT_MAGIC,
     FileHeader,
@@ -26,7 +27,7 @@ from imds_replica._log._replay import Reducer, recover_directory
 
 from ._helpers import make_batches, only_segment, replay_view, write_log
 
-MAX = 64 * 2**20
+MAX = DEFAULT_MAX_RECORD_BYTES
 
 
 def test_decision_table_is_total_and_refuses_unless_last_segment() -> None:
