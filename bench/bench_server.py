@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import re
 import resource
 import shutil
@@ -28,23 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from ._common import write_results
+from ._load import free_port, pin, process_cpu, stop_process, wait_http, wait_tcp, wrk
 
 TARGET = "/metadata/instance?api-version=2021-02-01"
 ROUNDS = 3
 SECONDS = 5
 WATCHERS = 10_000
 VMS = 1_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kib(pid: int) -> int:
@@ -54,42 +43,18 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _pin(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") and os.cpu_count() else []
-
-
 def _start_server(extra: list[str], config: dict[str, Any] | None = None,
                   ) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, admin = _free_port(), _free_port()
-    args = [*_pin(0), sys.executable, "-m", "imds_server", "serve",
+    port, admin = free_port(), free_port()
+    args = [*pin(0), sys.executable, "-m", "imds_server", "serve",
             "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}", *extra]
     if config:
         path = Path(tempfile.mkstemp(suffix=".toml")[1])
         path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
         args += ["--config", str(path)]
     proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
-    _wait_http(f"http://127.0.0.1:{admin}/healthz")
+    wait_http(f"http://127.0.0.1:{admin}/healthz")
     return proc, port, admin
-
-
-def _wait_http(url: str) -> None:
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} never answered")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _raw_answer(port: int) -> bytes:
@@ -107,41 +72,35 @@ def _raw_answer(port: int) -> bytes:
 
 
 def _wrk(port: int, pid: int) -> dict[str, float]:
-    before = _cpu_seconds(pid)
-    out = subprocess.run(
-        [*_pin(1), "wrk", "-t1", "-c32", f"-d{SECONDS}s", "--latency", "-H", "Metadata: true",
-         f"http://127.0.0.1:{port}{TARGET}"], capture_output=True, text=True, check=True).stdout
-    cpu = _cpu_seconds(pid) - before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    assert p99 is not None
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[p99.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    before = process_cpu(pid)
+    result = wrk(f"http://127.0.0.1:{port}{TARGET}", seconds=SECONDS, latency=True)
+    cpu = process_cpu(pid) - before
+    requests = result["requests"]
     return {"requests": requests, "cpu_us_per_request": cpu / requests * 1e6,
-            "p99_ms": float(p99.group(1)) * scale,
-            "rps": requests / SECONDS, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+            "p99_ms": result["p99_ms"], "rps": requests / SECONDS,
+            "non_2xx": result["non_2xx"]}
 
 
 def read_path() -> dict[str, Any]:
     """imds (``imds-server serve``, telemetry included) against the bare server, and,
     to show what of the difference is telemetry's, the same server without telemetry."""
     proc, port, _ = _start_server(["--demo", "--rate-limit", "0"])
-    plain_port, plain_admin = _free_port(), _free_port()
+    plain_port, plain_admin = free_port(), free_port()
     plain_config = Path(tempfile.mkstemp(suffix=".toml")[1])
     plain_config.write_text("rate-limit = 0\n")
-    plain = subprocess.Popen([*_pin(0), sys.executable, "-m", "bench.bench_server",
+    plain = subprocess.Popen([*pin(0), sys.executable, "-m", "bench.bench_server",
                               "--serve-no-telemetry", str(plain_config), str(plain_port),
                               str(plain_admin)], stderr=subprocess.DEVNULL)
     try:
         answer = _raw_answer(port)
-        bare_port = _free_port()
+        bare_port = free_port()
         answer_file = Path(tempfile.mkstemp()[1])
         answer_file.write_bytes(answer)
-        bare = subprocess.Popen([*_pin(0), sys.executable, "-m", "bench.bench_server",
+        bare = subprocess.Popen([*pin(0), sys.executable, "-m", "bench.bench_server",
                                  "--bare", str(bare_port), str(answer_file)])
         try:
-            _wait_tcp(bare_port)
-            _wait_http(f"http://127.0.0.1:{plain_admin}/healthz")
+            wait_tcp(bare_port)
+            wait_http(f"http://127.0.0.1:{plain_admin}/healthz")
             runs: dict[str, list[dict[str, float]]] = {"imds": [], "bare": [],
                                                        "imds_no_telemetry": []}
             for _ in range(ROUNDS):  # alternating, so drift hits all alike
@@ -149,10 +108,10 @@ def read_path() -> dict[str, Any]:
                 runs["bare"].append(_wrk(bare_port, bare.pid))
                 runs["imds_no_telemetry"].append(_wrk(plain_port, plain.pid))
         finally:
-            _stop(bare)
+            stop_process(bare)
     finally:
-        _stop(proc)
-        _stop(plain)
+        stop_process(proc)
+        stop_process(plain)
     out: dict[str, Any] = {"answer_bytes": len(answer), "rounds": ROUNDS, "seconds": SECONDS}
     for name, results in runs.items():
         out[name] = {k: statistics.median(r[k] for r in results) for k in results[0]}
@@ -165,16 +124,6 @@ def read_path() -> dict[str, Any]:
         for i, b in zip(runs["imds"], runs["bare"], strict=True)]
     out["p99_ratio"] = out["imds"]["p99_ms"] / out["bare"]["p99_ms"]
     return out
-
-
-def _wait_tcp(port: int) -> None:
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
 
 
 WATCH_CLIENTS = 4  # client processes: one process reading 10,000 answers was the bottleneck
@@ -196,17 +145,17 @@ def watchers() -> dict[str, Any]:
     config = {"rate-limit": 0, "max-watchers-per-vm": count + 10,
               "max-connections": count + 100, "max-connections-per-caller": count + 100,
               "max-watch-timeout": 600, "idle-timeout": 600, "header-timeout": 60}
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     path = Path(tempfile.mkstemp(suffix=".toml")[1])
     path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
-    proc = subprocess.Popen([*_pin(0), sys.executable, "-m", "bench.bench_server",
+    proc = subprocess.Popen([*pin(0), sys.executable, "-m", "bench.bench_server",
                              "--serve-watch", str(path), str(port), str(admin)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
-        _wait_http(f"http://127.0.0.1:{admin}/healthz")
+        wait_http(f"http://127.0.0.1:{admin}/healthz")
         figures = _watch_run(proc.pid, port, admin, count)
     finally:
-        _stop(proc)
+        stop_process(proc)
     assert proc.stdout is not None
     server_side = json.loads(proc.stdout.read() or b"{}")
     sent = figures.pop("change_sent")
@@ -226,7 +175,7 @@ def _watch_run(pid: int, port: int, admin: int, count: int) -> dict[str, Any]:
     rss_before = _rss_kib(pid)
     shares = [count // WATCH_CLIENTS + (i < count % WATCH_CLIENTS)
               for i in range(WATCH_CLIENTS)]
-    clients = [subprocess.Popen([*_pin(1), sys.executable, "-m", "bench.bench_server",
+    clients = [subprocess.Popen([*pin(1), sys.executable, "-m", "bench.bench_server",
                                  "--watch-client", str(port), str(n)],
                                 stdout=subprocess.PIPE, text=True) for n in shares]
     try:
@@ -397,7 +346,7 @@ def many_vms() -> dict[str, Any]:
                     pass
         cached = _rss_kib(proc.pid)
     finally:
-        _stop(proc)
+        stop_process(proc)
     return {"vms": VMS, "rss_empty_kib": empty, "rss_loaded_kib": loaded,
             "rss_after_reads_kib": cached, "kib_per_vm": (loaded - empty) / VMS,
             "kib_per_vm_with_cache": (cached - empty) / VMS}

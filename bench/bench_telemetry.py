@@ -27,22 +27,27 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench._common import write_results
+from bench._load import (
+    free_port,
+    pin,
+    process_cpu,
+    stop_process,
+    thread_cpu,
+    wait_http,
+    wrk,
+)
 from imds_server._observe import AccessRecord, NullObserver
 
 TARGET = "/metadata/instance?api-version=2021-02-01"
@@ -57,36 +62,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _cpu_seconds(stat: Path) -> float:
-    fields = stat.read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _thread_cpu(pid: int) -> tuple[float, float]:
-    """(the main thread's — the event loop's — CPU seconds, the other threads' together)."""
-    loop = other = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            seconds = _cpu_seconds(task / "stat")
-        except OSError:
-            continue  # a worker thread that just ended
-        if task.name == str(pid):
-            loop = seconds
-        else:
-            other += seconds
-    return loop, other
-
-
-def _pin(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") else []
-
-
 def _toml(telemetry: dict[str, Any]) -> str:
     lines = ["[telemetry]"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in telemetry.items()]
@@ -96,24 +71,19 @@ def _toml(telemetry: dict[str, Any]) -> str:
 class _Server:
     def __init__(self, name: str, telemetry: dict[str, Any], workdir: Path) -> None:
         self.name = name
-        self.port, self.admin = _free_port(), _free_port()
+        self.port, self.admin = free_port(), free_port()
         self.log_dir = workdir / f"logs-{name}"
         config = workdir / f"{name}.toml"
         config.write_text(_toml({"log_dir": str(self.log_dir), **telemetry}))
         self.proc = subprocess.Popen(
-            [*_pin(0), sys.executable, "-m", "imds_server", "serve", "--demo",
+            [*pin(0), sys.executable, "-m", "imds_server", "serve", "--demo",
              "--rate-limit", "0", "--listen", f"127.0.0.1:{self.port}",
              "--admin-listen", f"127.0.0.1:{self.admin}", "--config", str(config)],
             stderr=subprocess.DEVNULL)
-        _wait_http(f"http://127.0.0.1:{self.admin}/healthz")
+        wait_http(f"http://127.0.0.1:{self.admin}/healthz")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
     def logged_lines(self) -> int:
         total = 0
@@ -129,31 +99,17 @@ class _Server:
         return total
 
 
-def _wait_http(url: str) -> None:
-    for _ in range(400):
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{url} never answered")
-
-
 def _wrk(server: _Server, seconds: float = SECONDS) -> dict[str, float]:
     pid = server.proc.pid
-    before = _cpu_seconds(Path(f"/proc/{pid}/stat"))
-    loop_before, _ = _thread_cpu(pid)
-    out = subprocess.run(
-        [*_pin(1), "wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-H", "Metadata: true",
-         f"http://127.0.0.1:{server.port}{TARGET}"],
-        capture_output=True, text=True, check=True).stdout
-    cpu = _cpu_seconds(Path(f"/proc/{pid}/stat")) - before
-    loop = _thread_cpu(pid)[0] - loop_before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if non2xx:
-        raise RuntimeError(f"{server.name}: {non2xx.group(1)} non-2xx answers")
+    before = process_cpu(pid)
+    loop_before, _ = thread_cpu(pid)
+    result = wrk(f"http://127.0.0.1:{server.port}{TARGET}", seconds=seconds,
+                 connections=CONNECTIONS)
+    cpu = process_cpu(pid) - before
+    loop = thread_cpu(pid)[0] - loop_before
+    if result["non_2xx"]:
+        raise RuntimeError(f"{server.name}: {result['non_2xx']:.0f} non-2xx answers")
+    requests = result["requests"]
     return {"requests": requests, "rps": requests / seconds,
             "cpu_us_per_request": cpu / requests * 1e6,
             "loop_cpu_us_per_request": loop / requests * 1e6,
@@ -169,11 +125,10 @@ def read_path(workdir: Path) -> dict[str, Any]:
         for _ in range(ROUNDS):
             for name, server in servers.items():
                 runs[name].append(_wrk(server))
-        time.sleep(0.3)  # the writer's last batch
-        logged = servers["on"].logged_lines()
     finally:
         for server in servers.values():
             server.stop()
+    logged = servers["on"].logged_lines()  # a stopped server has drained its log queue
     out: dict[str, Any] = {"rounds": ROUNDS, "seconds": SECONDS, "connections": CONNECTIONS}
     for name, results in runs.items():
         out[name] = {

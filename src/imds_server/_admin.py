@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from imds_replica import ImdsError, Unavailable, ValidationError
+from imds_replica import ImdsError, ValidationError
 
 from ._render import to_json
-from ._request import JSON, BadQuery, Request, Response, error, parse_query
+from ._request import JSON, BadQuery, Request, Response, error, failure, parse_query
 
 if TYPE_CHECKING:
     from imds_replica import Replica
@@ -106,12 +106,9 @@ class AdminApi:
         try:
             result = await self.replica.submit(body["events"])
         except ValidationError as exc:
-            return error(400, exc.message, extra={"index": exc.index}, route="/events")
-        except Unavailable as exc:
-            return error(exc.status, exc.message, route="/events",
-                         headers=(("Retry-After", str(exc.retry_after)),))
+            return failure(exc, extra={"index": exc.index}, route="/events")
         except ImdsError as exc:
-            return error(exc.status, exc.message, route="/events")
+            return failure(exc, route="/events")
         return _json(200, {"events": result.events, "changed": result.changed}, "/events")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from imds_replica import ConfigError, LivelinessTracker, View
+from imds_replica import ClientError, ConfigError, LivelinessTracker, View
 
 from . import _render, _schedule, _versions
 from ._cache import Answer, AnswerCache
@@ -183,13 +183,14 @@ class VmApi:
         timeout = self.policy.max_watch_timeout
         if watch == "true" and "timeout_sec" in params:
             try:
-                timeout = float(int(params["timeout_sec"]))
+                seconds = int(params["timeout_sec"])
             except ValueError:
-                timeout = -1.0
-            if timeout < 0:
+                seconds = -1
+            if seconds < 0:
                 return _bad("Bad request. timeout_sec must be a non-negative integer", vm,
                             api_version=api_version, route=route)
-            timeout = min(timeout, self.policy.max_watch_timeout)
+            # Clamped as an int: a huge value is valid, and too large for a float.
+            timeout = float(min(seconds, timeout))
         answer = self._render(vm, route, segments, api_version, fmt, target.path_key)
         if watch == "true" and answer.status == 200:
             last = _unquote_etag(params.get("last_etag")) or answer.etag
@@ -349,8 +350,8 @@ class VmApi:
         listing = self.view.document(_schedule.events_prefix(vm))
         try:
             ids = _schedule.approvals(body, listing if isinstance(listing, dict) else ())
-        except Exception as exc:  # ClientError: the message is for the guest
-            return _bad(str(exc), vm, api_version=api_version, route=route)
+        except ClientError as exc:  # the message is for the guest
+            return _bad(exc.message, vm, api_version=api_version, route=route)
         events = _schedule.approval_events(vm, ids, caller, now)
         return Submit(events, _schedule.APPROVAL_SOURCE,
                       Response(200, b"", JSON, route=route, vm=vm, api_version=api_version))

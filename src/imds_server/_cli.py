@@ -64,13 +64,24 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         server = Server(config, **(telemetry.server_arguments(config) if telemetry else {}))
         trio.run(serve_until_signalled, server, telemetry)
-    except ImdsError as exc:
-        print(f"imds-server: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"imds-server: cannot listen: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # Failures inside trio.run arrive wrapped in (nested) exception groups by the
+        # nurseries; a single one is what went wrong.
+        cause = _single(exc)
+        if not isinstance(cause, (ImdsError, OSError)):
+            raise
+        # An OSError names its object: the address (``cannot listen on HOST:PORT: ...``)
+        # or the file or directory (the data directory, the log directory).
+        print(f"imds-server: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside single-member exception groups (else ``exc`` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _telemetry_for(config: ServerConfig) -> Any:

@@ -156,8 +156,7 @@ class Listener:
     """Accepts on one listening socket and serves its connections until drained."""
 
     def __init__(self, sock: socket.socket, app: App, *, http: HttpLimits,
-                 limits: ConnectionLimits, ttl: int = 0, clock: trio.abc.Clock | None = None,
-                 wall: object = None) -> None:
+                 limits: ConnectionLimits, ttl: int = 0) -> None:
         sock.setblocking(False)
         self.socket = sock
         self.address = sock.getsockname()
@@ -332,18 +331,12 @@ class Listener:
                 except Exception:
                     response = self._failed()
             keep_alive = keep_alive and not self.draining
+            head_only = request.method == "HEAD"
             if response.stream is None:
-                head_only = request.method == "HEAD"
-                data = self._wire.encode(response, keep_alive, head_only)
-                try:
-                    written = sock.send(data)
-                except BlockingIOError:
-                    written = 0
-                if written != len(data):  # the socket buffer is full: wait for room
-                    await self._send_all(sock, memoryview(data)[written:])
+                await self._send_all(sock, self._wire.encode(response, keep_alive, head_only))
                 sent = 0 if head_only else len(response.body)
             else:
-                sent = await self._send(sock, request, response, keep_alive)
+                sent = await self._send_stream(sock, response, keep_alive, head_only)
             self.app.answered(request, peer, response, received, sent, clock() - received)
             if not keep_alive:
                 return
@@ -392,9 +385,10 @@ class Listener:
             self._hangups.forget(fd)
 
     async def _send_all(self, sock: socket.socket, data: bytes | memoryview) -> None:
-        # No checkpoint after a send that completes at once: the connection loop's
-        # fairness rule (a receive that blocks, or a checkpoint every _YIELD_EVERY steps)
-        # already bounds how long one connection runs without yielding.
+        # Usually one non-blocking send that takes everything, with no yield: the
+        # connection loop's fairness rule (a receive that blocks, or a checkpoint every
+        # _YIELD_EVERY steps) already bounds how long one connection runs without yielding.
+        # Only a full socket buffer makes it wait for room.
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -409,12 +403,10 @@ class Listener:
             except BlockingIOError:
                 pass
 
-    async def _send(self, sock: socket.socket, request: Request, response: Response,
-                    keep_alive: bool) -> int:
-        head_only = request.method == "HEAD"
-        if response.stream is None:
-            await self._send_all(sock, self._wire.encode(response, keep_alive, head_only))
-            return 0 if head_only else len(response.body)
+    async def _send_stream(self, sock: socket.socket, response: Response, keep_alive: bool,
+                           head_only: bool) -> int:
+        """A streamed answer (admin extensions) with chunked encoding; body bytes sent."""
+        assert response.stream is not None
         await self._send_all(sock, encode_head(response, keep_alive=keep_alive,
                                                head_only=True, chunked=True))
         sent = 0

@@ -195,19 +195,6 @@ class HttpConnection:
         return self._proto.done.popleft()
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def http_date(now: float | None = None) -> str:
-    """The ``Date`` header value, formatted at most once per second."""
-    global _date_cache
-    now = time.time() if now is None else now
-    second = int(now)
-    if _date_cache[0] != second:
-        _date_cache = (second, email.utils.formatdate(second, usegmt=True))
-    return _date_cache[1]
-
-
 _date_line: tuple[int, bytes] = (0, b"")
 
 
@@ -216,7 +203,8 @@ def _date_header() -> bytes:
     global _date_line
     second = int(time.time())
     if _date_line[0] != second:
-        _date_line = (second, f"Date: {http_date(second)}\r\n".encode("latin-1"))
+        date = email.utils.formatdate(second, usegmt=True)
+        _date_line = (second, f"Date: {date}\r\n".encode("latin-1"))
     return _date_line[1]
 
 

@@ -30,7 +30,8 @@ class Address:
     def parse(cls, text: str, *, key: str) -> Address:
         """``HOST:PORT`` or ``[V6]:PORT``; raises ``ConfigError`` naming ``key``."""
         host, sep, port = text.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not (port.isascii() and port.isdigit()) \
+                or not 0 <= int(port) <= 65535:
             raise ConfigError(f"{text!r} is not HOST:PORT", key=key)
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
@@ -59,19 +60,30 @@ def check_separate(vm: Address, admin: Address) -> None:
 
 
 def bind(address: Address, *, backlog: int = 4096) -> socket.socket:
-    """A listening TCP socket on ``address`` (SO_REUSEADDR, so a restart can rebind)."""
-    infos = socket.getaddrinfo(address.host or None, address.port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
-    family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
+    """A listening TCP socket on ``address`` (SO_REUSEADDR, so a restart can rebind).
+
+    Raises ``OSError`` whose message names the address (``cannot listen on HOST:PORT:
+    Address already in use``)."""
+    try:
+        infos = socket.getaddrinfo(address.host or None, address.port,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, sockaddr = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise _cannot_listen(address, exc) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
         sock.listen(backlog)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise _cannot_listen(address, exc) from exc
     return sock
+
+
+def _cannot_listen(address: Address, exc: OSError) -> OSError:
+    reason = exc.strerror or str(exc)
+    return OSError(exc.errno, f"cannot listen on {address}: {reason}")
 
 
 def set_ttl(sock: socket.socket, ttl: int) -> None:

@@ -91,11 +91,13 @@ def render_instance(document: Any, version: str, *, tags_from_list: bool) -> dic
 
 
 def walk(value: Any, segments: Sequence[str]) -> Any:
-    """The value at ``segments`` (object keys, array indexes) or ``MISSING``."""
+    """The value at ``segments`` (object keys, array indexes in ASCII digits) or
+    ``MISSING``."""
     for part in segments:
         if isinstance(value, dict) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif isinstance(value, list) and part.isascii() and part.isdigit() \
+                and int(part) < len(value):
             value = value[int(part)]
         else:
             return _MISSING

@@ -11,6 +11,8 @@ from urllib.parse import unquote
 
 import attrs
 
+from imds_replica import ImdsError
+
 REASONS: Mapping[int, str] = {
     200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
@@ -60,8 +62,6 @@ class Response:
     vm: str | None = None
     api_version: str | None = None
     watch: bool = False
-    #: The request's sources' freshness should be added (``Age`` and ``Imds-Freshness``).
-    fresh_from: tuple[str, ...] | None = None
 
 
 def error(status: int, message: str, *, refused: str | None = None,
@@ -70,6 +70,17 @@ def error(status: int, message: str, *, refused: str | None = None,
     body = {"error": message, **(extra or {})}
     return Response(status, json.dumps(body).encode(), JSON, headers, refused=refused,
                     route=route)
+
+
+def failure(exc: ImdsError, *, route: str = "other",
+            extra: Mapping[str, Any] | None = None) -> Response:
+    """The answer to a library error: its status and message; a 503 or 429 carries
+    ``Retry-After`` (the error's own ``retry_after``, else 1 s) as every one of ours does."""
+    retry = getattr(exc, "retry_after", None)
+    if retry is None and exc.status in (429, 503):
+        retry = 1
+    headers = (("Retry-After", str(retry)),) if retry is not None else ()
+    return error(exc.status, exc.message, extra=extra, headers=headers, route=route)
 
 
 class BadQuery(ValueError):

@@ -25,7 +25,6 @@ from imds_replica import (
     ImdsError,
     LivelinessPolicy,
     Replica,
-    ValidationError,
     open_replica,
 )
 
@@ -37,7 +36,7 @@ from ._connection import ConnectionLimits, Listener
 from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
-from ._request import Park, Request, Response, Submit, error
+from ._request import Park, Request, Response, Submit, failure
 from ._storage import open_log
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -257,14 +256,10 @@ class Server:
         assert self.replica is not None
         try:
             await self.replica.submit(submit.events, source=submit.source)
-        except ValidationError as exc:
-            return attrs.evolve(error(400, exc.message), route=submit.response.route,
-                                vm=submit.response.vm)
-        except ImdsError as exc:
-            retry = getattr(exc, "retry_after", None)
-            headers = (("Retry-After", str(retry)),) if retry is not None else ()
-            return attrs.evolve(error(exc.status, exc.message, headers=headers),
-                                route=submit.response.route, vm=submit.response.vm)
+        except ImdsError as exc:  # ValidationError 400; StorageError 500; Unavailable 503
+            answer = submit.response
+            return attrs.evolve(failure(exc, route=answer.route), vm=answer.vm,
+                                api_version=answer.api_version)
         return submit.response
 
     def record(self, request: Request, peer: str, response: Response, sent: int,

@@ -7,8 +7,17 @@ from typing import Any
 
 import pytest
 
-from imds_replica import Event, LivelinessTracker, View
+from imds_replica import (
+    Event,
+    ImdsError,
+    LivelinessTracker,
+    StorageError,
+    Unavailable,
+    ValidationError,
+    View,
+)
 from imds_server import ApiPolicy, Park, Request, Response, Submit, VmApi
+from imds_server._request import failure
 from imds_server._versions import NEWEST_THREE, VERSIONS
 
 from .conftest import CALLER_A, CALLER_B, EVENT_ID, MD, VM_A, V
@@ -93,7 +102,8 @@ def test_sub_paths_walk_keys_and_indexes(api: VmApi) -> None:
 
 
 @pytest.mark.parametrize("path", ["compute/nope", "network/interface/7", "network/interface/x",
-                                  "compute//name", "scheduledevents"])
+                                  "compute//name", "scheduledevents",
+                                  "network/interface/%C2%B2"])  # "²": a digit, not an index
 def test_missing_element_is_404(api: VmApi, path: str) -> None:
     resp = answer(api, f"/metadata/instance/{path}?api-version={V}&format=text")
     assert resp.status == 404
@@ -366,6 +376,14 @@ def test_watch_limits(view: View, liveliness: LivelinessTracker) -> None:
     assert resp.status == 400
 
 
+def test_a_huge_timeout_sec_is_clamped_not_an_error(api: VmApi) -> None:
+    # Too large for a float: still a non-negative integer, so the maximum applies.
+    parked = call(api, f"/metadata/instance?api-version={V}&wait_for_change=true"
+                       f"&timeout_sec={'9' * 400}")
+    assert isinstance(parked, Park)
+    assert parked.timeout == api.policy.max_watch_timeout
+
+
 def test_parked_watcher_does_not_consume_rate_limit(view: View,
                                                     liveliness: LivelinessTracker) -> None:
     api = make_api(view, liveliness, rate_limit=1)
@@ -442,3 +460,12 @@ def test_parsed_targets_are_remembered_but_bounded(api: VmApi) -> None:
         assert resp.body == b"vm-a-name"
     assert len(api._targets) <= 1024
     assert answer(api, f"/metadata/instance?api-version={V}&x=1&x=2").status == 400
+
+
+def test_library_errors_carry_retry_after_when_due() -> None:
+    assert dict(failure(Unavailable("busy", retry_after=3)).headers) == {"Retry-After": "3"}
+    assert dict(failure(ImdsError("overloaded", status=503)).headers) == {"Retry-After": "1"}
+    assert failure(StorageError("disk on fire")).headers == ()
+    invalid = failure(ValidationError("bad source", index=2), extra={"index": 2})
+    assert (invalid.status, body(invalid)["index"]) == (400, 2)
+    assert "bad source" in body(invalid)["error"]

@@ -10,11 +10,12 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from .conftest import get
+from .conftest import get, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,10 +51,24 @@ async def _spawn(vm: socket.socket, admin: socket.socket, data: Path) -> trio.Pr
             os.close(fd)
 
 
-async def _pid(admin: tuple[str, int]) -> int:
+async def _health(admin: tuple[str, int]) -> dict[str, Any]:
     with trio.fail_after(20):
         reply = await get(admin, "/healthz", headers={}, source="127.0.0.1")
-    return int(reply.json()["pid"])
+    return reply.json()  # type: ignore[no-any-return]
+
+
+async def _pid(admin: tuple[str, int]) -> int:
+    return int((await _health(admin))["pid"])
+
+
+async def _wait_parked(admin: tuple[str, int], count: int) -> None:
+    """Until the server process has ``count`` parked watchers (polled: no event crosses
+    processes)."""
+    for _ in range(400):
+        if (await _health(admin))["parked_watchers"] == count:
+            return
+        await trio.sleep(0.05)
+    raise AssertionError(f"never {count} parked watchers")
 
 
 async def test_restarts_under_load_fail_no_request(tmp_path: Path) -> None:
@@ -72,6 +87,11 @@ async def test_restarts_under_load_fail_no_request(tmp_path: Path) -> None:
             except Exception as exc:  # any failure is what this test counts
                 outcomes.append(repr(exc))
 
+    async def answered_by_this_process(count: int) -> None:
+        # Under load: the clients have had ``count`` answers since the last (re)start.
+        start = len(outcomes)
+        await wait_until(lambda: len(outcomes) >= start + count, seconds=60)
+
     pids = []
     proc = await _spawn(vm, admin, tmp_path / "data")
     try:
@@ -80,13 +100,13 @@ async def test_restarts_under_load_fail_no_request(tmp_path: Path) -> None:
             for _ in range(3):
                 nursery.start_soon(client)
             for _ in range(3):
-                await trio.sleep(0.4)
+                await answered_by_this_process(8)
                 proc.send_signal(signal.SIGTERM)
                 with trio.fail_after(20):
                     assert await proc.wait() == 0
                 proc = await _spawn(vm, admin, tmp_path / "data")
                 pids.append(await _pid(admin_addr))
-            await trio.sleep(0.4)
+            await answered_by_this_process(8)
             stop.set()
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -114,7 +134,8 @@ async def test_sigterm_answers_in_flight_watcher_and_exits(tmp_path: Path) -> No
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
-            await trio.sleep(0.5)
+            # SIGTERM only once the watcher is parked (in flight, not in the kernel's queue).
+            await _wait_parked(admin.getsockname(), 1)
             proc.send_signal(signal.SIGTERM)
             with trio.fail_after(15):
                 assert await proc.wait() == 0

@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 
 from imds_replica import Checkpoint, Event, MemoryLog, StorageError, Unavailable, View
 from imds_server import AccessRecord, Request, Response, Server, open_log
@@ -205,8 +206,11 @@ async def test_watch_change_arrives_while_parked() -> None:
             await wait_until(lambda: server.statistics().parked_watchers == 1)
             await server.replica.submit([Event("tags", ("vms", VM_A, "compute", "tags"), 50,
                                                "unrelated:change")])
-            await trio.sleep(0.05)
-            assert not results  # a change elsewhere in the document does not answer
+            # The watcher has been woken, compared ETags and parked again (everything in
+            # this process is blocked): a change elsewhere in the document does not answer.
+            await trio.testing.wait_all_tasks_blocked()
+            assert not results
+            assert server.statistics().parked_watchers == 1
             await server.replica.submit([Event("fabric", ("vms", VM_A, "compute", "name"),
                                                50, "renamed")])
         [reply] = results
@@ -291,7 +295,8 @@ async def test_limits_close_or_4xx_and_others_still_served() -> None:
         for stream in held:
             await stream.aclose()
         await extra.aclose()
-        await trio.sleep(0.05)
+        # The server has seen the closes, so the caller is under its limit again.
+        await wait_until(lambda: server.statistics().connections_open == 0)
         assert (await get(addr, "/metadata/versions")).status == 200
         assert server.statistics().connections_refused >= 1
         assert server.statistics().protocol_errors >= 3

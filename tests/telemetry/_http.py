@@ -1,7 +1,8 @@
 """A small real HTTP/1.1 server for tests (one request per connection), on loopback.
 
-Until the real admin listener serves telemetry's routes, tests mount them here; it also
-plays a fake VM-facing endpoint (probe) and a misbehaving collector (errors, slowness).
+Tests mount telemetry's framework-neutral routes here (``TelemetryRoutes``, without a
+whole server); it also plays a fake VM-facing endpoint (probe) and a misbehaving collector
+(errors, slowness).
 """
 
 from __future__ import annotations

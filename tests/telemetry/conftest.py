@@ -23,6 +23,17 @@ def access(**overrides: object) -> AccessRecord:
     return AccessRecord(**fields)  # type: ignore[arg-type]
 
 
+async def stop_process(process: trio.Process) -> None:
+    """SIGTERM, up to 10 s to exit, then SIGKILL; closes its captured stdout."""
+    process.terminate()
+    with trio.move_on_after(10):
+        await process.wait()
+    process.kill()
+    await process.wait()
+    if process.stdout is not None:
+        await process.stdout.aclose()
+
+
 async def run_command(args: Sequence[str], *, seconds: float = 30.0
                       ) -> trio.CompletedProcess[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

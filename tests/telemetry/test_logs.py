@@ -168,7 +168,9 @@ def test_read_lines_filters(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("query", [{"level": "loud"}, {"grep": "("}, {"limit": "-1"},
-                                   {"since": "yesterday"}, {"colour": "red"}])
+                                   {"limit": "\u00b2"}, {"since": "yesterday"},
+                                   {"since": "nan"}, {"until": "1e300"},
+                                   {"colour": "red"}])
 def test_bad_filters_are_client_errors(query: dict[str, str]) -> None:
     with pytest.raises(ClientError):
         LogFilter.from_query(query)

@@ -37,6 +37,17 @@ def test_requests_counted_by_route_bounded_version_and_code() -> None:
     assert value(m, "imds_http_response_size_bytes_sum", route=r) == 7 * 1500
 
 
+def test_unknown_api_versions_do_not_grow_memory() -> None:
+    # A VM chooses the api-version string: ten thousand distinct ones are one count.
+    m = TelemetryMetrics(process=False)
+    for n in range(10_000):
+        m.observe(access(api_version=f"v{n}", status=400))
+    m.observe(access())
+    assert len(m.requests._routes["/metadata/instance"].requests) == 2
+    assert value(m, "imds_http_requests_total", route="/metadata/instance",
+                 api_version="other", code="400") == 10_000
+
+
 def test_watch_requests_are_kept_out_of_the_latency_histogram() -> None:
     m = TelemetryMetrics(process=False)
     m.observe(access(route="/metadata/scheduledevents", watch=True, seconds=30.0))

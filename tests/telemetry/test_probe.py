@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from . import _http
-from .conftest import COMMAND, run_command
+from .conftest import COMMAND, run_command, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -75,10 +75,5 @@ async def test_probe_dead_server_and_its_metrics() -> None:
                     await trio.sleep(0.1)
         assert "probe_duration_seconds" in body
     finally:
-        process.terminate()
-        with trio.move_on_after(10):
-            await process.wait()
-        process.kill()
-        await process.wait()
-        await process.stdout.aclose()
+        await stop_process(process)
     assert process.returncode == 1  # stopped while down

@@ -19,7 +19,7 @@ import trio
 from imds_server.telemetry import LogPipeline, TelemetryConfig, TelemetryMetrics, Uploader
 
 from . import _http
-from .conftest import COMMAND, access
+from .conftest import COMMAND, access, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +38,7 @@ async def collector(store: Path, port: int = 0) -> AsyncIterator[int]:
         assert match, first
         yield int(match.group(1))
     finally:
-        process.terminate()
-        with trio.move_on_after(10):
-            await process.wait()
-        process.kill()
-        await process.wait()
-        if process.stdout is not None:
-            await process.stdout.aclose()
+        await stop_process(process)
 
 
 def warm_setup(tmp_path: Path, url: str, **warm: object

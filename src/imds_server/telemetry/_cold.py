@@ -191,7 +191,7 @@ class LogFilter:
         except re.error as error:
             raise ClientError(f"grep: bad regular expression: {error}")
         limit = params.get("limit")
-        if limit is not None and not (limit.isdigit() and int(limit) > 0):
+        if limit is not None and not (limit.isascii() and limit.isdigit() and int(limit) > 0):
             raise ClientError("limit: must be a positive integer")
         return cls(since=_parse_time(params.get("since"), "since"),
                    until=_parse_time(params.get("until"), "until"),
@@ -231,7 +231,10 @@ def _parse_time(value: str | None, name: str) -> str | None:
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         seconds = parsed.timestamp()
-    return iso_time(seconds)
+    try:
+        return iso_time(seconds)
+    except (ValueError, OverflowError, OSError):  # nan, inf, beyond the platform's time_t
+        raise ClientError(f"{name}: not a representable time: {value!r}") from None
 
 
 def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
@@ -242,16 +245,16 @@ def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
     """
     since_epoch = _epoch(flt.since)
     with contextlib.ExitStack() as stack:
-        handles: list[IO[str]] = []
+        handles: list[tuple[Path, IO[str]]] = []
         for path in log_files(log_dir):
             try:
                 if since_epoch is not None and path.stat().st_mtime < since_epoch:
                     continue  # everything in it was written before ``since``
-                handles.append(stack.enter_context(_open_log(path)))
+                handles.append((path, stack.enter_context(_open_log(path))))
             except FileNotFoundError:
                 continue  # pruned meanwhile
         sent = 0
-        for handle in handles:
+        for path, handle in handles:
             try:
                 for line in handle:
                     if not line.endswith("\n"):
@@ -264,7 +267,7 @@ def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
             except (OSError, EOFError) as error:  # a damaged gzip: say so in the stream
                 yield json.dumps({"time": iso_time(time.time()), "level": "error",
                                   "logger": "imds_server.telemetry",
-                                  "message": f"unreadable log file: {error}"}) + "\n"
+                                  "message": f"unreadable log file {path}: {error}"}) + "\n"
 
 
 def _open_log(path: Path) -> IO[str]:

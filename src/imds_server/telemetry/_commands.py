@@ -1,7 +1,7 @@
 """The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query``, ``collect``.
 
 ``register(subparsers)`` is called by the server's CLI. Each command's implementation is
-imported only when it runs, so ``imds-server serve`` does not pay for DuckDB or httpx.
+imported only when it runs, so ``imds-server serve`` does not pay for DuckDB.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Structured JSON lines on the standard library's ``logging``.
 
-Why stdlib logging rather than structlog: every component already logs through ``logging``;
-its ``QueueHandler``/``QueueListener`` move file I/O to a thread and its rotating handlers
-give the cold path, so one standard pipeline serves components and access records with no
-new dependency. Structured fields travel in ``extra={"fields": {...}}``.
+Why stdlib logging rather than structlog: every component already logs through ``logging``
+and its rotating file handler gives the cold path, so one standard pipeline serves
+components and access records with no new dependency (file I/O happens on the pipeline's
+writer thread: ``_pipeline.py``). Structured fields travel in ``extra={"fields": {...}}``.
 
 A component line is rendered where it is produced (the logging call: a ``LogRecord`` holds
 live ``args``). An access line is rendered by the pipeline's writer thread from the

@@ -30,6 +30,8 @@ prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064,
                  0.128, 0.256, 0.512, 1.0, 2.5)
 GROUP_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+
+
 class TelemetryMetrics:
     """The registry of one server process and the metrics telemetry itself updates."""
 

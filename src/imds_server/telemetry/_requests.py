@@ -39,6 +39,9 @@ REFUSAL_REASONS = frozenset({
 })
 #: Routes are templated by the server; this caps the label set should that ever break.
 MAX_ROUTES = 64
+#: The key of every api-version the server does not know (the label ``bound_api_version``
+#: gives it at scrape time: ``other``).
+OTHER = "other"
 
 
 class _Histogram:
@@ -48,10 +51,6 @@ class _Histogram:
         self.bounds = bounds
         self.buckets = [0] * (len(bounds) + 1)  # the last is +Inf
         self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.buckets[bisect_left(self.bounds, value)] += 1  # le: value <= bound
-        self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
@@ -66,7 +65,7 @@ class _Route:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        #: (api_version as sent, status) → answered requests
+        #: (api_version: a known one, None, or ``OTHER``; status) → answered requests
         self.requests: dict[tuple[str | None, int], int] = {}
         self.duration = _Histogram(LATENCY_BUCKETS)
         self.size = _Histogram(SIZE_BUCKETS)
@@ -89,7 +88,13 @@ class RequestCounts(Collector):
             route = self._new_route(record.route)
         requests = route.requests
         key = (record.api_version, record.status)
-        requests[key] = requests.get(key, 0) + 1
+        count = requests.get(key)
+        if count is None and key[0] is not None and key[0] not in self._known:
+            # The client chose this string: bound it here, or every distinct one would be
+            # kept for the life of the process (the scrape bounds only the label).
+            key = (OTHER, record.status)
+            count = requests.get(key)
+        requests[key] = (count or 0) + 1
         if record.watch:
             route.watches += 1
         else:

@@ -1,17 +1,17 @@
 """``Telemetry``: everything one server process runs for telemetry, built from its config.
 
-Wiring (what ``imds-server serve`` does)::
+The pieces an embedder wires::
 
-    telemetry = Telemetry(config, log_dir=data_dir / "logs")
-    telemetry.watch_replica(replica)            # scrape-time collector
-    telemetry.watch_server(server.statistics)   # scrape-time collector
+    telemetry = Telemetry(config, log_dir=log_dir)  # not inside the durable log's directory
     FileLog(..., on_commit=telemetry.on_commit)
-    Server(..., observer=telemetry.observer)
-    admin_routes.update(telemetry.routes())     # GET /metrics, GET /logs
-    await nursery.start(telemetry.run)          # writer thread, uploader, pruning
+    Server(..., observer=telemetry.observer)        # and telemetry.routes() on the admin API
+    await nursery.start(telemetry.run)              # writer thread, uploader, pruning
+    telemetry.watch_server(server.statistics)       # scrape-time collector
+    telemetry.watch_replica(replica)                # scrape-time collector
 
-``attach(server, replica, config, nursery, log_dir=...)`` does the last four for an existing
-server and replica.
+``imds-server serve`` does exactly this through ``_serving.for_server(config)`` (logs in
+``<data-dir>.logs``). ``attach(server, replica, config, nursery, log_dir=...)`` does it for
+an existing server and replica.
 """
 
 from __future__ import annotations
