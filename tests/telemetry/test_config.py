@@ -15,7 +15,7 @@ def test_public_surface_is_pinned() -> None:
         "JsonFormatter", "LogFilter", "LogPipeline", "ReplicaCollector", "ServerCollector",
         "Spool", "SpoolStatistics", "SpooledBatch", "Telemetry", "TelemetryConfig",
         "TelemetryMetrics", "TelemetryObserver", "TelemetryRoutes", "Uploader", "WarmBuffer",
-        "WarmConfig", "attach", "bound_api_version", "log_files", "read_lines",
+        "WarmConfig", "bound_api_version", "log_files", "read_lines",
         "render_access", "run_query", "store_batch",
     ]
 

@@ -1,7 +1,7 @@
 """Telemetry of the metadata server: metrics, structured logs and their three paths, the
 dial-tone probe, the warm-path collector and fleet log queries. See ``docs/telemetry.md``.
 
-The server needs ``Telemetry`` (or ``attach``) and ``TelemetryConfig``; the rest is public
+The server needs ``Telemetry`` and ``TelemetryConfig``; the rest is public
 for tools and tests that use one piece on its own.
 """
 
@@ -15,7 +15,7 @@ from ._observer import TelemetryObserver
 from ._pipeline import LogPipeline
 from ._query import REPORTS, run_query
 from ._spool import Spool, SpooledBatch, SpoolStatistics
-from ._telemetry import Telemetry, attach
+from ._telemetry import Telemetry
 from ._versions import KNOWN_API_VERSIONS, bound_api_version
 from ._warm import Uploader, WarmBuffer
 
@@ -41,7 +41,6 @@ __all__ = [
     "Uploader",
     "WarmBuffer",
     "WarmConfig",
-    "attach",
     "bound_api_version",
     "log_files",
     "read_lines",

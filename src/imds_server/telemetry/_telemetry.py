@@ -10,8 +10,7 @@ The pieces an embedder wires::
     telemetry.watch_replica(replica)                # scrape-time collector
 
 ``imds-server serve`` does exactly this through ``_serving.for_server(config)`` (logs in
-``<data-dir>.logs``). ``attach(server, replica, config, nursery, log_dir=...)`` does it for
-an existing server and replica.
+``<data-dir>.logs`` unless ``telemetry.log_dir`` says otherwise).
 """
 
 from __future__ import annotations
@@ -89,25 +88,3 @@ class Telemetry:
             removed = await trio.to_thread.run_sync(cold.prune)
             if removed:
                 log.info("deleted %d log files past retention", removed)
-
-
-def attach(server: Any, replica: Any, config: TelemetryConfig, nursery: trio.Nursery, *,
-           log_dir: Path | None, admin_routes: dict[tuple[str, str], Handler] | None = None
-           ) -> Telemetry:
-    """Wire telemetry into a running server and replica and start its tasks in ``nursery``.
-
-    Sets ``server.observer`` when the server has such an attribute; ``admin_routes`` is the
-    admin listener's extension table (method, path) → handler. Returns the ``Telemetry``.
-    """
-    telemetry = Telemetry(config, log_dir=log_dir,
-                          known_api_versions=getattr(server, "api_versions", None))
-    if replica is not None:
-        telemetry.watch_replica(replica)
-    if server is not None and hasattr(server, "statistics"):
-        telemetry.watch_server(server.statistics)
-    if server is not None and hasattr(server, "observer"):
-        server.observer = telemetry.observer
-    if admin_routes is not None:
-        admin_routes.update(telemetry.routes())
-    nursery.start_soon(telemetry.run)
-    return telemetry
