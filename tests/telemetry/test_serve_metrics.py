@@ -34,8 +34,11 @@ async def test_scrape_after_traffic_counts_exactly_what_was_sent(tmp_path: Path)
     process = await spawn_server(vm, admin, tmp_path / "data")
     try:
         with trio.fail_after(60):
-            while (await get(admin_addr, "/healthz", headers={}, source="127.0.0.1")).status \
-                    != 200:
+            # Polled: readiness lives in another process, there is no event to wait on.
+            for _ in range(1000):
+                health = await get(admin_addr, "/healthz", headers={}, source="127.0.0.1")
+                if health.status == 200:
+                    break
                 await trio.sleep(0.05)
             for _ in range(5):  # the demo's first VM answers 127.0.0.1
                 assert (await get(vm_addr, INSTANCE, source="127.0.0.1")).status == 200
