@@ -173,8 +173,11 @@ class FileLog:
         started = time.perf_counter()
         lock_fd = -1
         try:
-            lock_fd, rec, winners = await trio.to_thread.run_sync(self._open_sync)
-            with gc_paused():  # see gc_paused: a bulk load of long-lived objects
+            # One pause (see gc_paused: a bulk load of long-lived objects) from the scan to
+            # the last loaded chunk: the collector then runs once afterwards, instead of
+            # after each step over everything the previous steps built.
+            with gc_paused():
+                lock_fd, rec, winners = await trio.to_thread.run_sync(self._open_sync)
                 for i in range(0, len(winners), APPLY_CHUNK):
                     view.load(winners[i:i + APPLY_CHUNK])
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
@@ -254,8 +257,7 @@ class FileLog:
                                     max_record=self._max_record)
             self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
                                          fsync=self._fsync)
-            with gc_paused():
-                winners = rec.reducer.winners()
+            winners = rec.reducer.winners()
         except BaseException:
             os.close(lock_fd)
             raise
