@@ -88,25 +88,7 @@ class View:
             return False
         registers[key] = event
         doc_key = key[: self.document_depth]
-        doc = self._docs.get(doc_key)
-        if doc is None:
-            doc = self._docs[doc_key] = _Doc()
-        sources = doc.sources
-        source = event.source
-        if old is None:
-            sources[source] = sources.get(source, 0) + 1
-        else:
-            if old.deleted:
-                self._tombstones -= 1
-            if old.source != source:
-                _release(sources, old.source)
-                sources[source] = sources.get(source, 0) + 1
-        if event.deleted:
-            self._tombstones += 1
-        if event.version > doc.max_version:
-            doc.max_version = event.version
-        doc.counter += 1
-        doc.etag = None
+        self._tombstones += self._account(doc_key, old, event)
         self._seq += 1
         self._history.append((self._seq, doc_key))
         for listener in self._listeners:
@@ -129,7 +111,7 @@ class View:
         reg_get = registers.get  # SortedDict is a dict: reading needs no index
         staged: dict[Key, Event] = {}
         stage_get = staged.get
-        docs = self._docs
+        account = self._account
         depth = self.document_depth
         changed: list[Key] = []  # document of each change, in change order
         applies = noops = tombstones = 0
@@ -145,25 +127,7 @@ class View:
                 continue
             staged[key] = event
             doc_key = key[:depth]
-            doc = docs.get(doc_key)
-            if doc is None:
-                doc = docs[doc_key] = _Doc()
-            sources = doc.sources
-            source = event.source
-            if old is None:
-                sources[source] = sources.get(source, 0) + 1
-            else:
-                if old.deleted:
-                    tombstones -= 1
-                if old.source != source:
-                    _release(sources, old.source)
-                    sources[source] = sources.get(source, 0) + 1
-            if event.deleted:
-                tombstones += 1
-            if event.version > doc.max_version:
-                doc.max_version = event.version
-            doc.counter += 1
-            doc.etag = None
+            tombstones += account(doc_key, old, event)
             changed.append(doc_key)
         registers.update(staged)
         self._applies += applies
@@ -175,6 +139,30 @@ class View:
         self._history.extend(zip(range(first, first + len(keep)), keep, strict=True))
         self._seq = seq + len(changed)
         return len(changed)
+
+    def _account(self, doc_key: Key, old: Event | None, event: Event) -> int:
+        """Move one register's document bookkeeping from ``old`` to ``event`` (its new
+        winner); returns the change in the tombstone count. Shared by ``apply`` and
+        ``load`` so the two can never account differently."""
+        doc = self._docs.get(doc_key)
+        if doc is None:
+            doc = self._docs[doc_key] = _Doc()
+        sources = doc.sources
+        source = event.source
+        delta = 1 if event.deleted else 0
+        if old is None:
+            sources[source] = sources.get(source, 0) + 1
+        else:
+            if old.deleted:
+                delta -= 1
+            if old.source != source:
+                _release(sources, old.source)
+                sources[source] = sources.get(source, 0) + 1
+        if event.version > doc.max_version:
+            doc.max_version = event.version
+        doc.counter += 1
+        doc.etag = None
+        return delta
 
     def _changed(self, doc_key: Key) -> None:
         doc = self._docs.get(doc_key)
