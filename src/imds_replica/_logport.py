@@ -80,8 +80,7 @@ class MemoryLog:
         checkpoints: dict[str, Any] = {}
         events = 0
         for batch, checkpoint in self.records:
-            for event in batch:
-                view.apply(event)
+            view.apply_batch(batch)
             events += len(batch)
             if checkpoint is not None:
                 checkpoints[checkpoint.source] = checkpoint.cursor
@@ -98,7 +97,7 @@ class MemoryLog:
         await trio.lowlevel.checkpoint()
         batch = tuple(events)
         self.records.append((batch, checkpoint))
-        return tuple(self._view.apply(e) for e in batch)
+        return self._view.apply_batch(batch)
 
     def statistics(self) -> MemoryLogStatistics:
         return MemoryLogStatistics(

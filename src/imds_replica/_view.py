@@ -1,7 +1,8 @@
 """The materialized view: one LWW register per key, and change tracking per document.
 
-Registers live in a ``SortedDict`` keyed by the key tuple, so a subtree (a VM's document, all
-caller mappings) is a contiguous range. A *document* is the subtree a key belongs to: its
+Registers live in a dict keyed by the key tuple, with a sorted index of the keys beside it
+(brought up to date at the next ordered read), so a subtree (a VM's document, all caller
+mappings) is a contiguous range. A *document* is the subtree a key belongs to: its
 first ``document_depth`` parts (``("vms", VMID)``). Each document keeps a change counter, the
 sources behind its registers, and a lazily computed content ETag, so the server learns what
 changed (``subscribe``/``changed_since``) and how fresh it is without rescanning the view.
@@ -17,7 +18,7 @@ from typing import Any
 
 import attrs
 import msgpack
-from sortedcontainers import SortedDict
+from sortedcontainers import SortedList
 
 from . import _codec
 from ._event import Event, Key
@@ -64,7 +65,13 @@ class View:
 
     def __init__(self, *, document_depth: int = 2) -> None:
         self.document_depth = document_depth
-        self._registers: SortedDict = SortedDict()
+        #: key -> winning event. A plain dict: a write costs one hash, not a sorted insert.
+        self._registers: dict[Key, Event] = {}
+        #: The keys of ``_registers`` in order, as of the last ordered read, plus the keys
+        #: added since (``_unindexed``). Sorting a commit's new keys in one go at the next
+        #: read costs a fraction of inserting each one as it arrives.
+        self._index: SortedList = SortedList()
+        self._unindexed: list[Key] = []
         self._docs: dict[Key, _Doc] = {}
         self._tombstones = 0
         self._applies = 0
@@ -76,69 +83,57 @@ class View:
     # -- writing ---------------------------------------------------------------------------
     def apply(self, event: Event) -> bool:
         """Merge one event; True only if the register (and so the view) changed."""
-        # The hot path of every replica: the merge order is inlined (it is ``order_key``
-        # of ``_merge``) and source counts are a plain dict (see bench/bench_view.py).
-        self._applies += 1
-        key = event.key
-        registers = self._registers
-        old: Event | None = registers.get(key)
-        if old is not None and (event.version, event.source, event.digest) <= (
-                old.version, old.source, old.digest):
-            self._noops += 1
-            return False
-        registers[key] = event
-        doc_key = key[: self.document_depth]
-        self._tombstones += self._account(doc_key, old, event)
-        self._seq += 1
-        self._history.append((self._seq, doc_key))
-        for listener in self._listeners:
-            listener(doc_key)
-        return True
+        return self.apply_batch((event,))[0]
 
-    def load(self, events: Iterable[Event]) -> int:
-        """Merge many events; returns how many changed the view.
+    def apply_batch(self, events: Iterable[Event]) -> tuple[bool, ...]:
+        """Merge events in order; one flag per event: did it change the view.
 
-        Ends in exactly the state ``for e in events: self.apply(e)`` would (registers,
-        documents, statistics, ``change_seq`` and the change history), but is built for
-        recovery: new registers are staged in a plain dict and go into the sorted index in
-        one ``update`` (one sort instead of one bisect-insert each), and the history keeps
-        only what its bound would keep. With subscribers the events are applied one by one,
-        so each listener sees the view exactly as ``apply`` would show it.
+        The hot path of every replica (each group commit of the log lands here), so the
+        merge order is inlined (it is ``order_key`` of ``_merge``, compared version first:
+        most events are decided by the version alone) and per-call lookups are hoisted out
+        of the loop. A new key goes into the register dict only; the sorted index learns it
+        at the next ordered read (see ``_index_keys``). Listeners are called after each
+        change, with the register, document, ``change_seq`` and history already updated
+        (the apply and no-op counts of ``statistics`` are added at the end of the batch).
         """
-        if self._listeners:
-            return sum([self.apply(e) for e in events])
         registers = self._registers
-        reg_get = registers.get  # SortedDict is a dict: reading needs no index
-        staged: dict[Key, Event] = {}
-        stage_get = staged.get
+        get = registers.get
+        unindexed = self._unindexed
         account = self._account
         depth = self.document_depth
-        changed: list[Key] = []  # document of each change, in change order
-        applies = noops = tombstones = 0
+        history = self._history
+        listeners = self._listeners
+        flags: list[bool] = []
+        flag = flags.append
+        noops = 0
         for event in events:
-            applies += 1
             key = event.key
-            old: Event | None = stage_get(key)
+            old: Event | None = get(key)
             if old is None:
-                old = reg_get(key)
-            if old is not None and (event.version, event.source, event.digest) <= (
-                    old.version, old.source, old.digest):
-                noops += 1
-                continue
-            staged[key] = event
+                unindexed.append(key)
+            else:
+                version, old_version = event.version, old.version
+                if version < old_version or (version == old_version and (
+                        event.source, event.digest) <= (old.source, old.digest)):
+                    noops += 1
+                    flag(False)
+                    continue
+            registers[key] = event
             doc_key = key[:depth]
-            tombstones += account(doc_key, old, event)
-            changed.append(doc_key)
-        registers.update(staged)
-        self._applies += applies
+            self._tombstones += account(doc_key, old, event)
+            self._seq += 1
+            history.append((self._seq, doc_key))
+            flag(True)
+            for listener in listeners:
+                listener(doc_key)
+        self._applies += len(flags)
         self._noops += noops
-        self._tombstones += tombstones
-        seq = self._seq
-        keep = changed[-CHANGE_HISTORY:]
-        first = seq + len(changed) - len(keep) + 1
-        self._history.extend(zip(range(first, first + len(keep)), keep, strict=True))
-        self._seq = seq + len(changed)
-        return len(changed)
+        return tuple(flags)
+
+    def load(self, events: Iterable[Event]) -> int:
+        """Merge many events (recovery); returns how many changed the view. Ends in exactly
+        the state ``apply_batch(events)`` does: it is that, counted."""
+        return sum(self.apply_batch(events))
 
     def _account(self, doc_key: Key, old: Event | None, event: Event) -> int:
         """Move one register's document bookkeeping from ``old`` to ``event`` (its new
@@ -180,10 +175,12 @@ class View:
         After this, an older write of the same key that arrives late would reappear: the
         horizon must exceed the longest delivery delay of any source.
         """
+        index = self._index_keys()
         dead = [k for k, e in self._registers.items() if e.deleted and e.version < horizon_version]
         touched: dict[Key, None] = {}
         for key in dead:
             event = self._registers.pop(key)
+            index.remove(key)
             doc_key = key[: self.document_depth]
             doc = self._docs[doc_key]
             _release(doc.sources, event.source)
@@ -200,21 +197,39 @@ class View:
     # -- reading ---------------------------------------------------------------------------
     def get(self, key: Key) -> Event | None:
         """The winning event of a register (a tombstone included), or None."""
-        return self._registers.get(tuple(key))  # type: ignore[no-any-return]
+        return self._registers.get(tuple(key))
 
     def registers(self, prefix: Key = ()) -> Iterator[Event]:
         """Winning events whose key starts with ``prefix``, in key order."""
         prefix = tuple(prefix)
         registers = self._registers
+        index = self._index_keys()
         if not prefix:
-            yield from registers.values()
-            return
-        # Every key under the prefix sorts below the prefix with its last part followed by
-        # "\x00" (the smallest character), and every key not under it above: the subtree is
-        # exactly this range.
-        end = (*prefix[:-1], prefix[-1] + "\x00")
-        for key in registers.irange(prefix, end, inclusive=(True, False)):
+            keys: Iterable[Key] = index
+        else:
+            # Every key under the prefix sorts below the prefix with its last part followed
+            # by "\x00" (the smallest character), and every key not under it above: the
+            # subtree is exactly this range.
+            end = (*prefix[:-1], prefix[-1] + "\x00")
+            keys = index.irange(prefix, end, inclusive=(True, False))
+        for key in keys:
             yield registers[key]
+
+    def _index_keys(self) -> SortedList:
+        """The sorted index, brought up to date with the keys added since the last read.
+
+        ``SortedList.update`` sorts the new keys once and then either merges them (few) or
+        rebuilds from one sort of mostly sorted runs (many): either way far cheaper than a
+        bisect-insert per new key on the write path, which was over half of applying a
+        fresh key. A key is never removed between two reads without passing through here
+        first (``forget_tombstones`` syncs before it pops), so index and dict agree.
+        """
+        if self._unindexed:
+            self._index.update(self._unindexed)
+            # Cleared, not replaced: an ``apply_batch`` whose listener reads the view holds
+            # this very list and goes on appending to it.
+            self._unindexed.clear()
+        return self._index
 
     def __len__(self) -> int:
         return len(self._registers)
@@ -268,7 +283,9 @@ class View:
     def digest(self) -> bytes:
         """Stable 32-byte hash of every register (key, version, source, tombstone, value)."""
         h = hashlib.blake2b(digest_size=32)
-        for key, event in self._registers.items():
+        registers = self._registers
+        for key in self._index_keys():
+            event = registers[key]
             record = msgpack.packb(
                 [list(key), event.version, event.source, event.deleted, event.encoded],
                 use_bin_type=True,

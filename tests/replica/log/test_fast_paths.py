@@ -1,7 +1,8 @@
 """The fast paths of ingest and replay give exactly what the plain paths give.
 
-* ``View.load`` (recovery's bulk load) == ``View.apply`` event by event: registers, digest,
-  statistics, documents, change history.
+* ``View.apply_batch`` (every group commit) and ``View.load`` (recovery) == ``View.apply``
+  event by event: flags, registers, digest, statistics, documents, change history; and the
+  lazily synced sorted index agrees with the registers whatever reads come in between.
 * ``Reducer.add_events`` (C-level update when versions grow) == a per-event LWW fold.
 * ``batch_payload`` writes the very bytes of the documented record layout.
 * ``gc_paused`` nests and restores the collector's state.
@@ -20,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from imds_replica import Checkpoint, Event, View, open_replica
+from imds_replica._event import Key
 from imds_replica._log import FileLog
 from imds_replica._log._frame import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -28,6 +30,7 @@ from imds_replica._log._frame import (
     stored_digest,
 )
 from imds_replica._log._replay import Reducer, gc_paused, recover_directory
+from imds_replica._merge import order_key
 from imds_replica._view import CHANGE_HISTORY
 from imds_replica.testing import _strategies as ist
 
@@ -47,27 +50,71 @@ def _state(view: View) -> dict[str, Any]:
 
 
 @given(event_lists, event_lists)
-def test_load_equals_apply_one_by_one(before: list[Event], events: list[Event]) -> None:
-    applied, loaded = View(), View()
-    for e in before:  # also into a view that already holds registers
-        applied.apply(e)
-        loaded.apply(e)
+def test_apply_batch_and_load_equal_apply_one_by_one(before: list[Event],
+                                                     events: list[Event]) -> None:
+    applied, batched, loaded = View(), View(), View()
+    for view in (applied, batched, loaded):  # also into a view that already holds registers
+        for e in before:
+            view.apply(e)
     changed = [applied.apply(e) for e in events]
+    assert batched.apply_batch(events) == tuple(changed)
     assert loaded.load(events) == sum(changed)
+    assert _state(batched) == _state(applied)
     assert _state(loaded) == _state(applied)
 
 
 @given(event_lists)
-def test_load_with_a_subscriber_calls_it_as_apply_does(events: list[Event]) -> None:
-    seen: dict[str, list[Any]] = {"apply": [], "load": []}
-    applied, loaded = View(), View()
+def test_apply_batch_with_a_subscriber_calls_it_as_apply_does(events: list[Event]) -> None:
+    seen: dict[str, list[Any]] = {"apply": [], "batch": []}
+    applied, batched = View(), View()
     applied.subscribe(lambda d: seen["apply"].append((d, applied.change_seq)))
-    loaded.subscribe(lambda d: seen["load"].append((d, loaded.change_seq)))
+    batched.subscribe(lambda d: seen["batch"].append((d, batched.change_seq)))
     for e in events:
         applied.apply(e)
-    loaded.load(events)
-    assert seen["load"] == seen["apply"]
-    assert _state(loaded) == _state(applied)
+    batched.apply_batch(events)
+    assert seen["batch"] == seen["apply"]
+    assert _state(batched) == _state(applied)
+
+
+@given(event_lists)
+def test_a_subscriber_reading_mid_batch_sees_and_leaves_a_whole_index(
+        events: list[Event]) -> None:
+    # The listener's ordered read syncs the index while apply_batch is still adding keys:
+    # the keys added after it must not be lost (the batch holds the pending-key list).
+    applied, batched = View(), View()
+    reads: list[list[Key]] = []
+    batched.subscribe(lambda d: reads.append([e.key for e in batched.registers(d)]))
+    for e in events:
+        applied.apply(e)
+    batched.apply_batch(events)
+    assert _state(batched) == _state(applied)
+    assert all(keys == sorted(set(keys)) for keys in reads)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["apply", "read", "forget"]), event_lists),
+                max_size=8))
+def test_the_sorted_index_agrees_with_the_registers_across_reads(
+        steps: list[tuple[str, list[Event]]]) -> None:
+    view = View()
+    model: dict[Key, Event] = {}
+    for what, events in steps:
+        if what == "apply":
+            for e in events:
+                if (old := model.get(e.key)) is None or order_key(e) > order_key(old):
+                    model[e.key] = e
+            view.apply_batch(events)
+        elif what == "read":
+            assert [e.key for e in view.registers()] == sorted(model)
+        else:
+            horizon = events[0].version if events else 0
+            view.forget_tombstones(horizon)
+            model = {k: e for k, e in model.items()
+                     if not (e.deleted and e.version < horizon)}
+    assert [e.key for e in view.registers()] == sorted(model)
+    assert len(view) == len(model)
+    for prefix in {k[:2] for k in model}:
+        assert [e.key for e in view.registers(prefix)] == sorted(
+            k for k in model if k[:len(prefix)] == prefix)
 
 
 def test_load_keeps_only_the_bounded_history() -> None:
