@@ -132,8 +132,11 @@ class View:
 
     def load(self, events: Iterable[Event]) -> int:
         """Merge many events (recovery); returns how many changed the view. Ends in exactly
-        the state ``apply_batch(events)`` does: it is that, counted."""
-        return sum(self.apply_batch(events))
+        the state ``apply_batch(events)`` does, with the sorted index already brought up to
+        date: recovery pays for it, not the first guest request after a restart."""
+        changed = sum(self.apply_batch(events))
+        self._index_keys()
+        return changed
 
     def _account(self, doc_key: Key, old: Event | None, event: Event) -> int:
         """Move one register's document bookkeeping from ``old`` to ``event`` (its new
