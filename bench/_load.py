@@ -95,7 +95,8 @@ def wrk(url: str, *, seconds: float, connections: int = 32,
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result = {"requests": requests, "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+    result: dict[str, float] = {"requests": requests,
+                                "non_2xx": int(non2xx.group(1)) if non2xx else 0}
     if latency:
         p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
         assert p99 is not None, out

@@ -27,7 +27,7 @@ from ._file_source import (
 )
 from ._liveliness import LivelinessPolicy, LivelinessTracker, SourceState, SourceStatus
 from ._log import CompactionResult, FileLog, FileLogStatistics
-from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
+from ._logport import Checkpoint, EventLog, MemoryLog, Receipt, Recovery
 from ._merge import merge, order_key, supersedes
 from ._poll_source import PollResult, PollSource, PollSourceStatistics
 from ._push import PushSource
@@ -62,6 +62,7 @@ __all__ = [
     "PollSource",
     "PollSourceStatistics",
     "PushSource",
+    "Receipt",
     "Recovery",
     "Replica",
     "ReplicaStatistics",

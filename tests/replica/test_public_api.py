@@ -30,6 +30,7 @@ PUBLIC = [
     "PollSource",
     "PollSourceStatistics",
     "PushSource",
+    "Receipt",
     "Recovery",
     "Replica",
     "ReplicaStatistics",

@@ -1,10 +1,11 @@
 """``FileLog``: the durable ``EventLog`` — segments, group commit, snapshots, compaction.
 
-One appender task owns the files. ``append`` frames its batch in the caller's task and
-queues it; the appender takes everything queued, writes it with one ``write`` and one
-``fdatasync`` in a worker thread (batches that arrive meanwhile form the next group), then
-applies the group to the view in log order and wakes the callers. Snapshots and compaction
-run in the same task between groups, so they see a view that equals the log exactly.
+One appender task owns the files. ``append`` (and ``append_nowait``, which does not wait)
+frames its batch in the caller's task and queues it; the appender takes everything queued,
+writes it with one ``write`` and one ``fdatasync`` in a worker thread (batches that arrive
+meanwhile form the next group), then applies the group to the view in log order and
+completes the receipts. Snapshots and compaction run in the same task between groups, so
+they see a view that equals the log exactly.
 
 Any storage error (a failed write, fdatasync, rotation, snapshot or compaction) is fatal:
 Linux may have dropped the dirty pages, so an fsync is never retried. The log refuses every
@@ -21,11 +22,10 @@ from typing import Any
 
 import attrs
 import trio
-from outcome import Error, Value
 
 from .._errors import ConfigError, StorageError, ValidationError
 from .._event import Event
-from .._logport import Checkpoint, Recovery
+from .._logport import Checkpoint, Receipt, Recovery
 from .._view import View
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
@@ -52,6 +52,8 @@ from ._snapshot import Counters, encode_snapshot, write_snapshot
 #: fewer times, and 50,000 registers still load in well under 100 ms.
 APPLY_CHUNK = 50_000
 
+_BATCH = int(RecordType.BATCH)  # struct packs a plain int faster than an IntEnum member
+
 
 @attrs.frozen
 class FileLogStatistics:
@@ -70,49 +72,17 @@ class FileLogStatistics:
     failed: bool  # a storage error made the log refuse appends
 
 
-class _Pending:
-    """One queued batch (or maintenance request) and the task waiting for it.
+class _Pending(Receipt):
+    """One queued batch (or maintenance request): its record and the receipt's state."""
 
-    The waiter parks with ``wait_task_rescheduled`` and the appender reschedules it
-    directly: no ``trio.Event``/parking lot per batch, which was a good part of the
-    per-batch cost with hundreds of concurrent submitters.
-    """
-
-    __slots__ = ("checkpoint", "done", "error", "events", "frame", "result", "task")
+    __slots__ = ("checkpoint", "events", "frame")
 
     def __init__(self, data: bytes, events: tuple[Event, ...],
                  checkpoint: Checkpoint | None) -> None:
+        Receipt.__init__(self)
         self.frame = data
         self.events = events
         self.checkpoint = checkpoint
-        self.done = False
-        self.result: Any = ()
-        self.error: BaseException | None = None
-        self.task: trio.lowlevel.Task | None = None  # None once its waiter is gone
-
-    async def wait(self) -> Any:
-        """Park until ``finish``. A cancelled waiter leaves its batch queued: it is still
-        written and applied, only nobody is told."""
-        if self.done:  # finished before anyone waited
-            if self.error is not None:
-                raise self.error
-            return self.result
-        self.task = trio.lowlevel.current_task()
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            self.task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return await trio.lowlevel.wait_task_rescheduled(abort)
-
-    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.result, self.error = result, error
-        task, self.task = self.task, None
-        if task is not None:
-            trio.lowlevel.reschedule(task, Value(result) if error is None else Error(error))
 
 
 class FileLog:
@@ -125,6 +95,7 @@ class FileLog:
     state (and past one segment) that snapshot becomes a compaction instead (None: only on
     request). ``tombstone_horizon()`` gives the version below which compaction drops
     tombstones (None keeps them all: the horizon must exceed any source's delivery delay).
+    ``append_nowait`` refuses while more than ``max_queued_bytes`` wait to be written.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: str = "always",
@@ -132,11 +103,14 @@ class FileLog:
                  on_commit: Callable[[int, float], None] | None = None,
                  snapshot_every: int | None = 100_000, compact_ratio: float | None = 8.0,
                  tombstone_horizon: Callable[[], int] | None = None,
-                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
+                 max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+                 max_queued_bytes: int = 64 * 2**20) -> None:
         if fsync not in ("always", "none"):
             raise ConfigError(f"{fsync!r} is not one of 'always', 'none'", key="fsync")
         if segment_bytes < 4096:
             raise ConfigError("must be at least 4096", key="segment_bytes")
+        if max_queued_bytes < 1:
+            raise ConfigError("must be positive", key="max_queued_bytes")
         if snapshot_every is not None and snapshot_every < 1:
             raise ConfigError("must be positive or None", key="snapshot_every")
         self.directory = Path(directory)
@@ -147,6 +121,8 @@ class FileLog:
         self._compact_ratio = compact_ratio
         self._horizon = tombstone_horizon
         self._max_record = max_record_bytes
+        self._max_queued = max_queued_bytes
+        self._queued_bytes = 0  # framed bytes in ``_queue``: what append_nowait bounds
         self._view: View | None = None
         self._writer: SegmentWriter | None = None
         self._queue: list[_Pending] = []
@@ -198,6 +174,21 @@ class FileLog:
     async def append(self, events: Sequence[Event],
                      checkpoint: Checkpoint | None = None) -> tuple[bool, ...]:
         """Durable and applied on return; one flag per event: did it change the view."""
+        return await self._enqueue(events, checkpoint).wait()
+
+    def append_nowait(self, events: Sequence[Event],
+                      checkpoint: Checkpoint | None = None) -> Receipt:
+        """Queue a batch without waiting; the receipt is done once durable and applied.
+
+        Raises ``trio.WouldBlock`` (queueing nothing) while batches not yet written hold
+        more than ``max_queued_bytes``: wait on an earlier receipt, then try again.
+        """
+        if self._queued_bytes > self._max_queued:
+            raise trio.WouldBlock(f"{self._queued_bytes} bytes of batches are queued, more "
+                                  f"than max_queued_bytes={self._max_queued}")
+        return self._enqueue(events, checkpoint)
+
+    def _enqueue(self, events: Sequence[Event], checkpoint: Checkpoint | None) -> _Pending:
         if self._failure is not None:
             raise self._failure
         if self._closed:
@@ -205,15 +196,15 @@ class FileLog:
         if self._view is None:
             raise RuntimeError("FileLog.append before run() recovered")
         batch = tuple(events)
-        data = frame(RecordType.BATCH, batch_payload(batch, checkpoint))
+        data = frame(_BATCH, batch_payload(batch, checkpoint))
         if len(data) > self._max_record:
             raise ValidationError(f"batch: {len(data)} bytes encoded, at most "
                                   f"{self._max_record} per batch")
         pending = _Pending(data, batch, checkpoint)
         self._queue.append(pending)
+        self._queued_bytes += len(data)
         self._wake.set()
-        result: tuple[bool, ...] = await pending.wait()
-        return result
+        return pending
 
     def statistics(self) -> FileLogStatistics:
         writer = self._writer
@@ -242,7 +233,8 @@ class FileLog:
         pending = _Pending(b"", (), None)
         self._requests.append((what, pending))
         self._wake.set()
-        return await pending.wait()
+        result: Any = await pending.wait()
+        return result
 
     # -- the appender ----------------------------------------------------------------------
     def _open_sync(self) -> tuple[int, Recovered, list[Event]]:
@@ -277,9 +269,10 @@ class FileLog:
                 requests, self._requests = self._requests, []
                 self._inflight = [p for _, p in requests]
                 for what, request in requests:
-                    request.finish(await self._maintain(what))
+                    request._finish(await self._maintain(what))
                 if self._queue:
                     self._inflight, self._queue = self._queue, []
+                    self._queued_bytes = 0
                     await self._commit(self._inflight)
                 self._inflight = []
         except StorageError as exc:
@@ -291,7 +284,7 @@ class FileLog:
             raise self._failure from exc
 
     async def _commit(self, group: list[_Pending]) -> None:
-        data = b"".join(p.frame for p in group)
+        data = b"".join([p.frame for p in group])
         seconds = await trio.to_thread.run_sync(self._write_sync, data)
         # Durable: apply in log order. Nothing below awaits, so no other group can
         # interleave and the view stays equal to a replay of the log.
@@ -305,7 +298,7 @@ class FileLog:
             n = len(p.events)
             if p.checkpoint is not None:
                 checkpoints[p.checkpoint.source] = p.checkpoint.cursor
-            p.finish(flags[events:events + n])
+            p._finish_slice(flags, events, events + n)
             events += n
         c = self._counters
         self._counters = Counters(c.records + len(group), c.batches + len(group),
@@ -399,5 +392,6 @@ class FileLog:
     def _fail_waiters(self, error: StorageError) -> None:
         waiting = self._inflight + self._queue + [p for _, p in self._requests]
         self._inflight, self._queue, self._requests = [], [], []
+        self._queued_bytes = 0
         for p in waiting:
-            p.finish(error=error)
+            p._finish(error=error)

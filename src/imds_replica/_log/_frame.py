@@ -64,7 +64,7 @@ _LENGTH_TYPE = struct.Struct("<IB")
 _CRC = struct.Struct("<I")
 
 
-def frame(rtype: RecordType, payload: bytes) -> bytes:
+def frame(rtype: int, payload: bytes) -> bytes:
     """One framed record."""
     body = _LENGTH_TYPE.pack(len(payload), rtype) + payload
     return _CRC.pack(crc32c(body)) + body

@@ -115,3 +115,76 @@ class EventLogContract:
         assert len(view) == 160
         recovered, _, _ = await self._restart(log, tmp_path)
         assert recovered.digest() == view.digest()
+
+    async def test_append_nowait_receipts_complete_in_order(self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        view = View()
+        a1 = Event("src", ("k",), 1, "one")
+        a2 = Event("src", ("k",), 2, "two")
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            receipts = [log.append_nowait([a2], Checkpoint("src", 1)),
+                        log.append_nowait([a1, Event("src", ("j",), 1, "j")]),
+                        log.append_nowait((a2,), Checkpoint("src", 3))]
+            assert await receipts[-1].wait() == (False,)
+            # Done in queue order: the newest being done covers every earlier one.
+            assert all(r.done for r in receipts)
+            assert [r.result() for r in receipts] == [(True,), (False, True), (False,)]
+            assert await receipts[0].wait() == (True,)  # waiting again is allowed
+            nursery.cancel_scope.cancel()
+        assert view.document(("k",)) == "two"
+        recovered, recovery, _ = await self._restart(log, tmp_path)
+        assert recovered.digest() == view.digest()
+        assert dict(recovery.checkpoints) == {"src": 3}
+
+    async def test_append_and_append_nowait_share_one_order(self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        view = View()
+        seen: list[Any] = []
+        view.subscribe(lambda doc_key: seen.append(view.document(doc_key)))
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            first = log.append_nowait([Event("s", ("k",), 1, "a")])
+            assert await log.append([Event("s", ("k",), 2, "b")]) == (True,)
+            assert first.done  # queued before the append that returned
+            third = log.append_nowait([Event("s", ("k",), 3, "c")])
+            assert await third.wait() == (True,)
+            nursery.cancel_scope.cancel()
+        assert first.result() == (True,)
+        assert seen == ["a", "b", "c"]
+
+    async def test_append_nowait_keeps_what_was_queued(self, tmp_path: Path) -> None:
+        """The caller's list may change after the call: the log keeps what it was given."""
+        log = self.new_log(tmp_path)
+        view = View()
+        batch = [Event("s", ("k",), 1, "kept")]
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            receipt = log.append_nowait(batch)
+            batch[0] = Event("s", ("k",), 9, "changed afterwards")
+            await receipt.wait()
+            nursery.cancel_scope.cancel()
+        assert view.document(("k",)) == "kept"
+        recovered, _, _ = await self._restart(log, tmp_path)
+        assert recovered.document(("k",)) == "kept"
+
+    async def test_concurrent_pipelined_submitters_all_durable(self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        view = View()
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, view)
+            async with trio.open_nursery() as writers:
+                for w in range(8):
+                    async def write(w: int = w) -> None:
+                        for start in range(0, 40, 8):  # windows of 8 batches in flight
+                            receipts = [log.append_nowait(
+                                [Event("s", ("w", str(w), str(i)), i, w)],
+                                Checkpoint(f"w{w}", i)) for i in range(start, start + 8)]
+                            await receipts[-1].wait()
+                            assert all(r.result() == (True,) for r in receipts)
+                    writers.start_soon(write)
+            nursery.cancel_scope.cancel()
+        assert len(view) == 320
+        recovered, recovery, _ = await self._restart(log, tmp_path)
+        assert recovered.digest() == view.digest()
+        assert dict(recovery.checkpoints) == {f"w{w}": 39 for w in range(8)}

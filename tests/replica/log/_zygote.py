@@ -11,7 +11,9 @@ the zygote and of its children never interleave within a line):
                                    are in the pipe before this one)
     quit
 
-Modes: ``normal`` (4 submitters), ``maint`` (the same plus compaction and snapshots in a
+Modes: ``normal`` (4 submitters), ``pipelined`` (4 submitters through ``append_nowait``,
+each with a random window of up to 16 batches in flight, acknowledging a window's batches
+once its last receipt is done), ``maint`` (the same plus compaction and snapshots in a
 tight loop, so kills land inside them), ``fsize`` (RLIMIT_FSIZE set low: writes until the
 "disk" is full and reports the error), ``plain`` (one submitter, until the storage fails).
 """
@@ -60,6 +62,19 @@ async def writer(directory: str, mode: str, start: int, seed: int) -> None:
                 say(f"ack {b}")
                 b += SUBMITTERS
 
+        async def pipelined(w: int) -> None:
+            b = start + w
+            while True:
+                window = []
+                for _ in range(rng.randint(1, 16)):
+                    window.append((b, log.append_nowait(
+                        batch_events(b), checkpoint=Checkpoint(f"w{w}", b))))
+                    b += SUBMITTERS
+                await window[-1][1].wait()
+                for acked, receipt in window:
+                    receipt.result()  # receipts complete in order: raises if not done
+                    say(f"ack {acked}")
+
         async def maintain() -> None:
             while True:
                 await log.compact()
@@ -68,7 +83,7 @@ async def writer(directory: str, mode: str, start: int, seed: int) -> None:
 
         async with trio.open_nursery() as nursery:
             for w in range(submitters):
-                nursery.start_soon(submit, w)
+                nursery.start_soon(pipelined if mode == "pipelined" else submit, w)
             if mode == "maint":
                 nursery.start_soon(maintain)
 

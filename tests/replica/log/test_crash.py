@@ -20,6 +20,12 @@ def test_kill_9_while_appending(tmp_path: Path) -> None:
     assert stats["acked"] > 1000  # the writers got real work done between kills
 
 
+def test_kill_9_while_appending_pipelined(tmp_path: Path) -> None:
+    stats = kill_loop(tmp_path / "log", 100, mode="pipelined", seed=5)
+    assert stats["exited"] == 0
+    assert stats["acked"] > 1000
+
+
 def test_kill_9_during_compaction_and_snapshots(tmp_path: Path) -> None:
     stats = kill_loop(tmp_path / "log", 150, mode="maint", seed=2)
     assert stats["exited"] == 0

@@ -207,7 +207,7 @@ async def test_second_writer_and_misuse_are_refused(tmp_path: Path) -> None:
 def test_bad_configuration_is_refused(tmp_path: Path) -> None:
     from imds_replica import ConfigError
     bad: list[dict[str, Any]] = [{"fsync": "sometimes"}, {"segment_bytes": 10},
-                                 {"snapshot_every": 0}]
+                                 {"snapshot_every": 0}, {"max_queued_bytes": 0}]
     for kwargs in bad:
         with pytest.raises(ConfigError):
             FileLog(tmp_path, **kwargs)
