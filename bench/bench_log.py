@@ -72,7 +72,11 @@ def _pool(batch: int, keys: int) -> list[tuple[Event, ...]]:
 
 
 async def _ingest(directory: Path, submitters: int, pool: list[tuple[Event, ...]],
-                  seconds: float = INGEST_SECONDS) -> dict[str, float]:
+                  window: int = 0, seconds: float = INGEST_SECONDS) -> dict[str, float]:
+    """``window`` 0: one ``append`` per batch, latency per batch. Otherwise through
+    ``append_nowait``: each submitter queues ``window`` batches, then waits on the last
+    receipt (receipts complete in order, so that covers the window) and starts the next;
+    latency per window, from its first batch queued to the submitter being told."""
     batch = len(pool[0])
     latencies: list[float] = []
     done = 0
@@ -83,7 +87,7 @@ async def _ingest(directory: Path, submitters: int, pool: list[tuple[Event, ...]
         deadline = trio.current_time() + seconds
         started = time.perf_counter()
 
-        async def submit(w: int) -> None:
+        async def one_at_a_time(w: int) -> None:
             nonlocal done
             i = w
             while trio.current_time() < deadline:
@@ -93,38 +97,7 @@ async def _ingest(directory: Path, submitters: int, pool: list[tuple[Event, ...]
                 done += batch
                 i += submitters
 
-        async with trio.open_nursery() as writers:
-            for w in range(submitters):
-                writers.start_soon(submit, w)
-        # The view sorts new keys into its index at the first ordered read, not on apply:
-        # one such read inside the timed region, so that deferred work is counted too.
-        next(view.registers(("vms",)), None)
-        elapsed = time.perf_counter() - started
-        stats = log.statistics()
-        nursery.cancel_scope.cancel()
-    latencies.sort()
-    return {"events_per_s": done / elapsed,
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-            "mean_group": stats.batches / max(stats.commits, 1)}
-
-
-async def _ingest_nowait(directory: Path, submitters: int, window: int,
-                         pool: list[tuple[Event, ...]],
-                         seconds: float = INGEST_SECONDS) -> dict[str, float]:
-    """``append_nowait``: each submitter queues ``window`` batches, then waits on the last
-    receipt (receipts complete in order, so that covers the window) and starts the next.
-    Latency is per window: from its first batch queued to the submitter being told."""
-    batch = len(pool[0])
-    latencies: list[float] = []
-    done = 0
-    view = View()
-    log = FileLog(directory, snapshot_every=None, compact_ratio=None)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(log.run, view)
-        deadline = trio.current_time() + seconds
-        started = time.perf_counter()
-
-        async def submit(w: int) -> None:
+        async def windowed(w: int) -> None:
             nonlocal done
             i = w
             while trio.current_time() < deadline:
@@ -138,8 +111,10 @@ async def _ingest_nowait(directory: Path, submitters: int, window: int,
 
         async with trio.open_nursery() as writers:
             for w in range(submitters):
-                writers.start_soon(submit, w)
-        next(view.registers(("vms",)), None)  # count the deferred index sort (see _ingest)
+                writers.start_soon(windowed if window else one_at_a_time, w)
+        # The view sorts new keys into its index at the first ordered read, not on apply:
+        # one such read inside the timed region, so that deferred work is counted too.
+        next(view.registers(("vms",)), None)
         elapsed = time.perf_counter() - started
         stats = log.statistics()
         nursery.cancel_scope.cancel()
@@ -296,7 +271,7 @@ def _ingest_rows(base: Path, figures: dict[str, Any], rows: list[list[Any]]) -> 
     pool = _pool(1, LIVE_KEYS)
     for n, (c, window) in enumerate(NOWAIT_SHAPES):
         raw = _raw_ingest(base / f"raw-nowait-{n}", pool)
-        r = trio.run(_ingest_nowait, base / f"nowait-{n}", c, window, pool)
+        r = trio.run(_ingest, base / f"nowait-{n}", c, pool, window)
         ratio = r["events_per_s"] / raw
         name = f"ingest_nowait_batch1_c{c}_w{window}"
         figures[name] = {**r, "keys": LIVE_KEYS, "raw_events_per_s": raw,

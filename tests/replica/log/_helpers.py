@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 
 from imds_replica import Checkpoint, Event, Recovery, View
@@ -72,3 +75,24 @@ def only_segment(directory: Path) -> Path:
     segments = sorted(directory.glob("*.seg"))
     assert len(segments) == 1, segments
     return segments[0]
+
+
+class FailingFdatasync:
+    """Stands in for ``os.fdatasync``: passes through until ``armed``, then fails with EIO
+    (counting the calls). ``restore()`` puts the real one back, e.g. before a reopen."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = False
+        self.calls = 0
+        self._real = os.fdatasync
+        self._monkeypatch = monkeypatch
+        monkeypatch.setattr(os, "fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        if self.armed:
+            self.calls += 1
+            raise OSError(errno.EIO, "Input/output error")
+        self._real(fd)
+
+    def restore(self) -> None:
+        self._monkeypatch.setattr(os, "fdatasync", self._real)

@@ -17,7 +17,7 @@ from imds_replica._log._compact import write_generation
 from imds_replica._log._replay import recover_directory
 from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 
-from ._helpers import make_batches, reopen, replay_view, write_log
+from ._helpers import FailingFdatasync, make_batches, reopen, replay_view, write_log
 
 
 async def test_group_commit_gathers_concurrent_batches(tmp_path: Path) -> None:
@@ -117,18 +117,7 @@ async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
 
 async def test_fsync_error_is_fatal_and_never_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = 0
-    armed = False
-    real = os.fdatasync
-
-    def failing(fd: int) -> None:
-        nonlocal calls
-        if armed:
-            calls += 1
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", failing)
+    failing = FailingFdatasync(monkeypatch)
     log = FileLog(tmp_path / "log", snapshot_every=None)
     view = View()
     with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="Input/output error")):
@@ -137,15 +126,15 @@ async def test_fsync_error_is_fatal_and_never_retried(
             await log.append([Event("s", ("a",), 1, 1)])
             await log.append([Event("s", ("b",), 1, 2)])
             digest = view.digest()
-            armed = True
+            failing.armed = True
             with pytest.raises(StorageError, match="refuses every later append"):
                 await log.append([Event("s", ("c",), 1, 3)])
             assert view.digest() == digest  # the failed batch was never applied
             with pytest.raises(StorageError):
                 await log.append([Event("s", ("d",), 1, 4)])
-    assert calls == 1  # no retry, no further fsync
+    assert failing.calls == 1  # no retry, no further fsync
     assert log.statistics().failed
-    monkeypatch.setattr(os, "fdatasync", real)
+    failing.restore()
     recovered, _ = await reopen(tmp_path / "log")
     assert recovered.document(("a",)) == 1
     assert recovered.document(("b",)) == 2

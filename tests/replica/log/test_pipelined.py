@@ -3,7 +3,6 @@ storage failure (the ordering and durability contract is in ``EventLogContract``
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from pathlib import Path
@@ -15,7 +14,7 @@ import trio.testing
 from imds_replica import Event, Receipt, StorageError, ValidationError, View
 from imds_replica._log import FileLog
 
-from ._helpers import reopen
+from ._helpers import FailingFdatasync, reopen
 
 
 def _batch(i: int, size: int = 1) -> list[Event]:
@@ -122,22 +121,14 @@ async def test_oversized_batch_is_refused_before_queueing(tmp_path: Path) -> Non
 
 async def test_storage_failure_fails_every_queued_receipt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = os.fdatasync
-    armed = False
-
-    def failing(fd: int) -> None:
-        if armed:
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", failing)
+    failing = FailingFdatasync(monkeypatch)
     log = FileLog(tmp_path / "log", snapshot_every=None)
     view = View()
     with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="Input/output error")):
         async with trio.open_nursery() as nursery:
             await nursery.start(log.run, view)
             assert await log.append_nowait(_batch(0)).wait() == (True,)
-            armed = True
+            failing.armed = True
             receipts = [log.append_nowait(_batch(i)) for i in range(1, 4)]
             with pytest.raises(StorageError, match="refuses every later append"):
                 await receipts[-1].wait()
@@ -148,7 +139,7 @@ async def test_storage_failure_fails_every_queued_receipt(
             with pytest.raises(StorageError):
                 log.append_nowait(_batch(9))
             assert len(view) == 1  # nothing of the failed group was applied
-    monkeypatch.setattr(os, "fdatasync", real)
+    failing.restore()
     recovered, _ = await reopen(tmp_path / "log")
     assert recovered.document(("k", "0")) == "v"
 
