@@ -64,10 +64,10 @@ class Receipt:
     done too. Nobody has to wait: a batch whose receipt is dropped is still written.
     """
 
-    __slots__ = ("_error", "_result", "_start", "_stop", "_task", "done")
+    __slots__ = ("_done", "_error", "_result", "_start", "_stop", "_task")
 
     def __init__(self) -> None:
-        self.done = False
+        self._done = False
         self._result: Any = ()
         # ``_finish_slice``: the result is ``_result[_start:_stop]`` (``_stop`` < 0: all of it)
         self._start = 0
@@ -75,9 +75,14 @@ class Receipt:
         self._error: BaseException | None = None
         self._task: trio.lowlevel.Task | None = None  # the task parked in wait(), if any
 
+    @property
+    def done(self) -> bool:
+        """Durable and applied (or failed): ``result()`` answers without waiting."""
+        return self._done
+
     def result(self) -> tuple[bool, ...]:
         """The flags of a done receipt (raises what failed the batch)."""
-        if not self.done:
+        if not self._done:
             raise RuntimeError("Receipt.result() before the batch was written; await wait()")
         if self._error is not None:
             raise self._error
@@ -92,7 +97,7 @@ class Receipt:
         Cancelling the wait does not withdraw the batch: it is still written and applied,
         only this task is not told. One task at a time may wait on a receipt.
         """
-        if self.done:
+        if self._done:
             await trio.lowlevel.checkpoint()
             return self.result()
         if self._task is not None:
@@ -110,9 +115,9 @@ class Receipt:
 
     def _finish(self, result: Any = (), error: BaseException | None = None) -> None:
         """Complete the receipt (idempotent); called by the log, from the trio thread."""
-        if self.done:
+        if self._done:
             return
-        self.done = True
+        self._done = True
         self._result, self._error = result, error
         task, self._task = self._task, None
         if task is not None:
@@ -122,9 +127,9 @@ class Receipt:
         """``_finish(flags[start:stop])``, sliced only if someone asks: a group commit
         finishes thousands of receipts that nobody waits on, and every tuple it allocates
         and keeps alive until the receipt is dropped makes the cyclic collector work."""
-        if self.done:
+        if self._done:
             return
-        self.done = True
+        self._done = True
         task = self._task
         if task is None:
             self._result, self._start, self._stop = flags, start, stop
