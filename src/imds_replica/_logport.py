@@ -127,16 +127,11 @@ class Receipt:
         """``_finish(flags[start:stop])``, sliced only if someone asks: a group commit
         finishes thousands of receipts that nobody waits on, and every tuple it allocates
         and keeps alive until the receipt is dropped makes the cyclic collector work."""
-        if self._done:
-            return
-        self._done = True
-        task = self._task
-        if task is None:
+        if self._task is not None:  # a waiter takes its slice now
+            self._finish(flags[start:stop])
+        elif not self._done:
+            self._done = True
             self._result, self._start, self._stop = flags, start, stop
-        else:
-            self._task = None
-            self._result = flags[start:stop]
-            trio.lowlevel.reschedule(task, Value(self._result))
 
 
 class EventLog(Protocol):
