@@ -25,6 +25,7 @@ from ._file_source import (
     diff_document,
     parse_document,
 )
+from ._horizon import CompactionState, Horizons
 from ._liveliness import LivelinessPolicy, LivelinessTracker, SourceState, SourceStatus
 from ._log import CompactionResult, FileLog, FileLogStatistics
 from ._logport import Checkpoint, EventLog, MemoryLog, Receipt, Recovery
@@ -42,6 +43,7 @@ __all__ = [
     "Checkpoint",
     "ClientError",
     "CompactionResult",
+    "CompactionState",
     "ConfigError",
     "CorruptLogError",
     "DocumentInfo",
@@ -51,6 +53,7 @@ __all__ = [
     "FileLogStatistics",
     "FileSource",
     "FileSourceStatistics",
+    "Horizons",
     "HybridClock",
     "ImdsError",
     "JSONValue",

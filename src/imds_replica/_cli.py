@@ -6,10 +6,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._errors import CorruptLogError, StorageError
+from ._errors import CorruptLogError, StorageError, ValidationError
+from ._horizon import Horizons
 from ._log import compact_log, dump_log, repair_log, stats_log, verify_log
 
 EXIT_OK = 0
@@ -46,8 +48,18 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "compact":
             p.add_argument("--tombstones-before", type=int, metavar="VERSION",
-                           help="drop tombstones with a version below VERSION (default: "
-                                "keep all; must exceed any source's delivery delay)")
+                           help="hybrid-clock horizon: drop tombstones of hybrid-clock "
+                                "sources with a version below VERSION that hide nothing "
+                                "(counter-versioned tombstones are kept; default: keep "
+                                "all; must exceed any source's delivery delay)")
+            p.add_argument("--tombstones-older-than", type=float, metavar="SECONDS",
+                           help="the same horizon as a wall-clock age: hybrid-clock "
+                                "tombstones older than SECONDS ago")
+            p.add_argument("--source-horizon", action="append", default=[],
+                           metavar="SOURCE=VERSION",
+                           help="an explicit horizon for one source, in its own version "
+                                "space (the only way to drop a counter source's "
+                                "tombstones); repeatable")
     return parser
 
 
@@ -92,8 +104,26 @@ def _stats(directory: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _compact(directory: str, tombstones_before: int | None) -> int:
-    report = compact_log(directory, tombstones_before=tombstones_before)
+def _horizons(args: argparse.Namespace) -> Horizons | None:
+    sources: dict[str, int] = {}
+    for item in args.source_horizon:
+        source, sep, version = item.partition("=")
+        if not sep or not source or not version.strip().isdigit():
+            raise ValidationError(f"--source-horizon {item!r}: expected SOURCE=VERSION "
+                                  f"(VERSION a non-negative integer)")
+        sources[source] = int(version)
+    if args.tombstones_before is not None and args.tombstones_older_than is not None:
+        raise ValidationError("--tombstones-before and --tombstones-older-than both give "
+                              "the hybrid-clock horizon: use one")
+    if args.tombstones_older_than is not None:
+        return Horizons.age(args.tombstones_older_than, now=time.time(), sources=sources)
+    if args.tombstones_before is None and not sources:
+        return None
+    return Horizons(args.tombstones_before, sources)
+
+
+def _compact(directory: str, horizons: Horizons | None) -> int:
+    report = compact_log(directory, horizons=horizons)
     for note in report.notes:
         _out(f"note: {note}")
     _out(f"compacted to generation {report.generation}: {report.bytes_before} -> "
@@ -135,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "stats":
             return _stats(directory, args.json)
         if args.command == "compact":
-            return _compact(directory, args.tombstones_before)
+            return _compact(directory, _horizons(args))
         return _repair(directory)
+    except ValidationError as exc:
+        print(f"imds-replica: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
     except CorruptLogError as exc:
         print(f"imds-replica: {directory}: {exc.message}", file=sys.stderr)
         if args.command != "repair":

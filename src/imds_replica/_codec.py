@@ -41,7 +41,9 @@ def _normalize(value: object, path: str, depth: int) -> JSONValue:
     if value is None or type(value) is bool or type(value) is str:
         return value
     if isinstance(value, str):
-        return str(value)
+        # ``str(...)`` of a ``(str, Enum)`` member is "Color.RED"; its content (what json
+        # writes) is "red".
+        return str.__str__(value)
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
             raise ValidationError(f"{path}: integer out of the 64-bit range")

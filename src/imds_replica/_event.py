@@ -178,17 +178,24 @@ class Event:
 
 
 def validate_batch(
-    events: Sequence[object], *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    events: Sequence[object], *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+    min_key_parts: int = 1,
 ) -> tuple[Event, ...]:
     """Check a whole batch; the first bad event raises with its index, nothing is returned.
 
-    Accepts ``Event`` objects or their wire-form dicts.
+    Accepts ``Event`` objects or their wire-form dicts. ``min_key_parts`` is the view's
+    document depth: a shorter key would write into every document beneath it.
     """
     if isinstance(events, (str, bytes)) or not isinstance(events, Sequence):
         raise ValidationError("a batch must be a list of events")
     out = []
     for i, item in enumerate(events):
         event = item if isinstance(item, Event) else Event.from_dict(item, index=i)
+        if len(event.key) < min_key_parts:
+            raise ValidationError(
+                f"key: {list(event.key)!r} has {len(event.key)} part(s); keys need at least "
+                f"{min_key_parts} (the document depth: a shorter key would write into "
+                f"every document beneath it)", index=i)
         if len(event.encoded) > max_value_bytes:
             raise ValidationError(
                 f"value: {len(event.encoded)} bytes encoded, at most {max_value_bytes} allowed",

@@ -3,7 +3,13 @@
 Events on the same key are ordered by ``(version, source, digest)``; a tombstone's digest is
 that of a fixed marker, so it orders like any other value. Because this is a total order on
 distinct events and the register keeps the maximum, merge is commutative, associative and
-idempotent: the view depends only on the *set* of events received.
+idempotent: the view depends only on the *set* of events received. Events equal in that
+order differ at most in their delivery ``seq`` (the same write delivered twice); the one
+with the smaller ``seq`` (no ``seq`` before any) is kept, so even the stored register does
+not depend on arrival order.
+
+``order_key`` is also what the document rule compares between a register and its ancestors
+(see ``View.document``).
 """
 
 from __future__ import annotations
@@ -17,11 +23,18 @@ def order_key(event: Event) -> OrderKey:
     return (event.version, event.source, event.digest)
 
 
+def _seq_rank(event: Event) -> int:
+    return -1 if event.seq is None else event.seq
+
+
 def supersedes(new: Event, old: Event | None) -> bool:
     """True when ``new`` wins over the register's current event ``old``."""
     if old is None:
         return True
-    return order_key(new) > order_key(old)
+    a, b = order_key(new), order_key(old)
+    if a != b:
+        return a > b
+    return _seq_rank(new) < _seq_rank(old)
 
 
 def merge(a: Event | None, b: Event | None) -> Event | None:
@@ -30,4 +43,4 @@ def merge(a: Event | None, b: Event | None) -> Event | None:
         return b
     if b is None:
         return a
-    return b if order_key(b) > order_key(a) else a
+    return b if supersedes(b, a) else a

@@ -77,7 +77,8 @@ class Replica:
         """Validate, log durably, apply. A bad batch raises ``ValidationError`` (naming the
         event's index and the reason) and nothing of it is applied or logged."""
         try:
-            batch = validate_batch(events, max_value_bytes=self._max_value_bytes)
+            batch = validate_batch(events, max_value_bytes=self._max_value_bytes,
+                                   min_key_parts=self.view.document_depth)
         except ValidationError:
             self._rejected += 1
             # ``events`` may be anything a caller passed (validation rejected it): count

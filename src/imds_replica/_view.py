@@ -6,6 +6,11 @@ mappings) is a contiguous range. A *document* is the subtree a key belongs to: i
 first ``document_depth`` parts (``("vms", VMID)``). Each document keeps a change counter, the
 sources behind its registers, and a lazily computed content ETag, so the server learns what
 changed (``subscribe``/``changed_since``) and how fresh it is without rescanning the view.
+
+Compaction (``compact``) drops tombstones below per-source horizons when dropping them
+changes no document, and remembers what it dropped (``CompactionState``: floors, so a late
+older event stays a no-op, and version marks, so ``max_version`` never goes backwards);
+see ``_horizon``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sortedcontainers import SortedList
 
 from . import _codec
 from ._event import Event, Key
+from ._horizon import HLC_SPACE_MIN, CompactionState, Horizons, is_hlc
 
 _MISSING: Any = object()
 #: How many (change, document) entries ``changed_since`` remembers.
@@ -36,6 +42,8 @@ class ViewStatistics:
     applies: int
     noop_applies: int
     change_seq: int
+    #: Late events below their source's compaction floor, for a key not held: ignored.
+    floor_noops: int = 0
 
 
 @attrs.frozen
@@ -43,10 +51,10 @@ class DocumentInfo:
     """What the server needs to cache, watch and date one document."""
 
     key: Key
-    counter: int  # changes of this document since this view was created
+    counter: int  # the view's change number at this document's latest change (only rises)
     etag: str  # content hash: equal on every replica holding the same document
     sources: frozenset[str]  # sources owning the registers behind it
-    max_version: int  # greatest version among its registers, tombstones included
+    max_version: int  # greatest version of any event applied to it (compaction-proof)
 
 
 class _Doc:
@@ -79,6 +87,12 @@ class View:
         self._seq = 0
         self._history: deque[tuple[int, Key]] = deque(maxlen=CHANGE_HISTORY)
         self._listeners: list[Callable[[Key], None]] = []
+        #: Compaction floors (see ``_horizon``): one for the hybrid-clock version space,
+        #: one per counter source; and per-prefix version marks of what was dropped.
+        self._hlc_floor = -1
+        self._floors: dict[str, int] = {}
+        self._marks: dict[Key, int] = {}
+        self._floor_noops = 0
 
     # -- writing ---------------------------------------------------------------------------
     def apply(self, event: Event) -> bool:
@@ -89,9 +103,11 @@ class View:
         """Merge events in order; one flag per event: did it change the view.
 
         The hot path of every replica (each group commit of the log lands here), so the
-        merge order is inlined (it is ``order_key`` of ``_merge``, compared version first:
+        merge order is inlined (it is ``supersedes`` of ``_merge``, compared version first:
         most events are decided by the version alone) and per-call lookups are hoisted out
-        of the loop. A new key goes into the register dict only; the sorted index learns it
+        of the loop. An event for a key the view does not hold, below its compaction floor,
+        is a no-op (counted in ``floor_noops``): a late redelivery of something a dropped
+        tombstone overrode. A new key goes into the register dict only; the sorted index learns it
         at the next ordered read (see ``_index_keys``). Listeners are called after each
         change, with the register, document, ``change_seq`` and history already updated
         (the apply and no-op counts of ``statistics`` are added at the end of the batch).
@@ -105,16 +121,24 @@ class View:
         listeners = self._listeners
         flags: list[bool] = []
         flag = flags.append
-        noops = 0
+        noops = floored = 0
+        floors = self._floors
+        hlc_floor = self._hlc_floor
+        floored_view = hlc_floor >= 0 or bool(floors)
         for event in events:
             key = event.key
             old: Event | None = get(key)
             if old is None:
+                if floored_view and _below_floor(event, hlc_floor, floors):
+                    noops += 1
+                    floored += 1
+                    flag(False)
+                    continue
                 unindexed.append(key)
             else:
                 version, old_version = event.version, old.version
-                if version < old_version or (version == old_version and (
-                        event.source, event.digest) <= (old.source, old.digest)):
+                if version < old_version or (version == old_version and not _wins_tie(
+                        event, old)):
                     noops += 1
                     flag(False)
                     continue
@@ -126,8 +150,11 @@ class View:
             flag(True)
             for listener in listeners:
                 listener(doc_key)
+            if len(key) < depth:
+                self._changed_below(key)
         self._applies += len(flags)
         self._noops += noops
+        self._floor_noops += floored
         return tuple(flags)
 
     def load(self, events: Iterable[Event]) -> int:
@@ -158,44 +185,134 @@ class View:
                 sources[source] = sources.get(source, 0) + 1
         if event.version > doc.max_version:
             doc.max_version = event.version
-        doc.counter += 1
+        doc.counter = self._seq + 1  # the change number this change is about to get
         doc.etag = None
         return delta
 
     def _changed(self, doc_key: Key) -> None:
+        self._seq += 1
         doc = self._docs.get(doc_key)
         if doc is not None:
-            doc.counter += 1
+            doc.counter = self._seq
             doc.etag = None
-        self._seq += 1
         self._history.append((self._seq, doc_key))
         for listener in self._listeners:
             listener(doc_key)
 
-    def forget_tombstones(self, horizon_version: int) -> int:
-        """Drop tombstones older than ``horizon_version`` (compaction); returns how many.
+    def _changed_below(self, key: Key) -> None:
+        """A register shallower than a document changed: every document beneath it did.
 
-        After this, an older write of the same key that arrives late would reappear: the
-        horizon must exceed the longest delivery delay of any source.
+        ``Replica.submit`` refuses such keys; a log written before it did may hold them."""
+        n = len(key)
+        for doc_key in [d for d in self._docs if d[:n] == key and d != key]:
+            self._changed(doc_key)
+
+    def compact(self, horizons: Horizons) -> int:
+        """Drop tombstones below their horizon whose loss changes no document; returns
+        how many were dropped (compaction).
+
+        A tombstone stays while a live register it overrides is still held: an older live
+        ancestor (it hides part of that value) or an older live register beneath it (it
+        hides that register). Otherwise nothing it overrode is held any more, and what it
+        overrode can only come back as a late event below the floor that dropping it
+        raises. Only live registers decide, so dropping any set of such tombstones together
+        changes nothing either. The floors and version marks go into ``compaction_state``.
         """
         index = self._index_keys()
-        dead = [k for k, e in self._registers.items() if e.deleted and e.version < horizon_version]
+        registers = self._registers
+        dead: list[Event] = []
+        for key in index:
+            event = registers[key]
+            if not event.deleted:
+                continue
+            horizon = horizons.horizon_for(event.source, event.version)
+            if horizon is None or event.version >= horizon or self._overrides_live(event):
+                continue
+            dead.append(event)
         touched: dict[Key, None] = {}
-        for key in dead:
-            event = self._registers.pop(key)
+        depth = self.document_depth
+        marks = self._marks
+        for event in dead:
+            key = event.key
+            del registers[key]
             index.remove(key)
-            doc_key = key[: self.document_depth]
+            if is_hlc(event.version):
+                self._hlc_floor = max(self._hlc_floor, event.version + 1)
+            else:
+                self._floors[event.source] = max(self._floors.get(event.source, -1),
+                                                 event.version + 1)
+            for i in range(1, min(len(key), depth + 1) + 1):
+                if marks.get(key[:i], -1) < event.version:
+                    marks[key[:i]] = event.version
+            doc_key = key[:depth]
             doc = self._docs[doc_key]
             _release(doc.sources, event.source)
-            if not doc.sources:
-                del self._docs[doc_key]
             touched[doc_key] = None
         self._tombstones -= len(dead)
-        # A tombstone may have hidden part of a shallower register's value, so dropping it
-        # can change the document: count it as a change (fresh ETag, watchers woken).
+        # What a dropped tombstone hid is gone too, so no document's content changes; the
+        # change is still announced (a fresh ETag computation, watchers re-check) because
+        # the registers behind it did.
         for doc_key in touched:
             self._changed(doc_key)
         return len(dead)
+
+    def forget_tombstones(self, horizon_version: int) -> int:
+        """``compact(Horizons(hlc=horizon_version))``: kept for callers of 0.1."""
+        return self.compact(Horizons(hlc=horizon_version))
+
+    def _overrides_live(self, tomb: Event) -> bool:
+        rank = (tomb.version, tomb.source, tomb.digest)
+        key = tomb.key
+        get = self._registers.get
+        for i in range(1, len(key)):
+            above = get(key[:i])
+            if above is not None and not above.deleted and (
+                    above.version, above.source, above.digest) < rank:
+                return True
+        end = (*key[:-1], key[-1] + "\x00")
+        registers = self._registers
+        for below_key in self._index.irange(key, end, inclusive=(False, False)):
+            below = registers[below_key]
+            if not below.deleted and (below.version, below.source, below.digest) < rank:
+                return True
+        return False
+
+    def compaction_state(self) -> CompactionState:
+        """What compaction left (floors, version marks) and the change number: persisted
+        with the compacted registers, given back to ``restore`` after a restart."""
+        return CompactionState(self._hlc_floor, dict(self._floors), dict(self._marks),
+                               self._seq)
+
+    def restore(self, state: CompactionState) -> None:
+        """Take back a persisted ``compaction_state``, after ``load``ing the registers
+        persisted with it (they are held, so its floors do not apply to them): later
+        events below its floors for keys not held are no-ops, ``max_version`` keeps its
+        marks, and change numbers continue above the persisted one."""
+        self._hlc_floor = max(self._hlc_floor, state.hlc_floor)
+        for source, floor in state.floors.items():
+            self._floors[source] = max(self._floors.get(source, -1), floor)
+        for prefix, version in state.marks.items():
+            if self._marks.get(prefix, -1) < version:
+                self._marks[prefix] = version
+            if len(prefix) == self.document_depth:
+                doc = self._docs.get(prefix)
+                if doc is None:
+                    doc = self._docs[prefix] = _Doc()
+                    doc.counter = self._seq
+                doc.max_version = max(doc.max_version, version)
+        self.resume_changes(state.change_seq)
+
+    def resume_changes(self, at_least: int) -> None:
+        """Continue change numbers from ``at_least`` (after a restart: never backwards).
+
+        Every document's counter moves up to it; the change history is forgotten, so
+        ``changed_since`` of an older number answers None (rescan)."""
+        if at_least <= self._seq:
+            return
+        self._seq = at_least
+        self._history.clear()
+        for doc in self._docs.values():
+            doc.counter = at_least
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, key: Key) -> Event | None:
@@ -225,7 +342,7 @@ class View:
         rebuilds from one sort of mostly sorted runs (many): either way far cheaper than a
         bisect-insert per new key on the write path, which was over half of applying a
         fresh key. A key is never removed between two reads without passing through here
-        first (``forget_tombstones`` syncs before it pops), so index and dict agree.
+        first (``compact`` syncs before it pops), so index and dict agree.
         """
         if self._unindexed:
             self._index.update(self._unindexed)
@@ -237,15 +354,33 @@ class View:
     def __len__(self) -> int:
         return len(self._registers)
 
+    def max_version(self, prefix: Key) -> int:
+        """The greatest version of any event applied under ``prefix`` (the prefix itself
+        included), tombstones and registers compaction dropped included; -1 if none.
+
+        Exact for prefixes of at most ``document_depth + 1`` parts (compaction keeps
+        marks that deep); deeper, a dropped tombstone's version may be missing."""
+        prefix = tuple(prefix)
+        best = self._marks.get(prefix, -1)
+        for event in self.registers(prefix):
+            if event.version > best:
+                best = event.version
+        return best
+
     def document(self, prefix: Key) -> Any:
         """The JSON value under ``prefix``, or None when nothing live is there.
 
-        Each register places its value at its path below the prefix; a deeper register
-        overrides a shallower one at its path; a tombstone removes its path (deeper live
-        registers still place their values; a removed list element leaves the list, later
-        elements moving up). A path part addresses a list element when it is a canonical
-        decimal index within the list (``"0"``, ``"12"``, as in JSON Pointer); a register
-        whose path runs through anything else that is not an object replaces it with one.
+        A register takes part only if no ancestor register (a shallower key on its path,
+        live or tombstone) has a greater order key (``_merge.order_key``): a write of a
+        whole subtree replaces every older register beneath it, and a tombstone deletes
+        every older register beneath it. Each register taking part places its value at its
+        path (over its ancestors' values: it is newer than all of them); a tombstone taking
+        part removes its path (a removed list element leaves the list, later elements
+        moving up). A path part addresses a list element only when it is a canonical
+        decimal index within that list (``"0"``, ``"12"``, as in JSON Pointer); a register
+        whose path runs through a list by anything else places nothing (a list never
+        changes shape), and one whose path runs through a scalar replaces it with an
+        object. The document is a pure function of the register set.
         Asking inside a register's value is the same as walking the document above:
         ``document(p + (k,))`` equals ``document(p)[k]``. The result is a fresh object the
         caller owns.
@@ -268,13 +403,24 @@ class View:
 
     def _build(self, base: Key) -> Any:
         n = len(base)
-        # Shallow before deep (so deeper overrides), key order within a depth: the same
-        # registers always give the same steps, whatever order they arrived in.
-        regs = sorted(self.registers(base), key=lambda e: len(e.key))
         root: Any = _MISSING
         holes = _Holes()
-        for event in regs:
-            rel = event.key[n:]
+        # Key order puts every register after its ancestors, so one pass with a stack of
+        # the registers on the current path (each with the greatest order key at or above
+        # it) decides who takes part. Registers taking part are applied in that same key
+        # order: an ancestor before its descendants (which are newer than it), and
+        # registers on disjoint paths commute (list indexes name the stored positions).
+        stack: list[tuple[Key, tuple[int, str, bytes]]] = []
+        for event in self.registers(base):
+            key = event.key
+            while stack and key[:len(stack[-1][0])] != stack[-1][0]:
+                stack.pop()
+            rank = (event.version, event.source, event.digest)
+            if stack and stack[-1][1] > rank:
+                stack.append((key, stack[-1][1]))
+                continue  # hidden by a newer ancestor
+            stack.append((key, rank))
+            rel = key[n:]
             if event.deleted:
                 root = _delete(root, rel, holes)
             else:
@@ -297,6 +443,24 @@ class View:
             h.update(record)
         return h.digest()
 
+    def content_digest(self) -> bytes:
+        """Stable 32-byte hash of every live register (key, version, source, value).
+
+        Unlike ``digest`` it leaves tombstones out: compaction drops some, so a compacted
+        replica and one that did not compact, having seen the same events, agree on this
+        digest (and on every document), not on ``digest``."""
+        h = hashlib.blake2b(digest_size=32)
+        registers = self._registers
+        for key in self._index_keys():
+            event = registers[key]
+            if event.deleted:
+                continue
+            record = msgpack.packb([list(key), event.version, event.source, event.encoded],
+                                   use_bin_type=True)
+            h.update(len(record).to_bytes(4, "big"))
+            h.update(record)
+        return h.digest()
+
     # -- change tracking -------------------------------------------------------------------
     def document_key(self, key: Key) -> Key:
         return tuple(key)[: self.document_depth]
@@ -308,8 +472,8 @@ class View:
         if doc.etag is None:
             body = _canonical(self.document(doc_key))
             doc.etag = _codec.digest(_codec.encode(body)).hex()
-        return DocumentInfo(tuple(doc_key), doc.counter, doc.etag,
-                            frozenset(doc.sources), doc.max_version)
+        return DocumentInfo(tuple(doc_key), doc.counter, doc.etag, frozenset(doc.sources),
+                            max(doc.max_version, self._marks.get(tuple(doc_key), -1)))
 
     @property
     def change_seq(self) -> int:
@@ -339,7 +503,24 @@ class View:
             applies=self._applies,
             noop_applies=self._noops,
             change_seq=self._seq,
+            floor_noops=self._floor_noops,
         )
+
+
+def _below_floor(event: Event, hlc_floor: int, floors: dict[str, int]) -> bool:
+    version = event.version
+    if version >= HLC_SPACE_MIN:
+        return version < hlc_floor
+    return version < floors.get(event.source, -1)
+
+
+def _wins_tie(new: Event, old: Event) -> bool:
+    """Between events of equal version: source, then digest, then the smaller delivery
+    ``seq`` (none before any), so the register kept never depends on arrival order."""
+    a, b = (new.source, new.digest), (old.source, old.digest)
+    if a != b:
+        return a > b
+    return (-1 if new.seq is None else new.seq) < (-1 if old.seq is None else old.seq)
 
 
 def _release(sources: dict[str, int], source: str) -> None:
@@ -386,8 +567,9 @@ def _walk(value: Any, path: Key) -> Any:
 
 def _place(root: Any, path: Key, value: Any) -> Any:
     """``root`` with ``value`` placed at ``path``; containers on the way are reused when
-    the path goes through them (an object member, a list index), else replaced by an
-    object. Iterative, as this is most of the time of rendering a document."""
+    the path goes through them (an object member, a list index in range), a scalar on
+    the way is replaced by an object, and a path into a list by anything but an index in
+    range places nothing. Iterative, as this is most of the time of rendering a document."""
     holder = [root]
     container: Any = holder
     slot: Any = 0
@@ -398,9 +580,10 @@ def _place(root: Any, path: Key, value: Any) -> Any:
             continue
         if isinstance(cur, list):
             i = _index(cur, part)
-            if i is not None:
-                container, slot = cur, i
-                continue
+            if i is None:
+                return holder[0]  # not a position inside this list: places nothing
+            container, slot = cur, i
+            continue
         fresh: dict[str, Any] = {}
         container[slot] = fresh
         container, slot = fresh, part

@@ -5,10 +5,11 @@ events of source ``guest`` at ``("vms", VM, "approvals", EVENTID)``: they go thr
 log like any other data, so they survive restarts and the host agent reads them through
 the library (``view.get``) or the admin API (``GET /view?prefix=vms/VM/approvals``).
 
-``DocumentIncarnation`` is the greatest version among the list's registers, tombstones
-included: every replica that saw the same events computes the same number, and it rises
-with every change made with a newer version than the list's previous ones (HLC and
-counter sources both do).
+``DocumentIncarnation`` is the greatest version of any event applied under the list
+(``View.max_version``: tombstones included, and those compaction dropped too): every replica
+that saw the same events computes the same number, compacted or not, it never goes down,
+and it rises with every change made with a newer version than the list's previous ones
+(HLC and counter sources both do).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from imds_replica import ClientError, Event, View, hlc_version
+from imds_replica import ClientError, View, hlc_version
 
 APPROVAL_SOURCE = "guest"
 EVENT_DEFAULTS: dict[str, Any] = {
@@ -34,10 +35,6 @@ def approval_key(vm: str, event_id: str) -> tuple[str, ...]:
     return ("vms", vm, "approvals", event_id)
 
 
-def incarnation(registers: Iterable[Event]) -> int:
-    return max((e.version for e in registers), default=0)
-
-
 def render_events(view: View, vm: str) -> dict[str, Any]:
     """``{"DocumentIncarnation": int, "Events": [...]}`` ordered by EventId."""
     prefix = events_prefix(vm)
@@ -51,7 +48,7 @@ def render_events(view: View, vm: str) -> dict[str, Any]:
             event = {"EventId": event_id, **EVENT_DEFAULTS}
             event.update({k: v for k, v in body.items() if k != "EventId"})
             events.append(event)
-    return {"DocumentIncarnation": incarnation(view.registers(prefix)), "Events": events}
+    return {"DocumentIncarnation": max(view.max_version(prefix), 0), "Events": events}
 
 
 def approvals(body: Any, known: Iterable[str]) -> list[str]:

@@ -99,3 +99,20 @@ def test_view_digest_is_identical_across_processes() -> None:
     exec(compile(_DIGEST_SCRIPT.replace("print(", "result = ("), "<digest>", "exec"), namespace)
     outs.add(namespace["result"])
     assert len(outs) == 1
+
+
+def test_str_and_int_enums_normalise_like_json() -> None:
+    # Finding 12: a (str, Enum) member normalised to "Color.RED"; json.dumps gives "red".
+    import enum
+    import json
+
+    class Color(str, enum.Enum):  # noqa: UP042  # the (str, Enum) mix-in is the case
+        RED = "red"
+
+    class Size(enum.IntEnum):
+        BIG = 3
+
+    value = {"c": Color.RED, "s": Size.BIG, "l": [Color.RED]}
+    assert _codec.normalize(value) == json.loads(json.dumps(value)) == {"c": "red", "s": 3,
+                                                                 "l": ["red"]}
+    assert type(_codec.normalize(Color.RED)) is str

@@ -58,8 +58,19 @@ async def test_bad_batch_is_rejected_whole(autojump_clock: trio.testing.MockCloc
         assert stats.events_rejected == {"fabric": 3, "unknown": 0}
 
 
+async def test_keys_shorter_than_a_document_are_refused() -> None:
+    # Finding 5: ("vms",) wrote into every VM's document, but only ("vms",) was notified.
+    async with open_replica() as replica:
+        good = ev(1).to_dict()
+        with pytest.raises(ValidationError,
+                           match=r"^event 1: key: \['vms'\] has 1 part\(s\); keys need at "
+                                 r"least 2 \(the document depth"):
+            await replica.submit([good, {**good, "key": ["vms"]}])
+        assert len(replica.view) == 0
+
+
 async def test_value_limit_is_configurable() -> None:
-    big = Event("s", ("k",), 1, "x" * DEFAULT_MAX_VALUE_BYTES)
+    big = Event("s", ("k", "v"), 1, "x" * DEFAULT_MAX_VALUE_BYTES)
     async with open_replica() as replica:
         with pytest.raises(ValidationError, match="bytes"):
             await replica.submit([big])
@@ -164,5 +175,5 @@ async def test_sink_refuses_wire_form_events_of_another_source() -> None:
         assert sink is not None
         with pytest.raises(ValidationError, match="event 0: source: 'tags' submitted through"):
             await sink.submit([{"source": "tags", "key": ["a"], "version": 1, "value": 1}])
-        await sink.submit([{"source": "fabric", "key": ["a"], "version": 1, "value": 1}])
+        await sink.submit([{"source": "fabric", "key": ["a", "b"], "version": 1, "value": 1}])
         assert replica.view.document(("a",)) == 1

@@ -8,6 +8,11 @@ Steps, and what a crash after each leaves:
 2. replace the marker atomically (temp, fsync, rename, fsync dir) to name G+1 — the single
    switch point: before the rename the log is G, after it G+1, both complete.
 3. delete G's segments and snapshots — crash: they are leftovers, deleted on next open.
+
+The compaction state (``_horizon.CompactionState``: the floors and version marks of what
+was dropped) is written as a CHECKPOINT record of the pseudo-source ``STATE_SOURCE``
+*after* the registers: replay applies its floors only to what comes later, as the view
+does (the registers written with it are held, so the floors never applied to them).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import attrs
 
 from .._event import Event
+from .._horizon import STATE_SOURCE
 from ._frame import FILE_HEADER_SIZE, SEGMENT_MAGIC, file_header
 from ._segment import (
     Meta,
@@ -72,7 +78,10 @@ def write_generation(directory: Path, generation: int, events: list[Event],
 
     fd = open_next()
     try:
-        frames = [*checkpoint_frames(checkpoints), *event_frames(events)]
+        state = {k: v for k, v in checkpoints.items() if k == STATE_SOURCE}
+        cursors = {k: v for k, v in checkpoints.items() if k != STATE_SOURCE}
+        frames = [*checkpoint_frames(cursors), *event_frames(events),
+                  *checkpoint_frames(state)]
         pending: list[bytes] = []
         for data in frames:
             if size + len(data) > segment_bytes and size > FILE_HEADER_SIZE:

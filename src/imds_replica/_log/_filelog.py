@@ -25,6 +25,7 @@ import trio
 
 from .._errors import ConfigError, StorageError, ValidationError
 from .._event import Event
+from .._horizon import STATE_SOURCE, CompactionState, Horizons, as_horizons
 from .._logport import Checkpoint, Receipt, Recovery
 from .._view import View
 from ._compact import CompactionResult, compact_directory
@@ -93,8 +94,9 @@ class FileLog:
     after each group commit. A snapshot is written after every ``snapshot_every`` appended
     events (None: never); when the log has grown past ``compact_ratio`` times the live
     state (and past one segment) that snapshot becomes a compaction instead (None: only on
-    request). ``tombstone_horizon()`` gives the version below which compaction drops
-    tombstones (None keeps them all: the horizon must exceed any source's delivery delay).
+    request). ``tombstone_horizon()`` gives the ``Horizons`` below which compaction drops
+    tombstones that hide nothing (a bare int is the hybrid-clock horizon; None keeps them
+    all); see ``_horizon`` for the floors this leaves and the delivery-delay assumption.
     ``append_nowait`` refuses while more than ``max_queued_bytes`` wait to be written.
     """
 
@@ -102,7 +104,7 @@ class FileLog:
                  segment_bytes: int = 64 * 2**20,
                  on_commit: Callable[[int, float], None] | None = None,
                  snapshot_every: int | None = 100_000, compact_ratio: float | None = 8.0,
-                 tombstone_horizon: Callable[[], int] | None = None,
+                 tombstone_horizon: Callable[[], int | Horizons] | None = None,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
                  max_queued_bytes: int = 64 * 2**20) -> None:
         if fsync not in ("always", "none"):
@@ -132,6 +134,7 @@ class FileLog:
         self._failure: StorageError | None = None
         self._closed = False
         self._checkpoints: dict[str, Any] = {}
+        self._state = CompactionState()  # as recovered; the view keeps it from then on
         self._generation = 0
         self._first_segment = 1
         self._bytes = 0
@@ -157,6 +160,10 @@ class FileLog:
                 for i in range(0, len(winners), APPLY_CHUNK):
                     view.load(winners[i:i + APPLY_CHUNK])
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
+                # After the registers (held, so the floors do not apply to them); change
+                # numbers go on above any the last run can have reached.
+                view.restore(self._state)
+                view.resume_changes(self._state.change_seq + rec.reducer.events)
             self._view = view
             task_status.started(Recovery(dict(rec.reducer.checkpoints), rec.reducer.batches,
                                          rec.reducer.events, time.perf_counter() - started,
@@ -258,6 +265,10 @@ class FileLog:
         self._bytes = rec.bytes
         self._counters = rec.reducer.counters
         self._checkpoints = dict(rec.reducer.checkpoints)
+        state = self._checkpoints.pop(STATE_SOURCE, None)
+        if state is not None:
+            self._state = CompactionState.from_json(state)
+            del rec.reducer.checkpoints[STATE_SOURCE]
         return lock_fd, rec, winners
 
     async def _serve(self) -> None:
@@ -343,7 +354,7 @@ class FileLog:
         assert writer is not None
         assert view is not None
         events = list(view.registers())
-        checkpoints = dict(self._checkpoints)
+        checkpoints = {**self._checkpoints, STATE_SOURCE: view.compaction_state().to_json()}
         generation, seq, offset, counters = self._generation, writer.seq, writer.offset, \
             self._counters
 
@@ -369,9 +380,10 @@ class FileLog:
         assert writer is not None
         assert view is not None
         # Forget in the view too, so the view keeps equalling a replay of the new log.
-        dropped = 0 if self._horizon is None else view.forget_tombstones(self._horizon())
+        horizons = None if self._horizon is None else as_horizons(self._horizon())
+        dropped = 0 if horizons is None else view.compact(horizons)
         events = list(view.registers())
-        checkpoints = dict(self._checkpoints)
+        checkpoints = {**self._checkpoints, STATE_SOURCE: view.compaction_state().to_json()}
 
         def rewrite() -> CompactionResult:
             writer.close()

@@ -24,6 +24,7 @@ import attrs
 
 from .._errors import CorruptLogError, StorageError
 from .._event import Event, Key
+from .._horizon import STATE_SOURCE, CompactionState
 from ._frame import (
     FILE_HEADER_SIZE,
     FORMAT_VERSION,
@@ -64,8 +65,9 @@ _CHECKPOINT = int(RecordType.CHECKPOINT)
 READ_CHUNK = 1 << 20
 
 
-def _tie_key(t: EventTuple) -> tuple[str, bytes]:
-    return t[0], stored_digest(t)
+def _tie_key(t: EventTuple) -> tuple[str, bytes, int]:
+    # The View's order on equal versions: source, digest, then the smaller seq (see _merge).
+    return t[0], stored_digest(t), 1 if t[5] is None else -t[5]
 
 
 class Reducer:
@@ -84,10 +86,21 @@ class Reducer:
         self._parts: dict[str, str] = {}
         self._shared_size = 0
         self._unshared_events = 0
+        #: Compaction floors (``_horizon``), once a compacted generation's state is read.
+        self._floors: CompactionState | None = None
+
+    def note_state(self) -> None:
+        """Take the compaction state from ``checkpoints`` (a compacted generation or a
+        snapshot carries it): later events below its floors, for keys not folded yet,
+        are dropped as the view drops them, so replay equals the live view."""
+        raw = self.checkpoints.get(STATE_SOURCE)
+        self._floors = None if raw is None else CompactionState.from_json(raw)
 
     def add_events(self, events: Iterable[EventTuple]) -> None:
         if not isinstance(events, (list, tuple)):
             events = list(events)
+        if self._floors is not None:
+            events = self._floors.admit(events, self.best)
         if not events:
             return
         best = self.best
@@ -149,6 +162,8 @@ class Reducer:
         elif rtype == _CHECKPOINT:
             source, cursor = decode_cursor(unpack(payload))
             self.checkpoints[source] = cursor
+            if source == STATE_SOURCE:
+                self.note_state()
         # SNAPSHOT markers carry nothing replay needs.
 
     @property
@@ -263,6 +278,7 @@ def _replay(directory: Path, generation: int, listing: Listing, notes: list[str]
         reducer = Reducer(snap.counters)
         reducer.add_events(snap.events)
         reducer.checkpoints.update(snap.checkpoints)
+        reducer.note_state()
         start_seq, start_off, used = seq, off, name
         notes.append(f"started from snapshot {name} ({len(snap.events)} registers)")
         break

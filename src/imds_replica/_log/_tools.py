@@ -17,7 +17,8 @@ import attrs
 
 from .._codec import decode as decode_value
 from .._errors import CorruptLogError
-from .._event import Event
+from .._horizon import STATE_SOURCE, CompactionState, Horizons
+from .._view import View
 from ._compact import compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -179,7 +180,8 @@ def stats_log(directory: str | os.PathLike[str], *,
     tombstones = sum(1 for t in reducer.best.values() if t[3])
     return StatsReport(rec.generation, len(rec.segments), rec.bytes, reducer.records,
                        reducer.batches, reducer.events, len(reducer.best) - tombstones,
-                       tombstones, reducer.oldest, reducer.newest, dict(reducer.checkpoints),
+                       tombstones, reducer.oldest, reducer.newest,
+                       {k: v for k, v in reducer.checkpoints.items() if k != STATE_SOURCE},
                        tuple(name for _, _, name in rec.listing.snapshots))
 
 
@@ -194,24 +196,34 @@ class CompactReport:
 
 
 def compact_log(directory: str | os.PathLike[str], *, tombstones_before: int | None = None,
+                horizons: Horizons | None = None, document_depth: int = 2,
                 segment_bytes: int = 64 * 2**20,
                 max_record: int = DEFAULT_MAX_RECORD_BYTES) -> CompactReport:
-    """Rewrite the log as its winners (tombstones older than ``tombstones_before`` dropped)."""
+    """Rewrite the log as its winners, dropping the tombstones ``View.compact`` drops.
+
+    ``tombstones_before`` is a hybrid-clock horizon (counter-versioned tombstones are kept
+    unless ``horizons`` names their source); ``horizons`` gives per-source ones. Nothing
+    is dropped that would change a document, and the floors of what was dropped are kept
+    with the new generation (see ``_horizon``)."""
+    if tombstones_before is not None:
+        horizons = Horizons(tombstones_before, {} if horizons is None else horizons.sources)
     path = Path(directory)
     read_meta(path)  # a clear error before creating a LOCK file in a foreign directory
     lock = lock_directory(path)
     try:
         rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
-        events: list[Event] = []
-        dropped = 0
-        for event in rec.reducer.winners():
-            if event.deleted and tombstones_before is not None \
-                    and event.version < tombstones_before:
-                dropped += 1
-            else:
-                events.append(event)
+        checkpoints = dict(rec.reducer.checkpoints)
+        raw = checkpoints.pop(STATE_SOURCE, None)
+        state = CompactionState() if raw is None else CompactionState.from_json(raw)
+        view = View(document_depth=document_depth)
+        view.load(rec.reducer.winners())
+        view.restore(state)
+        view.resume_changes(state.change_seq + rec.reducer.events)
+        dropped = 0 if horizons is None else view.compact(horizons)
+        events = list(view.registers())
+        checkpoints[STATE_SOURCE] = view.compaction_state().to_json()
         result, _ = compact_directory(path, rec.generation, rec.bytes, events,
-                                      rec.reducer.checkpoints, dropped,
+                                      checkpoints, dropped,
                                       segment_bytes=segment_bytes, fsync=True)
         return CompactReport(result.generation, result.bytes_before, result.bytes_after,
                              result.registers, dropped, rec.notes)

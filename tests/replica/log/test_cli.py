@@ -114,12 +114,20 @@ def test_stats_and_compact(tmp_path: Path) -> None:
     assert stats["live_keys"] == sum(not e.deleted for e in registers)
     plain = cli("log", "stats", log)
     assert "live_keys: " in plain.stdout
+    # The old flag is the hybrid-clock horizon: these counter versions all stay.
     result = cli("log", "compact", "--tombstones-before", "1000", log)
     assert result.returncode == 0, result.stderr
+    assert "0 tombstones dropped" in result.stdout
     assert f"{stats['bytes']} -> " in result.stdout
+    bad = cli("log", "compact", "--source-horizon", "fabric", log)
+    assert bad.returncode == 2
+    assert "expected SOURCE=VERSION" in bad.stderr
+    result = cli("log", "compact", "--source-horizon", "fabric=1000",
+                 "--source-horizon", "tags=1000", log)
+    assert result.returncode == 0, result.stderr
     after = json.loads(cli("log", "stats", "--json", log).stdout)
     assert after["bytes"] < stats["bytes"] / 4
-    assert after["generation"] == 2
+    assert after["generation"] == 3
     assert after["live_keys"] == stats["live_keys"]
     assert after["tombstones"] == sum(e.deleted and e.version >= 1000 for e in registers)
     assert after["checkpoints"] == stats["checkpoints"]

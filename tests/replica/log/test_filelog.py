@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import trio
 
-from imds_replica import Checkpoint, Event, StorageError, ValidationError, View
+from imds_replica import (
+    Checkpoint,
+    Event,
+    Horizons,
+    StorageError,
+    ValidationError,
+    View,
+    hlc_version,
+)
 from imds_replica._log import FileLog
 from imds_replica._log._compact import write_generation
 from imds_replica._log._replay import recover_directory
@@ -69,7 +77,9 @@ async def test_log_compacts_itself_when_mostly_dead(tmp_path: Path) -> None:
 
 async def test_compaction_keeps_winners_and_drops_old_tombstones(tmp_path: Path) -> None:
     batches = make_batches(3000, seed=4, keys=20)
-    log = FileLog(tmp_path / "log", fsync="none", tombstone_horizon=lambda: 2990,
+    # Counter versions: only tombstones of sources given explicit horizons are dropped.
+    horizons = Horizons(sources={"fabric": 2990, "tags": 2990})
+    log = FileLog(tmp_path / "log", fsync="none", tombstone_horizon=lambda: horizons,
                   snapshot_every=None)
     view = View()
     async with trio.open_nursery() as nursery:
@@ -78,13 +88,15 @@ async def test_compaction_keeps_winners_and_drops_old_tombstones(tmp_path: Path)
             await log.append(events, cp)
         before = view.statistics().tombstones
         assert any(e.deleted and e.version < 2990 for e in view.registers())
+        droppable = sum(e.deleted and e.version < 2990 for e in view.registers())
         result = await log.compact()
-        await log.append([Event("s", ("after",), 1, "compaction")])
+        await log.append([Event("s", ("after", "x"), 1, "compaction")])
         stats = log.statistics()
         nursery.cancel_scope.cancel()
     assert result.bytes_after < result.bytes_before / 5
     assert result.tombstones_dropped > 0
     assert view.statistics().tombstones == before - result.tombstones_dropped
+    assert result.tombstones_dropped == droppable  # none of these hide anything
     assert all(not e.deleted or e.version >= 2990 for e in view.registers())
     assert stats.generation == 2
     assert stats.compactions == 1
@@ -92,6 +104,61 @@ async def test_compaction_keeps_winners_and_drops_old_tombstones(tmp_path: Path)
     recovered, recovery = await reopen(tmp_path / "log")
     assert recovered.digest() == view.digest()
     assert "fabric" in recovery.checkpoints
+
+
+T = hlc_version(1_800_000_000_000)
+VM = ("vms", "a")
+
+
+async def test_compaction_never_unhides_deleted_data_and_leaves_floors(tmp_path: Path) -> None:
+    # Findings 1, 2, 8: the tombstone under an older live value stays; the one that hides
+    # nothing goes, and leaves a floor, version marks and change numbers that survive
+    # restarts, snapshots and a later compaction.
+    log_dir = tmp_path / "log"
+    log = FileLog(log_dir, fsync="none", tombstone_horizon=lambda: T + 100,
+                  snapshot_every=None, compact_ratio=None)
+    view = View()
+    late = Event("poll", (*VM, "old"), T + 1, "stale")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        await log.append([Event("fabric", (*VM, "compute"), T, {"name": "vm-a", "secret": "s"}),
+                          late])
+        await log.append([Event("admin", (*VM, "compute", "secret"), T + 2, deleted=True),
+                          Event("admin", (*VM, "old"), T + 3, deleted=True)])
+        info = view.document_info(VM)
+        seq = view.change_seq
+        result = await log.compact()
+        assert result.tombstones_dropped == 1
+        assert view.document(VM) == {"compute": {"name": "vm-a"}}
+        assert await log.append([late]) == (False,)  # a late redelivery: a no-op
+        await log.snapshot()
+        nursery.cancel_scope.cancel()
+    assert info is not None
+    for use_snapshot in (True, False):
+        if not use_snapshot:
+            for snap in log_dir.glob("*.snap"):
+                snap.unlink()
+        again, _ = await reopen(log_dir)
+        assert again.document(VM) == {"compute": {"name": "vm-a"}}
+        assert again.get((*VM, "old")) is None  # the late event stays a no-op on replay
+        got = again.document_info(VM)
+        assert got is not None
+        assert (got.etag, got.max_version) == (info.etag, info.max_version)
+        assert again.change_seq > seq
+        assert got.counter >= info.counter
+        assert again.max_version((*VM, "old")) == T + 3
+    # A later compaction (the offline tool) keeps the floor.
+    assert cli_compact(log_dir) == 0
+    again, _ = await reopen(log_dir)
+    assert again.statistics().floor_noops == 0
+    assert not again.apply(late)
+    assert again.statistics().floor_noops == 1
+
+
+def cli_compact(directory: Path) -> int:
+    from imds_replica._cli import main
+
+    return main(["log", "compact", "--tombstones-before", str(T + 100), str(directory)])
 
 
 async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
