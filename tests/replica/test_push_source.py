@@ -60,7 +60,7 @@ async def test_push_is_durable_and_resumable() -> None:
 async def test_push_refuses_events_of_another_source_whole() -> None:
     source = PushSource("agent")
     async with open_replica(sources=[source]) as replica:
-        batch = [Event("agent", ("k",), 1, 1), Event("other", ("k2",), 1, 2)]
+        batch = [Event("agent", ("k", "a"), 1, 1), Event("other", ("k2", "a"), 1, 2)]
         with pytest.raises(ValidationError, match="event 1: source"):
             await source.push(batch)
         assert len(replica.view) == 0
@@ -75,7 +75,7 @@ async def test_push_before_start_waits_for_the_replica() -> None:
     pushed = trio.Event()
 
     async def early() -> None:
-        await source.push([Event("agent", ("k",), 1, "v")])
+        await source.push([Event("agent", ("k", "a"), 1, "v")])
         pushed.set()
 
     async with trio.open_nursery() as nursery:
@@ -84,4 +84,4 @@ async def test_push_before_start_waits_for_the_replica() -> None:
         assert not pushed.is_set()
         async with open_replica(sources=[source]) as replica:
             await pushed.wait()
-            assert replica.view.document(("k",)) == "v"
+            assert replica.view.document(("k", "a")) == "v"

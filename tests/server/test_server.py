@@ -330,8 +330,8 @@ async def test_admin_api() -> None:
         tags = await get(server.vm_address, f"/metadata/instance/compute/tags?api-version={V}"
                                             "&format=text")
         assert tags.body == b"via:msgpack"
-        bad = {"events": [{"source": "tags", "key": ["k"], "version": 1, "value": 1},
-                          {"source": "BAD", "key": ["k2"], "version": 1, "value": 1}]}
+        bad = {"events": [{"source": "tags", "key": ["k", "a"], "version": 1, "value": 1},
+                          {"source": "BAD", "key": ["k2", "a"], "version": 1, "value": 1}]}
         reply = await get(addr, "/events", method="POST", body=json.dumps(bad).encode(),
                           headers={"Content-Type": "application/json"})
         assert reply.status == 400

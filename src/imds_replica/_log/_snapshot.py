@@ -5,6 +5,10 @@ position it covers and the log's counters there), checkpoint-less ``BATCH`` reco
 winning events, ``CHECKPOINT`` records, and a ``SNAPSHOT_END`` record with the totals. A file
 without a whole end record, or with any bad record, is damaged and is never half-used.
 
+The checkpoints include the view's compaction state (the pseudo-source ``STATE_SOURCE`` of
+``_horizon``: floors and version marks), so a replay that starts from a snapshot applies
+the same floors as one that reads the compacted generation from its start.
+
 Snapshots only speed up start-up: the log segments are kept until compaction replaces them
 with their own compacted form, so deleting every snapshot is always safe.
 """
