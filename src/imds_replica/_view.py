@@ -410,21 +410,28 @@ class View:
         # it) decides who takes part. Registers taking part are applied in that same key
         # order: an ancestor before its descendants (which are newer than it), and
         # registers on disjoint paths commute (list indexes name the stored positions).
-        stack: list[tuple[Key, tuple[int, str, bytes]]] = []
+        stack: list[tuple[Key, int, tuple[int, str, bytes]]] = []  # (key, len, max rank)
+        push, pop = stack.append, stack.pop
+        decode = _codec.decode
         for event in self.registers(base):
             key = event.key
-            while stack and key[:len(stack[-1][0])] != stack[-1][0]:
-                stack.pop()
             rank = (event.version, event.source, event.digest)
-            if stack and stack[-1][1] > rank:
-                stack.append((key, stack[-1][1]))
-                continue  # hidden by a newer ancestor
-            stack.append((key, rank))
+            hidden = False
+            while stack:
+                top_key, top_len, top_rank = stack[-1]
+                if key[:top_len] == top_key:
+                    if top_rank > rank:
+                        hidden, rank = True, top_rank
+                    break
+                pop()
+            push((key, len(key), rank))
+            if hidden:
+                continue  # an ancestor is newer
             rel = key[n:]
             if event.deleted:
                 root = _delete(root, rel, holes)
             else:
-                root = _place(root, rel, _codec.decode(event.encoded))
+                root = _place(root, rel, decode(event.encoded))
         if holes.made:
             root = _compact(root)
         return root
