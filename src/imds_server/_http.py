@@ -167,6 +167,11 @@ class HttpConnection:
         """A request has started arriving but is not complete."""
         return self._proto.in_message
 
+    @property
+    def in_body(self) -> bool:
+        """A request's head is complete and its body is still arriving."""
+        return self._proto.in_message and not self._proto.in_head
+
     def feed(self, data: bytes) -> None:
         proto = self._proto
         boundary = not proto.in_message
