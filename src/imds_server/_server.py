@@ -28,7 +28,7 @@ from imds_replica import (
     open_replica,
 )
 
-from . import _demo
+from . import _demo, _schedule
 from ._admin import AdminApi, AdminHandler
 from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
@@ -37,7 +37,7 @@ from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._refusals import AGGREGATED, RefusalDigest
-from ._request import Park, Request, Response, Submit, failure
+from ._request import Park, Request, Response, Submit, error, failure
 from ._storage import open_log
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -316,6 +316,15 @@ class Server:
             answer = submit.response
             return attrs.evolve(failure(exc, route=answer.route), vm=answer.vm,
                                 api_version=answer.api_version)
+        if submit.source == _schedule.APPROVAL_SOURCE:
+            # Answer what happened: logged is not enough if another record wins.
+            masked = _schedule.not_in_effect(self.replica.view, submit.events)
+            if masked:
+                answer = submit.response
+                return attrs.evolve(error(
+                    409, f"Approval of {', '.join(masked)} did not take effect: a newer "
+                    "record for it is in place", route=answer.route), vm=answer.vm,
+                    api_version=answer.api_version)
         return submit.response
 
     def record(self, request: Request, peer: str, response: Response, sent: int,

@@ -243,7 +243,9 @@ async def test_repointing_a_caller_wakes_its_watchers() -> None:
 
 # -- finding 8: odd admin bodies get 400, never 500 --------------------------------------------
 @pytest.mark.parametrize(("body", "kind", "reason"), [
-    (b"[" * 1000 + b"]" * 1000, "application/json", "nested"),
+    (b"[" * 1000 + b"]" * 1000, "application/json", '{"events": [...]}'),
+    (b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b', "events": []}', "application/json",
+     "nested"),
     (b'{"events": [' + b"[" * 5000 + b"]" * 5000 + b"]}", "application/json", "nested"),
     (msgpack.packb({"events": []})[:-1] + b"\x81\x91\x01\x02", "application/msgpack", ""),
     (b"\x81\x91\x01\x02", "application/msgpack", ""),  # a map whose key is an array
