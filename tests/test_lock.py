@@ -55,7 +55,7 @@ def test_every_pin_carries_hashes() -> None:
 
 def test_lock_covers_everything_pyproject_declares() -> None:
     missing = _declared() - set(_lock())
-    assert not missing, f"in pyproject.toml but not in requirements.lock (run scripts/lock): {missing}"
+    assert not missing, f"declared but not locked (run scripts/lock): {missing}"
 
 
 def test_installed_versions_are_the_locked_ones() -> None:
