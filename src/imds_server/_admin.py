@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from imds_replica import ImdsError, ValidationError
+from imds_replica import DEFAULT_MAX_VALUE_BYTES, ImdsError, ValidationError
 
-from ._ingest import BodyError, decode_events
+from ._ingest import BodyError, decode_events, gc_paused, submit_events
 from ._render import to_json
 from ._request import JSON, BadQuery, Request, Response, error, failure, parse_query
 
@@ -91,20 +91,22 @@ class AdminApi:
     async def _events(self, request: Request) -> Response:
         assert self.replica is not None
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        try:
-            # Anything but msgpack is read as JSON: ``curl -d`` sends a form type. Decoded
-            # and validated in slices, so that a large batch does not hold the loop.
-            events = await decode_events(request.body, kind)
-        except BodyError as exc:
-            extra = {"index": exc.index} if exc.index is not None else None
-            return error(400, exc.message, extra=extra, route="/events")
-        try:
-            result = await self.replica.submit(events)
-        except ValidationError as exc:
-            return failure(exc, extra={"index": exc.index}, route="/events")
-        except ImdsError as exc:
-            return failure(exc, route="/events")
-        return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+        # Anything but msgpack is read as JSON: ``curl -d`` sends a form type. Decoded,
+        # validated and submitted in slices, so that a large batch does not hold the loop.
+        with gc_paused():
+            try:
+                events = await decode_events(request.body, kind, max_value_bytes=getattr(
+                    self.replica, "_max_value_bytes", DEFAULT_MAX_VALUE_BYTES))
+            except BodyError as exc:
+                extra = {"index": exc.index} if exc.index is not None else None
+                return error(400, exc.message, extra=extra, route="/events")
+            try:
+                total, changed = await submit_events(self.replica, events)
+            except ValidationError as exc:
+                return failure(exc, extra={"index": exc.index}, route="/events")
+            except ImdsError as exc:
+                return failure(exc, route="/events")
+        return _json(200, {"events": total, "changed": changed}, "/events")
 
 
 def _json(status: int, body: Any, route: str) -> Response:

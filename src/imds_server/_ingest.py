@@ -9,24 +9,43 @@ would not help: a decode in C holds the GIL for its whole call.
 
 Every way a body can be wrong is a ``ClientError`` naming what is wrong (answered 400):
 bad syntax, nesting too deep for the decoders, a map key that is an array, a bad event
-(with its index).
+(with its index), a value over the replica's size limit.
+
+Once the whole batch is valid, ``submit_events`` hands it to the replica in parts of
+``PART_EVENTS`` events — encoding, logging and applying 100,000 events in one call held
+the loop for most of a second — each part whole documents (events whose keys share
+their first two parts, ``("vms", VM)``, stay together), so a reader never sees half a
+document's change. The answer comes once every part is durable. A storage failure part
+way leaves the parts before it durable; the client's retry of the whole batch is
+idempotent (same versions), as the log's merge makes any resend.
+
+The collector is paused meanwhile, as the log's recovery does: ingest builds hundreds
+of thousands of acyclic objects that stay alive, and each full collection on the way
+rescanned the growing heap on the loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import trio
 
-from imds_replica import ClientError, Event, ValidationError
+from imds_replica import DEFAULT_MAX_VALUE_BYTES, ClientError, Event, ValidationError
+
+if TYPE_CHECKING:
+    from imds_replica import Replica
 
 #: Seconds of decoding between two checkpoints.
 SLICE = 0.002
+#: Events per part handed to the replica (about 10 ms of its work each).
+PART_EVENTS = 512
 _WS = re.compile(r"[ \t\n\r]*")
 
 
@@ -45,7 +64,8 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-async def decode_events(body: bytes, kind: str) -> list[Event]:
+async def decode_events(body: bytes, kind: str, *,
+                        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> list[Event]:
     """The events of a ``{"events": [...]}`` body, validated; raises ``BodyError``."""
     items = _msgpack_items(body) if kind == "application/msgpack" else _json_items(body, kind)
     events: list[Event] = []
@@ -59,12 +79,64 @@ async def decode_events(body: bytes, kind: str) -> list[Event]:
                 raise BodyError(exc.message, index=index) from None
             except (TypeError, ValueError, RecursionError) as exc:  # shapes from_dict missed
                 raise BodyError(f"not a valid event: {_reason(exc)}", index=index) from None
+            size = len(events[-1].encoded)
+            if size > max_value_bytes:
+                raise BodyError(f"value: {size} bytes encoded, at most {max_value_bytes} "
+                                "allowed", index=index)
             if not index & 31 and time.perf_counter() >= deadline:
                 await trio.lowlevel.checkpoint()
                 deadline = time.perf_counter() + SLICE
     except _Bad as exc:
         raise BodyError(str(exc), index=exc.index) from None
     return events
+
+
+async def submit_events(replica: Replica, events: Sequence[Event]) -> tuple[int, int]:
+    """Submit a validated batch in parts of whole documents; (events, changed)."""
+    if len(events) <= PART_EVENTS:
+        result = await replica.submit(events)
+        return result.events, result.changed
+    total = changed = 0
+    for part in _parts(events):
+        result = await replica.submit(part)
+        total += result.events
+        changed += result.changed
+    return total, changed
+
+
+def _parts(events: Sequence[Event]) -> Iterator[list[Event]]:
+    documents: dict[tuple[str, ...], list[Event]] = {}
+    for event in events:
+        documents.setdefault(event.key[:2], []).append(event)
+    part: list[Event] = []
+    for document in documents.values():
+        if part and len(part) + len(document) > PART_EVENTS:
+            yield part
+            part = []
+        part.extend(document)
+    if part:
+        yield part
+
+
+_gc_pauses = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic collector while a batch is ingested (nested ingests counted; it is
+    re-enabled by the last one out, and only if it was enabled before the first)."""
+    global _gc_pauses, _gc_was_enabled
+    if _gc_pauses == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_pauses += 1
+    try:
+        yield
+    finally:
+        _gc_pauses -= 1
+        if _gc_pauses == 0 and _gc_was_enabled:
+            gc.enable()
 
 
 class _Bad(Exception):

@@ -122,3 +122,33 @@ async def test_vm_reads_are_answered_while_a_large_batch_is_ingested() -> None:
                 posted.set()
         assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
         assert len(answered_during) >= 5
+
+
+def test_parts_keep_documents_whole_and_order() -> None:
+    from imds_replica import Event
+    from imds_server._ingest import PART_EVENTS, _parts
+
+    events = [Event("tags", ("vms", f"vm-{i % 300}", "compute", f"f{i}"), 1, i)
+              for i in range(3000)]
+    parts = list(_parts(events))
+    assert len(parts) > 1
+    assert all(len(p) <= PART_EVENTS for p in parts)
+    seen: dict[tuple[str, ...], int] = {}
+    for n, part in enumerate(parts):
+        for event in part:
+            assert seen.setdefault(event.key[:2], n) == n  # a document in one part only
+    flat = [e for p in parts for e in p]
+    assert sorted(flat, key=lambda e: e.value) == events  # nothing lost or doubled
+    for doc in {e.key[:2] for e in events}:  # each document's events in their order
+        assert [e for e in flat if e.key[:2] == doc] == [e for e in events if e.key[:2] == doc]
+
+
+async def test_a_large_batch_is_submitted_in_parts_and_answered_once() -> None:
+    events = [{"source": "tags", "key": ["vms", f"vm-{i % 300}", "compute", f"f{i}"],
+               "version": 1, "value": i} for i in range(3000)]
+    async with running() as server:
+        reply = await get(server.admin_address, "/events", method="POST", headers={},
+                          body=json.dumps({"events": events}).encode())
+        assert reply.json() == {"events": 3000, "changed": 3000}
+        assert server.replica is not None
+        assert server.replica.view.get(("vms", "vm-7", "compute", "f2707")) is not None
