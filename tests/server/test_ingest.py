@@ -124,13 +124,13 @@ async def test_vm_reads_are_answered_while_a_large_batch_is_ingested() -> None:
         assert len(answered_during) >= 5
 
 
-def test_parts_keep_documents_whole_and_order() -> None:
+async def test_parts_keep_documents_whole_and_order() -> None:
     from imds_replica import Event
     from imds_server._ingest import PART_EVENTS, _parts
 
     events = [Event("tags", ("vms", f"vm-{i % 300}", "compute", f"f{i}"), 1, i)
               for i in range(3000)]
-    parts = list(_parts(events))
+    parts = await _parts(events)
     assert len(parts) > 1
     assert all(len(p) <= PART_EVENTS for p in parts)
     seen: dict[tuple[str, ...], int] = {}
