@@ -214,7 +214,8 @@ class Server:
                 finished.set()
 
             outer.start_soon(serve_all)
-            outer.start_soon(self._log_refusals)
+            refusal_lines = trio.CancelScope()
+            outer.start_soon(self._log_refusals, refusal_lines)
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
@@ -231,8 +232,8 @@ class Server:
                 with trio.move_on_after(cfg.shutdown_grace):
                     await finished.wait()  # every connection ended (watchers answered)
                 serving.cancel()
-                self._refusals.log(cfg.refusal_log_interval)
-                outer.cancel_scope.cancel()
+                refusal_lines.cancel()
+                self._refusals.log(cfg.refusal_log_interval)  # the last interval's lines
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
         given = self._sockets if self._sockets is not None else inherited()
@@ -252,11 +253,12 @@ class Server:
         """A caller the view maps to a VM (before the replay, everyone: they get 410)."""
         return self.api.view is None or self.api.caller_vm(peer) is not None
 
-    async def _log_refusals(self) -> None:
+    async def _log_refusals(self, scope: trio.CancelScope) -> None:
         interval = self.config.refusal_log_interval
-        while True:
-            await trio.sleep(interval)
-            self._refusals.log(interval)
+        with scope:
+            while True:
+                await trio.sleep(interval)
+                self._refusals.log(interval)
 
     def _drain(self, listeners: list[Listener]) -> None:
         self.draining = True
