@@ -176,4 +176,4 @@ async def test_sink_refuses_wire_form_events_of_another_source() -> None:
         with pytest.raises(ValidationError, match="event 0: source: 'tags' submitted through"):
             await sink.submit([{"source": "tags", "key": ["a"], "version": 1, "value": 1}])
         await sink.submit([{"source": "fabric", "key": ["a", "b"], "version": 1, "value": 1}])
-        assert replica.view.document(("a",)) == 1
+        assert replica.view.document(("a", "b")) == 1
