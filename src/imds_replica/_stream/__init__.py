@@ -1,0 +1,6 @@
+"""The fleet transport over NATS JetStream: wire contract, cursor, stream source, publisher.
+
+``_wire`` and ``_cursor`` are sans-I/O; ``_bridge`` is the one module that imports nats-py
+(on its own asyncio loop in its own thread); ``_source`` and ``_publisher`` are the trio
+shells over it.
+"""
