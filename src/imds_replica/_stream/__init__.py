@@ -4,3 +4,10 @@
 (on its own asyncio loop in its own thread); ``_source`` and ``_publisher`` are the trio
 shells over it.
 """
+
+from ._publisher import Publisher, PublishReport
+from ._source import StreamSource, StreamSourceStatistics
+from ._transport import ConnectOptions, TransportError
+
+__all__ = ["ConnectOptions", "PublishReport", "Publisher", "StreamSource",
+           "StreamSourceStatistics", "TransportError"]

@@ -116,7 +116,7 @@ async def _call(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         raise NotFound(_describe(exc), code=exc.err_code) from None
     except nats.js.errors.APIError as exc:
         raise TransportError(_describe(exc), code=exc.err_code) from None
-    except (nats.errors.Error, OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+    except (TimeoutError, nats.errors.Error, OSError, ssl.SSLError) as exc:
         raise TransportError(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -282,19 +282,19 @@ class Connection:
             await self._js.delete_consumer(stream, name)
         await self._loop.run(go)
 
-    async def fetch(self, batch: int, *, timeout: float, heartbeat: float) -> Fetched:
+    async def fetch(self, batch: int, *, expires: float, heartbeat: float) -> Fetched:
         """One pull of at most ``batch`` messages; at most one is ever outstanding."""
         async def go() -> Fetched:
             psub = self._psub
             if psub is None:
                 raise TransportError("no consumer to fetch from")
             try:
-                msgs = await psub.fetch(batch, timeout=timeout, heartbeat=heartbeat)
+                msgs = await psub.fetch(batch, timeout=expires, heartbeat=heartbeat)
             except nats.js.errors.FetchTimeoutError:
                 return Fetched(idle=True)  # heartbeats came, no message: alive and idle
             except nats.errors.TimeoutError:
                 return Fetched()  # not even a heartbeat
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return Fetched()
             out = []
             for msg in msgs:
@@ -321,11 +321,13 @@ class Connection:
             return (msg.seq, msg.data or b"")
 
         async def go() -> list[tuple[int, bytes] | None]:
+            if not subjects:
+                return []
             return list(await asyncio.gather(*(one(s) for s in subjects)))
         return await self._loop.run(go)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
-                           *, timeout: float = 10.0) -> list[Published]:
+                           *, ack_wait: float = 10.0) -> list[Published]:
         """Pipelined publishes, each answered with its own fate (its sequence or its error).
 
         Not nats-py's ``publish_async``: in 2.16 a JetStream error answer (the very
@@ -334,6 +336,8 @@ class Connection:
         pipelining over a wildcard reply inbox, with the answers parsed here.
         """
         async def go() -> list[Published]:
+            if not items:
+                return []
             prefix = await self._ack_inbox()
             loop = asyncio.get_running_loop()
             futures = []
@@ -344,7 +348,7 @@ class Connection:
                 self._acks[reply] = future
                 futures.append((reply, future))
                 await self._nc.publish(subject, payload, reply=reply, headers=headers)
-            await asyncio.wait([f for _, f in futures], timeout=timeout)
+            await asyncio.wait([f for _, f in futures], timeout=ack_wait)
             out = []
             for reply, future in futures:
                 self._acks.pop(reply, None)
@@ -352,7 +356,7 @@ class Connection:
                     out.append(future.result())
                 else:
                     future.cancel()
-                    out.append(Published(None, error=f"no acknowledgement within {timeout}s"))
+                    out.append(Published(None, error=f"no acknowledgement within {ack_wait}s"))
             return out
         return await self._loop.run(go)
 

@@ -294,7 +294,8 @@ class Follower:
 
     def _finish(self, events: list[Event], refused: tuple[Refusal, ...]) -> Step:
         action = self._step(Input.CAUGHT_UP)
-        assert self.cursor is not None and self._seen is not None
+        assert self.cursor is not None
+        assert self._seen is not None
         seen = self._seen | {e.key for e in events}
         self._seen = None
         arriving = {e.key for e in events}

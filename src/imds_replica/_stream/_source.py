@@ -179,7 +179,7 @@ class StreamSource:
                                 self.stream)
                 checked = trio.current_time()
             with trio.fail_after(self.fetch_timeout + self.call_timeout):
-                fetched = await conn.fetch(self.batch, timeout=self.fetch_timeout,
+                fetched = await conn.fetch(self.batch, expires=self.fetch_timeout,
                                            heartbeat=self.heartbeat)
             if fetched.deliveries:
                 step = follower.on_batch(fetched.deliveries)

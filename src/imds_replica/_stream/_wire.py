@@ -26,7 +26,7 @@ import msgpack
 
 from .. import _codec
 from .._errors import ConfigError, ValidationError
-from .._event import SOURCE_RE, Event, Key
+from .._event import Event, Key
 
 PREFIX = "imds"
 ALL_HOSTS = "_all"

@@ -171,7 +171,8 @@ def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -
     published: dict[str, Event] = {}
     for op, key, scope, deleted in script:
         if op == "publish":
-            assert isinstance(key, tuple) and isinstance(deleted, bool)
+            assert isinstance(key, tuple)
+            assert isinstance(deleted, bool)
             event = Event(SOURCE, key, next(versions), None if deleted else "v",
                           deleted=deleted)
             subject = _wire.subject(CLUSTER, scope if isinstance(scope, str) else None,
@@ -206,7 +207,8 @@ def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -
     else:
         pytest.fail("the host never caught up")
     assert host.live() == stream.expected()
-    assert host.persisted is not None and not host.persisted.resync
+    assert host.persisted is not None
+    assert not host.persisted.resync
     assert host.persisted.identity == stream.identity
 
 
@@ -214,7 +216,8 @@ def test_a_gap_applies_what_came_before_and_recreates() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
                         cursor=Cursor(STREAM, "t0", 0), held=list)
     step = follower.on_stream(StreamState(STREAM, "t0", 1, 3, 3))
-    assert follower.phase is Phase.FOLLOWING and step.start_seq == 1
+    assert follower.phase is Phase.FOLLOWING
+    assert step.start_seq == 1
     payload = [_wire.encode_event(Event(SOURCE, k, 1, "v")) for k in KEYS[:3]]
     subjects = [_wire.subject(CLUSTER, HOST, SOURCE, k) for k in KEYS[:3]]
     step = follower.on_batch([Delivery(subjects[0], payload[0], 1, 1, 2),
@@ -222,7 +225,8 @@ def test_a_gap_applies_what_came_before_and_recreates() -> None:
     assert step.action is Action.RECREATE
     assert [e.key for e in step.events] == [KEYS[0]]
     assert step.cursor == Cursor(STREAM, "t0", 1)
-    assert follower.phase is Phase.DETACHED and follower.gaps == 1
+    assert follower.phase is Phase.DETACHED
+    assert follower.gaps == 1
 
 
 def test_new_identity_resyncs_and_tombstones_what_did_not_reappear() -> None:
@@ -231,7 +235,8 @@ def test_new_identity_resyncs_and_tombstones_what_did_not_reappear() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
                         cursor=Cursor(STREAM, "t0", 40), held=lambda: held)
     step = follower.on_stream(StreamState(STREAM, "t1", 1, 1, 1))
-    assert step.start_seq == 1 and follower.phase is Phase.RESYNCING
+    assert step.start_seq == 1
+    assert follower.phase is Phase.RESYNCING
     kept = Event(SOURCE, KEYS[1], 4, "kept")
     step = follower.on_batch([Delivery(_wire.subject(CLUSTER, None, SOURCE, KEYS[1]),
                                        _wire.encode_event(kept), 1, 1, 0)])
@@ -247,15 +252,18 @@ def test_garbage_is_refused_and_skipped() -> None:
     follower.on_stream(StreamState(STREAM, "t0", 1, 1, 1))
     step = follower.on_batch([Delivery(f"imds.{CLUSTER}.{HOST}.{SOURCE}.{'0' * 32}",
                                        b"junk", 1, 1, 0)])
-    assert step.events == () and step.cursor == Cursor(STREAM, "t0", 1)
-    assert [r.stream_seq for r in step.refused] == [1] and follower.refused == 1
+    assert step.events == ()
+    assert step.cursor == Cursor(STREAM, "t0", 1)
+    assert [r.stream_seq for r in step.refused] == [1]
+    assert follower.refused == 1
 
 
 def test_a_cursor_marked_resync_restarts_the_resync_after_a_restart() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
                         cursor=Cursor(STREAM, "t0", 5, resync=True), held=list)
     step = follower.on_stream(StreamState(STREAM, "t0", 1, 9, 9))
-    assert step.start_seq == 1 and follower.phase is Phase.RESYNCING
+    assert step.start_seq == 1
+    assert follower.phase is Phase.RESYNCING
 
 
 @pytest.mark.parametrize("data", [None, "x", {"stream": STREAM}, {

@@ -50,7 +50,7 @@ class TestStreamSourceContract(SourceContract):
 
 async def _wait(predicate: object, limit: float = 15.0) -> None:
     with trio.fail_after(limit):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 - polls stats
             await trio.sleep(0.02)
 
 
@@ -72,7 +72,8 @@ async def test_garbage_is_refused_counted_and_does_not_stop_the_stream(
         from imds_replica._stream._wire import encode_event, subject
         mismatch = await conn.publish(subject(cluster, HOST, "fleet", ("vms", "other")),
                                       encode_event(wrong))
-        assert garbage.seq == 1 and mismatch.seq == 2
+        assert garbage.seq == 1
+        assert mismatch.seq == 2
         await publish(nats_server.url, cluster, [Event("fleet", KEY, 2, "good")], HOST)
         source = StreamSource("fleet", cluster=cluster, host=HOST, servers=[nats_server.url],
                               fetch_timeout=1.0, heartbeat=0.25)
@@ -80,11 +81,13 @@ async def test_garbage_is_refused_counted_and_does_not_stop_the_stream(
             async with open_replica(MemoryLog(), sources=[source]) as replica:
                 await _wait(lambda: source.statistics().cursor_seq == 3)
                 register = replica.view.get(KEY)
-                assert register is not None and register.value == "good"
+                assert register is not None
+                assert register.value == "good"
                 stats = source.statistics()
                 assert stats.refused == 2
                 assert (await conn.stream_state(stream_name(cluster))).last_seq == 3
-        assert "refused message 1" in caplog.text and "refused message 2" in caplog.text
+        assert "refused message 1" in caplog.text
+        assert "refused message 2" in caplog.text
     finally:
         await conn.aclose()
 
@@ -110,7 +113,8 @@ async def test_consumer_deleted_is_recreated_and_nothing_is_lost(
         await publish(nats_server.url, cluster, [Event("fleet", KEY, 2, "two")], None)
         await _wait(lambda: source.statistics().cursor_seq == 2)
         register = replica.view.get(KEY)
-        assert register is not None and register.value == "two"
+        assert register is not None
+        assert register.value == "two"
         assert source.statistics().recreations >= 1
 
 
@@ -122,4 +126,5 @@ async def test_unreachable_nats_does_not_hold_the_replica_and_reports_failure() 
         async with open_replica(MemoryLog(), sources=[source]) as replica:
             await _wait(lambda: source.statistics().failures >= 2)
             status = replica.liveliness.status("fleet", replica.now())
-            assert status.last_error is not None and status.last_contact is None
+            assert status.last_error is not None
+            assert status.last_contact is None

@@ -19,7 +19,8 @@ KEY = ("vms", "vm-1", "compute", "name")
 def test_names() -> None:
     digest = hashlib.blake2b(msgpack.packb(list(KEY)), digest_size=16).hexdigest()
     assert _wire.keyhash(KEY) == digest
-    assert len(digest) == 32 and digest == digest.lower()
+    assert len(digest) == 32
+    assert digest == digest.lower()
     assert _wire.stream_name("west-1") == "IMDS_WEST-1"
     assert _wire.subject("west-1", "host-7", "fleet", KEY) == f"imds.west-1.host-7.fleet.{digest}"
     assert _wire.subject("west-1", None, "fleet", KEY) == f"imds.west-1._all.fleet.{digest}"
@@ -45,7 +46,8 @@ def test_round_trip(event: Event) -> None:
     payload = _wire.encode_event(event)
     subject = _wire.subject("c1", "h1", event.source, event.key)
     decoded = _wire.decode_event(subject, payload, seq=7, expect_host="h1")
-    assert decoded == event and decoded.seq == 7
+    assert decoded == event
+    assert decoded.seq == 7
     # Canonical: the same event always encodes to the same bytes.
     assert _wire.encode_event(decoded) == payload
 
