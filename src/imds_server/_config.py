@@ -3,7 +3,8 @@
 Every setting has one name, used both as the TOML key and (for those that have one) as the
 command-line flag: ``rate-limit`` / ``--rate-limit``. Flags override the file; the file
 overrides the defaults. An unknown key, a wrong type or an impossible value is refused at
-start with a ``ConfigError`` naming the key and the reason. ``cluster`` and ``machine``
+start with a ``ConfigError`` naming the key and the reason. ``[[source]]`` tables (the
+sources ``serve`` runs) are checked by ``_sources``. ``cluster`` and ``machine``
 label telemetry; the ``[telemetry]`` table is passed through untouched (telemetry
 validates it).
 """
@@ -20,6 +21,10 @@ import attrs
 from imds_replica import ConfigError
 
 from ._listen import Address, check_separate
+from ._sources import SourceSpec, parse_sources
+
+#: Sources the server itself writes or seeds: no ``[[source]]`` may take their names.
+SERVER_SOURCES = ("guest", "fabric", "hostnet")
 
 #: TOML key -> (field, accepted types, description). The table docs/server.md documents.
 SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
@@ -47,6 +52,7 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "cluster": ("cluster", (str,), "telemetry label"),
     "machine": ("machine", (str,), "telemetry label"),
     "telemetry": ("telemetry", (dict,), "passed to telemetry untouched"),
+    "source": ("sources", (list,), "[[source]] tables: the sources serve runs"),
 }
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
@@ -79,6 +85,8 @@ class ServerConfig:
     cluster: str = ""
     machine: str = ""
     telemetry: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The checked ``[[source]]`` tables (``imds_server._sources``).
+    sources: tuple[SourceSpec, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         key = {field: name for name, (field, _, _) in SETTINGS.items()}
@@ -129,6 +137,8 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             value = Address.parse(str(value), key=name)
         elif field == "data_dir":
             value = Path(str(value))
+        elif field == "sources":
+            value = parse_sources(value, reserved=tuple(SERVER_SOURCES))
         elif isinstance(value, int) and float in types:
             value = float(value)
         fields[field] = value

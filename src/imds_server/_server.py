@@ -37,6 +37,7 @@ from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._request import Park, Request, Response, Submit, failure
+from ._sources import build_source
 from ._storage import open_log
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -190,7 +191,9 @@ class Server:
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
-            async with open_replica(log, policies=POLICIES, clock=self.clock) as replica:
+            sources = [build_source(spec) for spec in cfg.sources]
+            async with open_replica(log, sources=sources, policies=POLICIES,
+                                    clock=self.clock) as replica:
                 if cfg.demo:
                     await _demo.seed(replica)
                 replica.view.subscribe(self._wake)

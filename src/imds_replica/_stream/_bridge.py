@@ -142,6 +142,8 @@ async def _connect(options: ConnectOptions) -> NatsClient:
         kwargs.update(user=options.user, password=options.password)
     if options.credentials is not None:
         kwargs["user_credentials"] = str(options.credentials)
+    if options.inbox_prefix is not None:
+        kwargs["inbox_prefix"] = options.inbox_prefix
     tls = _tls(options)
     if tls is not None:
         kwargs["tls"] = tls

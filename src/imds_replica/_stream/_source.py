@@ -77,7 +77,8 @@ class StreamSource:
             if servers is None:
                 raise ConfigError("give servers (NATS URLs) or options", key="servers")
             options = ConnectOptions(servers=tuple([servers] if isinstance(servers, str)
-                                                   else servers), name=f"imds-{host}-{name}")
+                                                   else servers), name=f"imds-{host}-{name}",
+                                     inbox_prefix=f"_INBOX_{host}")
         if not 1 <= batch <= 10_000:
             raise ConfigError(f"{batch!r} must be in 1..10000", key="batch")
         if not (heartbeat > 0 and fetch_timeout >= 2 * heartbeat):
@@ -260,6 +261,7 @@ def stream_source_from_settings(name: str, settings: dict[str, Any],
         servers=tuple(servers), name=f"imds-{settings['host']}-{name}",
         user=settings.get("user"), password=settings.get("password"),
         credentials=Path(settings["credentials"]) if "credentials" in settings else None,
-        tls_ca=Path(settings["tls-ca"]) if "tls-ca" in settings else None)
+        tls_ca=Path(settings["tls-ca"]) if "tls-ca" in settings else None,
+        inbox_prefix=f"_INBOX_{settings['host']}")
     return StreamSource(name, cluster=settings["cluster"], host=settings["host"],
                         options=options, policy=policy)

@@ -57,6 +57,9 @@ class ConnectOptions:
     #: Seconds between pings; two unanswered and the connection counts as dead.
     ping_interval: float = 10.0
     reconnect_wait: float = 1.0
+    #: Prefix of this client's reply subjects (``_INBOX_<host>`` for a host, so that its
+    #: NATS permissions can allow exactly its own replies).
+    inbox_prefix: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if (self.user is None) != (self.password is None):
