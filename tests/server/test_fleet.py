@@ -67,8 +67,8 @@ expired-after = 600
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "imds_server", "serve", "--config", str(self.config),
-                 "--data-dir", str(self.data), "--listen", "%s:%d" % self.vm,
-                 "--admin-listen", "%s:%d" % self.admin], stdout=log, stderr=log)
+                 "--data-dir", str(self.data), "--listen", "{}:{}".format(*self.vm),
+                 "--admin-listen", "{}:{}".format(*self.admin)], stdout=log, stderr=log)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -82,9 +82,9 @@ expired-after = 600
             self.proc.wait(20)
         self.proc = None
 
-    async def get(self, path: str, admin: bool = False, timeout: float = 5) -> httpx.Response:
+    async def get(self, path: str, admin: bool = False, wait: float = 5) -> httpx.Response:
         host, port = self.admin if admin else self.vm
-        async with httpx.AsyncClient(timeout=timeout) as client:
+        async with httpx.AsyncClient(timeout=wait) as client:
             return await client.get(f"http://{host}:{port}{path}",
                                     headers={"Metadata": "true"})
 
@@ -166,7 +166,7 @@ def _name(i: int) -> tuple[str, ...]:
 
 async def test_publish_serve_and_wake_a_watcher(
         world: tuple[NatsServer, Region, Host]) -> None:
-    nats, region, host = world
+    _, region, host = world
     region.create_stream()
     out = region.publish({("callers", "127.0.0.1"): VM,
                           ("vms", VM, "compute", "name"): "first",
@@ -181,7 +181,7 @@ async def test_publish_serve_and_wake_a_watcher(
 
     async def watch() -> None:
         answers.append(await host.get(NAME_URL + "&wait_for_change=true&timeout_sec=60",
-                                      timeout=70))
+                                      wait=70))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
@@ -190,7 +190,8 @@ async def test_publish_serve_and_wake_a_watcher(
         with trio.fail_after(30):
             while not answers:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-    assert answers[0].status_code == 200 and answers[0].text == "second"
+    assert answers[0].status_code == 200
+    assert answers[0].text == "second"
     assert await host.view_digest() == region.digest()
 
 
