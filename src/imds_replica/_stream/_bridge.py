@@ -48,6 +48,8 @@ from ._transport import ConnectOptions, Fetched, NotFound, Published, TransportE
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Subjects per batched direct get.
+MULTI_LAST = 256
 #: Seconds the bridge waits for nats-py to close before abandoning its thread.
 CLOSE_TIMEOUT = 2.0
 
@@ -313,19 +315,43 @@ class Connection:
     # -- publishing ------------------------------------------------------------------------
     async def last_messages(self, stream: str, subjects: Sequence[str]
                             ) -> list[tuple[int, bytes] | None]:
-        """The current message (sequence, payload) of each subject, None where none."""
-        async def one(subject: str) -> tuple[int, bytes] | None:
+        """The current message (sequence, payload) of each subject, None where none.
+
+        One batched direct get (``multi_last``, nats-server >= 2.11; the stream needs
+        ``allow_direct``) per ``MULTI_LAST`` subjects, the chunks in flight together: a
+        round trip per window instead of one per subject. A replica may answer a direct
+        get slightly behind the leader; the publisher's compare-and-set catches that.
+        """
+        async def chunk(names: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+            inbox = self._nc.new_inbox()
+            sub = await self._nc.subscribe(inbox, pending_msgs_limit=2 * len(names) + 10)
+            found: dict[str, tuple[int, bytes]] = {}
             try:
-                msg = await self._js.get_last_msg(stream, subject)
-            except nats.js.errors.NotFoundError:
-                return None
-            assert msg.seq is not None
-            return (msg.seq, msg.data or b"")
+                request = json.dumps({"multi_last": list(names), "batch": len(names)})
+                await self._nc.publish(f"$JS.API.DIRECT.GET.{stream}", request.encode(),
+                                       reply=inbox)
+                while True:
+                    msg = await sub.next_msg(timeout=self._js._timeout)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is not None:
+                        if status in ("204", "404"):
+                            return found  # end of batch / nothing found
+                        raise TransportError(f"direct get on {stream}: status {status} "
+                                             f"{headers.get('Description', '')}".strip())
+                    found[headers["Nats-Subject"]] = (int(headers["Nats-Sequence"]),
+                                                      bytes(msg.data))
+            finally:
+                await sub.unsubscribe()
 
         async def go() -> list[tuple[int, bytes] | None]:
             if not subjects:
                 return []
-            return list(await asyncio.gather(*(one(s) for s in subjects)))
+            parts = [subjects[i:i + MULTI_LAST] for i in range(0, len(subjects), MULTI_LAST)]
+            merged: dict[str, tuple[int, bytes]] = {}
+            for found in await asyncio.gather(*(chunk(p) for p in parts)):
+                merged.update(found)
+            return [merged.get(name) for name in subjects]
         return await self._loop.run(go)
 
     async def publish_many(self, items: Sequence[tuple[str, bytes, dict[str, str] | None]],
