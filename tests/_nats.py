@@ -64,6 +64,11 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20.0) -> NatsServer:
+        self.start_nowait()
+        self.wait_ready(timeout)
+        return self
+
+    def start_nowait(self) -> None:
         args = [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-m",
                 str(self.monitor_port), "-js", "-sd", str(self.directory / "store"),
                 "-n", self.name, *self.extra]
@@ -73,8 +78,6 @@ class NatsServer:
         env = dict(os.environ, GOMAXPROCS="1")
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
         log.close()
-        self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout

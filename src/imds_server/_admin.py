@@ -42,6 +42,9 @@ class AdminApi:
         self.clock = clock
         self.extra_routes = dict(extra_routes or {})
         self.status = status or dict
+        #: Per source name, what its adapter's ``statistics()`` says (stream sources: cursor,
+        #: pending count = lag in messages, refusals); shown under ``"adapter"``.
+        self.source_details: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
 
     async def handle(self, request: Request) -> Response:
         path = request.path
@@ -67,6 +70,9 @@ class AdminApi:
             now = self.clock()
             body = {name: status.to_dict()
                     for name, status in self.replica.liveliness.snapshot(now).items()}
+            for name, details in self.source_details().items():
+                if name in body:
+                    body[name]["adapter"] = dict(details)
             return _json(200, body, path)
         if path == "/view":
             return self._view(params)

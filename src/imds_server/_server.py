@@ -192,6 +192,7 @@ class Server:
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
             sources = [build_source(spec) for spec in cfg.sources]
+            self.admin.source_details = lambda: _adapter_statistics(sources)
             async with open_replica(log, sources=sources, policies=POLICIES,
                                     clock=self.clock) as replica:
                 if cfg.demo:
@@ -307,3 +308,15 @@ class _AdminApp:
     def answered(self, request: Request, peer: str, response: Response, received: float,
                  sent: int, seconds: float) -> None:
         pass  # admin requests are not VM traffic; telemetry counts its own routes
+
+
+def _adapter_statistics(sources: list[Any]) -> dict[str, dict[str, Any]]:
+    """``statistics()`` of the configured sources that have one, as plain dicts."""
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        stats = getattr(source, "statistics", None)
+        if callable(stats):
+            value = stats()
+            if attrs.has(type(value)):
+                out[source.name] = attrs.asdict(value)
+    return out

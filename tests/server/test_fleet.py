@@ -176,6 +176,9 @@ async def test_publish_serve_and_wake_a_watcher(
     await host.wait_name("first")
     status = (await host.sources())["fleet"]
     assert status["state"] == "live"
+    assert status["adapter"]["pending"] == 0  # the lag in messages
+    assert status["adapter"]["cursor_seq"] == 3
+    assert status["adapter"]["phase"] == "following"
 
     answers: list[httpx.Response] = []
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import json
 import logging
 import ssl
@@ -59,6 +60,9 @@ class _Loop:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        #: Clients to close (if still open) before the loop stops: their sockets must not be
+        #: left to the garbage collector.
+        self.clients: list[NatsClient] = []
         self._closing = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
@@ -68,11 +72,22 @@ class _Loop:
         try:
             self.loop.run_forever()
         finally:
+            for nc in self.clients:
+                if not nc.is_closed:
+                    try:
+                        self.loop.run_until_complete(asyncio.wait_for(nc.close(), CLOSE_TIMEOUT))
+                    except Exception:  # closing a broken client: nothing more to do
+                        pass
             tasks = asyncio.all_tasks(self.loop)
             for task in tasks:
                 task.cancel()
             if tasks:
                 self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            # Let transports nats-py closed (now or while reconnecting) finish closing while
+            # their loop still runs; collected after it closed, they warn.
+            self.loop.run_until_complete(asyncio.sleep(0.1))
+            gc.collect()
+            self.loop.run_until_complete(asyncio.sleep(0))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 
@@ -83,13 +98,14 @@ class _Loop:
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
-        def wake(_: concurrent.futures.Future[T]) -> None:
+        def wake(_: concurrent.futures.Future[tuple[bool, Any]]) -> None:
             try:
                 token.run_sync_soon(done.set)
             except trio.RunFinishedError:  # trio is gone; nobody waits any more
                 pass
 
-        future = asyncio.run_coroutine_threadsafe(_call(fn, args), self.loop)
+        future: concurrent.futures.Future[tuple[bool, Any]] = (
+            asyncio.run_coroutine_threadsafe(_call(fn, args), self.loop))
         future.add_done_callback(wake)
         try:
             await done.wait()
@@ -97,9 +113,13 @@ class _Loop:
             future.cancel()
             raise
         try:
-            return future.result()
+            ok, value = future.result()
         except concurrent.futures.CancelledError:
             raise TransportError("the NATS call was cancelled by its loop") from None
+        if not ok:
+            raise value
+        result: T = value
+        return result
 
     async def close(self) -> None:
         if self._closing:
@@ -110,16 +130,22 @@ class _Loop:
             await trio.to_thread.run_sync(self._thread.join, abandon_on_cancel=True)
 
 
-async def _call(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-    """Runs on the asyncio loop: maps nats-py's exceptions at the edge."""
+async def _call(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]
+                ) -> tuple[bool, Any]:
+    """Runs on the asyncio loop: maps nats-py's exceptions at the edge.
+
+    Returns ``(True, value)`` or ``(False, exception)`` rather than raising, so no task
+    ever ends with an exception nobody retrieves (when trio has given up waiting)."""
     try:
-        return await fn(*args)
+        return True, await fn(*args)
     except nats.js.errors.NotFoundError as exc:
-        raise NotFound(_describe(exc), code=exc.err_code) from None
+        return False, NotFound(_describe(exc), code=exc.err_code)
     except nats.js.errors.APIError as exc:
-        raise TransportError(_describe(exc), code=exc.err_code) from None
+        return False, TransportError(_describe(exc), code=exc.err_code)
     except (TimeoutError, nats.errors.Error, OSError, ssl.SSLError) as exc:
-        raise TransportError(f"{type(exc).__name__}: {exc}") from None
+        return False, TransportError(f"{type(exc).__name__}: {exc}")
+    except TransportError as exc:
+        return False, exc
 
 
 def _describe(exc: nats.js.errors.APIError) -> str:
@@ -132,7 +158,7 @@ def _tls(options: ConnectOptions) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(options.tls_ca))
 
 
-async def _connect(options: ConnectOptions) -> NatsClient:
+async def _connect(options: ConnectOptions, loop: _Loop) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         logger.debug("nats %s: %s", options.name, exc)
 
@@ -149,11 +175,16 @@ async def _connect(options: ConnectOptions) -> NatsClient:
     tls = _tls(options)
     if tls is not None:
         kwargs["tls"] = tls
-    return await nats.connect(
+    nc = NatsClient()
+    loop.clients.append(nc)
+    # Seconds as floats: nats-py annotates them int but uses them as asyncio timeouts.
+    kwargs.update(reconnect_time_wait=options.reconnect_wait,
+                  connect_timeout=options.connect_timeout, ping_interval=options.ping_interval)
+    await nc.connect(
         servers=list(options.servers), name=options.name, allow_reconnect=True,
-        max_reconnect_attempts=-1, reconnect_time_wait=options.reconnect_wait,
-        connect_timeout=options.connect_timeout, ping_interval=options.ping_interval,
-        max_outstanding_pings=2, error_cb=on_error, disconnected_cb=on_disconnect, **kwargs)
+        max_reconnect_attempts=-1, max_outstanding_pings=2, error_cb=on_error,
+        disconnected_cb=on_disconnect, **kwargs)
+    return nc
 
 
 def _published(msg: Any) -> Published:
@@ -199,7 +230,7 @@ class Connection:
     async def open(cls, options: ConnectOptions, *, publish_window: int = 4000) -> Connection:
         loop = _Loop(f"nats-{options.name or 'client'}")
         try:
-            nc = await loop.run(_connect, options)
+            nc = await loop.run(_connect, options, loop)
         except BaseException:
             await loop.close()
             raise
@@ -280,6 +311,13 @@ class Connection:
                 consumer=name, stream=stream, pending_msgs_limit=max_buffered,
                 pending_bytes_limit=64 * 1024 * 1024)
         await self._loop.run(go)
+
+    async def consumer_delivered(self, stream: str, name: str) -> int:
+        """How many messages consumer ``name`` has delivered (its consumer sequence)."""
+        async def go() -> int:
+            info = await self._js.consumer_info(stream, name)
+            return int(info.delivered.consumer_seq) if info.delivered else 0
+        return await self._loop.run(go)
 
     async def delete_consumer(self, stream: str, name: str) -> None:
         async def go() -> None:

@@ -27,9 +27,11 @@ reappears). The shell feeds it inputs derived from what the server said:
 - ``CAUGHT_UP`` — nothing is pending (an idle fetch answered by heartbeats, or a batch whose
   last message reports no pending ones). It ends a resync: this source's registers that
   did not reappear are tombstoned, in the same batch as the cursor that clears ``resync``.
-- ``CHECK`` / ``STALE`` — the stream's state, read now and then while following: ``STALE``
-  when it shows a new identity, an empty stream under a non-zero cursor (purged) or a last
-  sequence below the cursor, all of which a live consumer never reports.
+- ``CHECK`` / ``STALE`` — the stream's state (and the consumer's delivered count), read
+  now and then while idle: ``STALE`` when it shows a new identity, an empty stream under a
+  non-zero cursor (purged), a last sequence below the cursor, or a consumer that delivered
+  more than arrived (the last deliveries were lost, so no later one shows the gap) — none
+  of which a live consumer reports.
 - ``SILENCE`` (a fetch that no heartbeat answered: consumer deleted, server restarted,
   leadership moved) and ``LOST`` (an error, a disconnect): recreate.
 
@@ -225,12 +227,14 @@ class Follower:
         self._consumer_seq = 0
         return Step(Action.CREATE, start_seq=self.cursor.seq + 1)
 
-    def on_check(self, state: StreamState) -> Step:
-        """The stream's state read while a consumer runs: recreate if it went stale."""
+    def on_check(self, state: StreamState, delivered: int | None = None) -> Step:
+        """The stream's state (and ``delivered``, the consumer's count of deliveries) read
+        while a consumer runs and nothing is outstanding: recreate if it went stale."""
         cursor = self.cursor
         stale = cursor is None or (
             cursor.stream != state.name or cursor.identity != state.identity
-            or cursor.seq > state.last_seq or (state.messages == 0 and cursor.seq > 0))
+            or cursor.seq > state.last_seq or (state.messages == 0 and cursor.seq > 0)
+            or (delivered is not None and delivered > self._consumer_seq))
         return Step(self._step(Input.STALE if stale else Input.CHECK))
 
     def on_batch(self, deliveries: Sequence[Delivery]) -> Step:

@@ -197,11 +197,13 @@ class StreamSource:
                 self._consecutive = 0
                 sink.contact()
             action = Action.RECREATE if step.action is Action.RECREATE else Action.FETCH
-            if action is Action.FETCH and trio.current_time() - checked > self.check_interval:
+            if (action is Action.FETCH and fetched.idle
+                    and trio.current_time() - checked > self.check_interval):
                 with trio.fail_after(self.call_timeout):
                     state = await conn.stream_state(self.stream)
+                    delivered = await conn.consumer_delivered(self.stream, self.consumer)
                 checked = trio.current_time()
-                if follower.on_check(state).action is Action.RECREATE:
+                if follower.on_check(state, delivered).action is Action.RECREATE:
                     action = Action.RECREATE
 
     async def _apply(self, sink: SourceSink, step: Step) -> None:

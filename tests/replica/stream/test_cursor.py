@@ -140,7 +140,8 @@ class SimHost:
             step = self.follower.on_idle()
             if step.action is Action.FETCH:
                 self.submit(step.events, step.cursor)
-                step = self.follower.on_check(stream.state())
+                delivered = stream.consumer["delivered"] if stream.consumer else None
+                step = self.follower.on_check(stream.state(), delivered)
             quiet = self.follower.phase is Phase.FOLLOWING and step.action is Action.FETCH
             self.submit(step.events, step.cursor)
             self.pending_step = step.action
@@ -157,8 +158,11 @@ class SimHost:
 
 
 OPS = ["publish"] * 4 + ["work"] * 4 + [
-    "drop", "restart-server", "delete-consumer", "restart-host", "purge", "recreate",
+    "drop", "restart-server", "delete-consumer", "restart-host", "recreate",
     "garbage", "republish"]
+# Not "purge" at random: a purge followed by new publishes before any host looked is not
+# detectable by a host that had caught up (docs/fleet.md); the purge a host can see is
+# tested below.
 ops = st.tuples(st.sampled_from(OPS), st.sampled_from(KEYS),
                 st.sampled_from([HOST, None, "h2"]), st.booleans())
 
