@@ -288,3 +288,29 @@ def test_the_table_refuses_inputs_out_of_state() -> None:
     with pytest.raises(ProtocolError):
         follower.on_idle()
     assert all(isinstance(v[1], Action) for v in TRANSITIONS.values())
+
+
+def test_a_purge_seen_while_empty_resyncs_and_tombstones() -> None:
+    stream, host = SimStream(), SimHost()
+    for key in KEYS:
+        stream.publish(_wire.subject(CLUSTER, HOST, SOURCE, key),
+                       _wire.encode_event(Event(SOURCE, key, 1, "v")))
+    for _ in range(20):
+        host.work(stream, 2)
+    assert len(host.live()) == len(KEYS)
+    stream.purge()
+    for _ in range(20):
+        host.work(stream, 2)
+    assert host.live() == {}
+    assert host.follower.resyncs == 2
+
+
+def test_a_lost_last_delivery_is_found_by_the_check() -> None:
+    """No later delivery shows the gap: the consumer's delivered count does."""
+    follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
+                        cursor=Cursor(STREAM, "t0", 0), held=list)
+    state = StreamState(STREAM, "t0", 1, 1, 1)
+    follower.on_stream(state)
+    follower.on_idle()  # the one delivery was lost on the way
+    assert follower.on_check(state, delivered=1).action is Action.RECREATE
+    assert follower.phase is Phase.DETACHED
