@@ -27,6 +27,10 @@ AdminResult = Response | bytes | AsyncIterator[bytes]
 AdminHandler = Callable[[Request], Awaitable[AdminResult]]
 BUILTIN = ("/healthz", "/sources", "/events", "/view")
 MAX_VIEW_REGISTERS = 10_000
+#: Content types read as msgpack (the registered one and the two in common use).
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_MSGPACK_REASONS = {"FormatError": "a byte that starts no msgpack value",
+                    "StackError": "nested too deeply"}
 
 
 class AdminApi:
@@ -92,15 +96,17 @@ class AdminApi:
 
     async def _events(self, request: Request) -> Response:
         assert self.replica is not None
-        kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        kind = request.headers.get("content-type", "application/json").split(";")[0]
+        kind = kind.strip().lower()
+        packed = kind in MSGPACK_TYPES
         try:
             # Anything but msgpack is read as JSON: ``curl -d`` sends a form type.
-            if kind == "application/msgpack":
+            if packed:
                 body = msgpack.unpackb(request.body, raw=False, strict_map_key=False)
             else:
                 body = json.loads(request.body)
         except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-            return error(400, f"body is not valid {kind}: {exc}", route="/events")
+            return error(400, _undecodable(kind, packed, exc), route="/events")
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             return error(400, 'body must be {"events": [...]}', route="/events")
         try:
@@ -110,6 +116,16 @@ class AdminApi:
         except ImdsError as exc:
             return failure(exc, route="/events")
         return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+
+
+def _undecodable(kind: str, packed: bool, exc: Exception) -> str:
+    """Why a ``POST /events`` body could not be read, naming the format it was read as."""
+    if packed:
+        reason = str(exc) or _MSGPACK_REASONS.get(type(exc).__name__, type(exc).__name__)
+        return f"body is not valid msgpack: {reason}"
+    said = "" if kind in ("application/json", "") else \
+        f" (Content-Type {kind} is read as JSON; msgpack is {', '.join(MSGPACK_TYPES)})"
+    return f"body is not valid JSON{said}: {exc}"
 
 
 def _json(status: int, body: Any, route: str) -> Response:

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from imds_replica import ConfigError, ImdsError
 
-from ._config import ServerConfig, load_config
+from ._config import ServerConfig, config_to_toml, load_config
 from ._server import Server
 
 TELEMETRY_COMMANDS = "imds_server.telemetry._commands"
+DISTRIBUTION = "imds-replica"
+#: Top-level modules of optional dependencies -> the extra that installs them.
+OPTIONAL_MODULES = {"duckdb": "query", "pyarrow": "query"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imds-server",
                                      description="Azure-compatible instance metadata service")
+    parser.add_argument("--version", action="version", version=f"imds-server {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the VM-facing and admin listeners")
     serve.add_argument("--listen", metavar="HOST:PORT",
@@ -40,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seed the demo fleet (once) into the data directory")
     serve.add_argument("--rate-limit", type=float, metavar="N",
                        help="requests/s per VM (default 5; 0 disables)")
+    serve.add_argument("--print-config", action="store_true",
+                       help="print the effective configuration as TOML (a file --config "
+                            "reads) and exit")
     serve.set_defaults(func=_serve)
     if importlib.util.find_spec(TELEMETRY_COMMANDS.rpartition(".")[0]) is not None \
             and importlib.util.find_spec(TELEMETRY_COMMANDS) is not None:
@@ -58,6 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         telemetry = _telemetry_for(config)
+        if args.print_config:
+            sys.stdout.write(config_to_toml(config))
+            return 0
+        check_data_dir(config.data_dir)
     except ConfigError as exc:
         print(f"imds-server: bad configuration: {exc}", file=sys.stderr)
         return 2
@@ -101,11 +114,18 @@ async def serve_until_signalled(server: Server, telemetry: Any = None) -> None:
                 await nursery.start(telemetry.run)
                 telemetry.watch(server)
             await nursery.start(server.run)
-            cfg = server.config
-            host, port = server.vm_address[:2]
-            ahost, aport = server.admin_address[:2]
-            print(f"imds-server: serving VMs on {host}:{port}, admin on {ahost}:{aport}"
-                  f"{' (demo)' if cfg.demo else ''}", file=sys.stderr, flush=True)
+
+            async def announce() -> None:
+                # Only once answers are real: the data directory is locked and replayed
+                # (a locked or foreign one fails before this line, never after it).
+                await server.wait_ready()
+                cfg = server.config
+                host, port = server.vm_address[:2]
+                ahost, aport = server.admin_address[:2]
+                print(f"imds-server: serving VMs on {host}:{port}, admin on {ahost}:{aport}"
+                      f"{' (demo)' if cfg.demo else ''}", file=sys.stderr, flush=True)
+
+            nursery.start_soon(announce)
 
             async def stop_on_signal() -> None:
                 async for _ in signals:
@@ -119,7 +139,46 @@ async def serve_until_signalled(server: Server, telemetry: Any = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        message = missing_extra(exc)
+        if message is None:
+            raise
+        print(f"imds-server {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+def version() -> str:
+    """The installed distribution's version (the one ``pip`` and ``CHANGES.md`` name)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """One line naming the optional extra that provides a missing module, or None."""
+    top = (exc.name or "").partition(".")[0]
+    extra = OPTIONAL_MODULES.get(top)
+    if extra is None:
+        return None
+    return (f"needs {top}, from the optional '{extra}' extra: "
+            f"pip install '{DISTRIBUTION}[{extra}]'")
+
+
+def check_data_dir(data_dir: Path | None) -> None:
+    """Refuse a data directory that cannot be one before anything starts listening."""
+    if data_dir is None:
+        return
+    for path in (data_dir, *data_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == data_dir else f"is inside {path}, which is"
+                raise ConfigError(f"{data_dir} {what} a file, not a directory "
+                                  "(give a directory for the durable log; it is created "
+                                  "if missing)", key="data-dir")
+            return
 
 
 if __name__ == "__main__":

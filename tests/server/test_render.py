@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from imds_server import parse_tags, render_tags, stringify
+from imds_server import parse_tags, render_instance, render_tags, stringify
 from imds_server._versions import gate_compute
 
 
@@ -26,3 +26,14 @@ def test_gating_passes_unknown_fields_and_gates_nested() -> None:
     assert out["futureField"] == "x"
     assert "securityType" not in out["securityProfile"]
     assert out["securityProfile"]["encryptionAtHost"] == ""
+
+
+def test_vm_id_comes_from_the_key_unless_published() -> None:
+    bare = render_instance({"compute": {"name": "n"}}, "2021-02-01", tags_from_list=True,
+                           vm_id="vm-7")
+    assert bare["compute"]["vmId"] == "vm-7"
+    pushed = render_instance({"compute": {"vmId": "from-fabric"}}, "2021-02-01",
+                             tags_from_list=True, vm_id="vm-7")
+    assert pushed["compute"]["vmId"] == "from-fabric"
+    empty = render_instance({}, "2021-02-01", tags_from_list=True, vm_id="vm-7")
+    assert empty["compute"]["vmId"] == "vm-7"
