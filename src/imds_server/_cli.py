@@ -49,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--print-config", action="store_true",
                        help="print the effective configuration as TOML (a file --config "
                             "reads) and exit")
+    test = serve.add_argument_group(
+        "test mode", "a metadata service to test guest software against (docs/testing.md)")
+    test.add_argument("--test-mode", action="store_true",
+                      help="serve a test fleet with scheduled-event lifecycle, fault "
+                           "injection and scenarios; every answer says so in a header")
+    test.add_argument("--fleet", metavar="FILE",
+                      help="the test fleet, JSON or TOML (default: the demo fleet)")
+    test.add_argument("--time-scale", type=float, default=1.0, metavar="N",
+                      help="run planned times N times faster (default 1)")
+    test.add_argument("--allow-production-address", action="store_true",
+                      help="let test mode listen on 169.254.169.254 (refused otherwise)")
     serve.set_defaults(func=_serve)
+    _register_admin_commands(sub)
     if importlib.util.find_spec(TELEMETRY_COMMANDS.rpartition(".")[0]) is not None \
             and importlib.util.find_spec(TELEMETRY_COMMANDS) is not None:
         importlib.import_module(TELEMETRY_COMMANDS).register(sub)
@@ -71,11 +83,20 @@ def _serve(args: argparse.Namespace) -> int:
             sys.stdout.write(config_to_toml(config))
             return 0
         check_data_dir(config.data_dir)
+        test_mode = _test_mode(args, config)
     except ConfigError as exc:
         print(f"imds-server: bad configuration: {exc}", file=sys.stderr)
         return 2
     try:
-        server = Server(config, **(telemetry.server_arguments(config) if telemetry else {}))
+        arguments = telemetry.server_arguments(config) if telemetry else {}
+        if test_mode is not None:
+            from .testmode import TestModeServer
+
+            server: Server = TestModeServer(
+                config, test_mode, allow_production=args.allow_production_address,
+                **arguments)
+        else:
+            server = Server(config, **arguments)
         trio.run(serve_until_signalled, server, telemetry)
     except Exception as exc:
         # Failures inside trio.run arrive wrapped in (nested) exception groups by the
@@ -88,6 +109,26 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"imds-server: {cause}", file=sys.stderr)
         return 1
     return 0
+
+
+def _test_mode(args: argparse.Namespace, config: ServerConfig) -> Any:
+    """The ``TestMode`` of ``serve --test-mode`` (None without it); ConfigError if wrong."""
+    if not args.test_mode:
+        if args.fleet is not None or args.allow_production_address or args.time_scale != 1:
+            raise ConfigError("--fleet, --time-scale and --allow-production-address need "
+                              "--test-mode", key="test-mode")
+        return None
+    from .testmode import TestMode, load_fleet, refuse_production
+
+    refuse_production([(config.listen.host, config.listen.port)],
+                      forced=args.allow_production_address)
+    return TestMode(load_fleet(args.fleet), time_scale=args.time_scale)
+
+
+def _register_admin_commands(sub: Any) -> None:
+    from ._adminctl import register
+
+    register(sub)
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -122,8 +163,10 @@ async def serve_until_signalled(server: Server, telemetry: Any = None) -> None:
                 cfg = server.config
                 host, port = server.vm_address[:2]
                 ahost, aport = server.admin_address[:2]
+                label = " (test mode)" if getattr(server, "test_mode", None) else \
+                    " (demo)" if cfg.demo else ""
                 print(f"imds-server: serving VMs on {host}:{port}, admin on {ahost}:{aport}"
-                      f"{' (demo)' if cfg.demo else ''}", file=sys.stderr, flush=True)
+                      f"{label}", file=sys.stderr, flush=True)
 
             nursery.start_soon(announce)
 

@@ -86,6 +86,11 @@ class ConnectionLimits:
     receive_size: int = 65536
 
 
+class CloseConnection(Exception):
+    """Raised by an ``App``'s ``respond`` to close the connection without an answer (the
+    server's own apps never do; test mode's dropped-connection fault does)."""
+
+
 class App(Protocol):
     async def respond(self, request: Request, peer: str) -> Response: ...
 
@@ -323,13 +328,18 @@ class Listener:
             request, keep_alive = item
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
-            if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
-                response = await self._respond_watching(sock, state, request, peer)
-            else:
-                try:
-                    response = await self.app.respond(request, peer)
-                except Exception:
-                    response = self._failed()
+            try:
+                if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
+                    response = await self._respond_watching(sock, state, request, peer)
+                else:
+                    try:
+                        response = await self.app.respond(request, peer)
+                    except CloseConnection:
+                        raise
+                    except Exception:
+                        response = self._failed()
+            except CloseConnection:
+                return
             keep_alive = keep_alive and not self.draining
             head_only = request.method == "HEAD"
             if response.stream is None:
@@ -379,6 +389,8 @@ class Listener:
         self._hangups.watch(fd, state)
         try:
             return await self.app.respond(request, peer)
+        except CloseConnection:
+            raise
         except Exception:
             return self._failed()
         finally:
