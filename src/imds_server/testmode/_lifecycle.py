@@ -124,6 +124,14 @@ class Lifecycle:
         running.not_before += seconds / self.time_scale
         running.published = ""  # republish with the new NotBefore
 
+    def forget(self, vm: str, event_id: str) -> bool:
+        """Stop running an event someone else took off the list (True if it was running)."""
+        return self._events.pop((vm, event_id), None) is not None
+
+    def published(self) -> list[tuple[str, str]]:
+        """``(vm, event_id)`` of the events already on the list."""
+        return [key for key, running in self._events.items() if running.published]
+
     def __len__(self) -> int:
         return len(self._events)
 

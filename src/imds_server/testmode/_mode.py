@@ -105,7 +105,12 @@ class TestMode:
 
     async def _drive(self) -> None:
         assert self.replica is not None
+        view = self.replica.view
         while True:
+            for vm, event_id in self.lifecycle.published():
+                event = view.get(("vms", vm, "scheduledevents", event_id))
+                if event is not None and event.deleted:  # removed by an operator
+                    self.lifecycle.forget(vm, event_id)
             now = self.clock()
             changes = self.lifecycle.step(now, self._approved)
             if changes:

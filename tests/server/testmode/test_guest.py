@@ -216,10 +216,28 @@ async def test_put_and_events_commands_drive_the_server(tmp_path: Path) -> None:
                             "--delete", "compute.vmSize")
         assert put.returncode == 0, put.stderr
         added = await command("events", "add", VM, "--id", "F1", "--type", "Freeze",
-                              "--not-before-in", "600", "--duration", "5")
+                              "--not-before-in", "6000", "--duration", "5")
         assert added.returncode == 0, added.stderr
         listed = await command("events", "list", VM)
         assert b"F1  Freeze  Scheduled" in listed.stdout
+        before = listed.stdout.decode().split("NotBefore=")[1].split("  ")[0]
+        moved = await command("events", "postpone", VM, "F1", "100")  # 1 s at scale 100
+        assert moved.returncode == 0, moved.stderr
+        with trio.fail_after(10):  # the lifecycle republishes on its next step
+            after = before
+            while after == before:
+                listing = (await command("events", "list", VM)).stdout.decode()
+                after = listing.split("NotBefore=")[1].split("  ")[0]
+        moved_by = email.utils.parsedate_to_datetime(after) - \
+            email.utils.parsedate_to_datetime(before)
+        assert moved_by.total_seconds() == 1  # 100 planned seconds at scale 100
+        removed = await command("events", "remove", VM, "F1")
+        assert removed.returncode == 0, removed.stderr
+        added = await command("events", "add", VM, "--id", "F2", "--type", "Freeze",
+                              "--not-before-in", "100", "--duration", "5")
+        assert added.returncode == 0, added.stderr
+        mapped = await command("put", "vm-new", "compute.name=fresh", "--caller", "127.0.0.9")
+        assert mapped.returncode == 0, mapped.stderr
         bad = await command("put", VM, "novalue")
         assert bad.returncode == 2
         assert b"is not PATH=VALUE" in bad.stderr

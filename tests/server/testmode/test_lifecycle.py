@@ -74,3 +74,14 @@ def test_bad_plans_are_refused(data: dict[str, object], message: str) -> None:
     with pytest.raises(ClientError) as info:
         PlannedEvent.from_mapping(data, vm="v1")
     assert message in info.value.message
+
+
+def test_a_forgotten_event_changes_nothing_more() -> None:
+    life = Lifecycle()
+    life.add(PlannedEvent("v1", "E1", "Reboot"), now=0.0)
+    assert life.published() == []
+    life.step(0.0, never)
+    assert life.published() == [("v1", "E1")]
+    assert life.forget("v1", "E1")
+    assert life.step(10_000.0, never) == []
+    assert not life.forget("v1", "E1")
