@@ -142,3 +142,36 @@ def _vm(vm: str, spec: Any) -> tuple[list[dict[str, Any]], list[PlannedEvent]]:
 
 def _event(source: str, key: tuple[str, ...], value: Any) -> dict[str, Any]:
     return {"source": source, "key": list(key), "version": VERSION, "value": value}
+
+
+def demo_fleet() -> dict[str, Any]:
+    """The fleet ``--demo`` seeds (``imds_server._demo``) in the fleet-file form: how
+    ``demo-fleet.json`` is made (``python -m imds_server.testmode > FILE``)."""
+    from .. import _demo
+
+    vms: dict[str, dict[str, Any]] = {}
+    for event in _demo.events(0.0):
+        key, value = event["key"], event["value"]
+        if key[0] == "callers":
+            vms.setdefault(value, {}).setdefault("callers", []).append(key[1])
+            continue
+        spec = vms.setdefault(key[1], {})
+        rest = tuple(key[2:])
+        if rest in (("compute",), ("network",), ("loadbalancer",)):
+            spec[rest[0]] = value
+        elif rest == ("compute", "tagsList"):
+            spec["tags"] = value
+        elif rest == ("identity", "systemAssigned"):
+            spec.setdefault("identity", {})["systemAssigned"] = value
+        elif rest[:2] == ("identity", "userAssigned") and len(rest) == 3:
+            spec.setdefault("identity", {}).setdefault("userAssigned", {})[rest[2]] = value
+        elif rest[:1] == ("scheduledevents",) and len(rest) == 2:
+            spec.setdefault("scheduledevents", []).append({
+                "id": rest[1], "type": value["EventType"], "resources": value["Resources"],
+                "description": value["Description"], "not-before-in": 900,
+                "duration": value["DurationInSeconds"]})
+        else:
+            raise ValueError(f"the demo publishes {key}, which a fleet file cannot express")
+    order = ("callers", "compute", "network", "tags", "identity", "loadbalancer",
+             "scheduledevents")
+    return {"vms": {vm: {k: spec[k] for k in order if k in spec} for vm, spec in vms.items()}}

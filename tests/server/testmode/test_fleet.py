@@ -7,7 +7,8 @@ import pytest
 
 from imds_replica import ConfigError
 from imds_server import _demo
-from imds_server.testmode import load_fleet, parse_fleet
+from imds_server.testmode import _fleet, load_fleet, parse_fleet
+from imds_server.testmode._fleet import demo_fleet
 
 TOML = """
 [vms.vm-1]
@@ -63,13 +64,19 @@ def test_a_toml_fleet_gives_documents_callers_identities_plans_faults_and_steps(
 
 
 def test_the_shipped_demo_fleet_seeds_what_demo_seeds() -> None:
+    regenerate = ("src/imds_server/testmode/demo-fleet.json differs from what --demo seeds: "
+                  "python -m imds_server.testmode > src/imds_server/testmode/"
+                  "demo-fleet.json")
     fleet = load_fleet(None)
     demo = [e for e in _demo.events(0.0) if e["key"][2:3] != ["scheduledevents"]]
-    assert sorted(map(json.dumps, fleet.events)) == sorted(map(json.dumps, demo))
+    assert sorted(json.dumps([e["key"], e["value"]]) for e in fleet.events) == \
+        sorted(json.dumps([e["key"], e["value"]]) for e in demo), regenerate
     scheduled = [e for e in _demo.events(0.0) if e["key"][2:3] == ["scheduledevents"]]
     assert [(p.vm, p.event_id, p.event_type, p.duration) for p in fleet.planned] == [
         (e["key"][1], e["key"][3], e["value"]["EventType"], e["value"]["DurationInSeconds"])
-        for e in scheduled]
+        for e in scheduled], regenerate
+    assert json.loads((Path(_fleet.__file__).parent / "demo-fleet.json").read_text()) == \
+        demo_fleet(), regenerate
 
 
 @pytest.mark.parametrize(("data", "message"), [
