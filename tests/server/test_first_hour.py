@@ -152,8 +152,8 @@ EVENT = {"events": [{"source": "agent", "key": ["vms", "v", "compute", "name"],
 async def test_form_content_type_is_not_named_as_the_format() -> None:
     status, body = await _post(b"events=1", "application/x-www-form-urlencoded")
     assert status == 400
-    assert body["error"].startswith("body is not valid JSON (Content-Type "
-                                    "application/x-www-form-urlencoded is read as JSON")
+    assert body["error"].startswith("body is not valid JSON (sent as "
+                                    "application/x-www-form-urlencoded)")
 
 
 @pytest.mark.parametrize("kind", ["application/msgpack", "application/x-msgpack",
@@ -167,9 +167,9 @@ async def test_msgpack_content_types_are_read_as_msgpack(kind: str) -> None:
 async def test_msgpack_garbage_has_a_reason(garbage: bytes) -> None:
     status, body = await _post(garbage, "application/msgpack")
     assert status == 400
-    prefix, _, reason = body["error"].partition(": ")
-    assert prefix == "body is not valid msgpack"
-    assert reason.strip()
+    message = body["error"]
+    assert message.startswith(("body is not valid msgpack: ", "body must be {")), message
+    assert not message.rstrip().endswith(":"), message  # a reason, never empty
 
 
 async def test_event_errors_show_json_values() -> None:
