@@ -118,7 +118,7 @@ async def _create(args: argparse.Namespace, options: ConnectOptions) -> int:
     conn = await Connection.open(options)
     try:
         try:
-            info = await conn.stream_info(name)
+            info = await _retrying_info(conn, name)
         except NotFound:
             info = await _retrying_add(conn, args, name)
             print(f"created {name}: subjects {info['config']['subjects']}, max consumers "
@@ -135,6 +135,20 @@ async def _create(args: argparse.Namespace, options: ConnectOptions) -> int:
         return EXIT_OK
     finally:
         await conn.aclose()
+
+
+async def _retrying_info(conn: Connection, name: str) -> dict[str, Any]:
+    # A JetStream cluster answers nothing until its meta leader is elected: retry a bit.
+    for attempt in range(20):
+        try:
+            return await conn.stream_info(name)
+        except NotFound:
+            raise
+        except TransportError:
+            if attempt == 19:
+                raise
+            await trio.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 async def _retrying_add(conn: Connection, args: argparse.Namespace,
