@@ -194,6 +194,10 @@ def config_to_toml(config: ServerConfig) -> str:
         if isinstance(value, Mapping):
             tables.append(_toml_table(name, value, description))
             continue
+        if field == "sources":  # an array of tables: [[source]] each
+            tables += [_toml_array_table(name, spec.to_table(), description)
+                       for spec in value]
+            continue
         if value is None:
             lines.append(f"# {name} = ...  # {description} (not set)")
             continue
@@ -215,6 +219,12 @@ def _toml_table(name: str, table: Mapping[str, Any], description: str) -> str:
     for key, value in nested:
         out.append(f"[{_toml_key(name)}.{_toml_key(key)}]")
         out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(out)
+
+
+def _toml_array_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[[{_toml_key(name)}]]"]
+    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(out)
 
 

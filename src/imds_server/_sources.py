@@ -62,6 +62,10 @@ class SourceSpec:
     settings: Mapping[str, Any]
     table: str  # "source[N] (NAME)", for messages
 
+    def to_table(self) -> dict[str, Any]:
+        """The ``[[source]]`` table this was read from (``serve --print-config``)."""
+        return {"kind": self.kind, "name": self.name, **self.settings}
+
 
 def parse_sources(tables: object, *, reserved: Sequence[str] = ()) -> tuple[SourceSpec, ...]:
     """Check every ``[[source]]`` table; names must be unique and not in ``reserved``."""

@@ -100,3 +100,26 @@ def test_duplicate_names(tmp_path: Path) -> None:
 def test_source_must_be_tables(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be list"):
         _load(tmp_path, 'source = "x"\n')
+
+
+def test_print_config_writes_the_tables_back(tmp_path: Path) -> None:
+    from imds_server._config import config_to_toml
+
+    config = _load(tmp_path, '''
+[[source]]
+kind = "stream"
+name = "fleet"
+servers = ["nats://127.0.0.1:4222"]
+cluster = "west"
+host = "host-7"
+stale-after = 90
+
+[[source]]
+kind = "file"
+name = "files"
+directory = "/d"
+''')
+    printed = config_to_toml(config)  # type: ignore[arg-type]
+    assert printed.count("\n[[source]]\n") == 2
+    again = _load(tmp_path, printed)
+    assert again == config
