@@ -55,6 +55,8 @@ class Replica:
         self._clock = clock
         self._max_value_bytes = max_value_bytes
         self._cursors: dict[str, Any] = dict(recovery.checkpoints)
+        #: The names of the sources ``open_replica`` runs (their data is theirs alone).
+        self.source_names: tuple[str, ...] = ()
         self._waiters: dict[Key, trio.Event] = {}
         self._any_change = trio.Event()
         self._submitted = 0
@@ -174,6 +176,7 @@ async def open_replica(
         recovery: Recovery = await nursery.start(log.run, view)
         replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
                           clock=clock, max_value_bytes=max_value_bytes)
+        replica.source_names = tuple(source.name for source in sources)
         for source in sources:
             if policies is None or source.name not in policies:
                 tracker.set_policy(source.name, source.policy)

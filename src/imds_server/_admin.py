@@ -5,12 +5,18 @@ extension point ``extra_routes``: a mapping from an exact path to an async handl
 the ``Request`` and returning a ``Response``, ``bytes`` (sent as JSON), or an async iterator
 of byte chunks (sent with chunked encoding, for streams such as ``GET /logs``). Telemetry
 adds ``GET /metrics`` and ``GET /logs`` this way; a built-in path cannot be overridden.
+
+``POST /events`` refuses (400, naming the event) an event that claims a source name the
+server owns: ``owned_sources`` (the guest-approval source) and the sources the replica runs.
+Their data is written by the server alone, and one forged event under such a name (a
+version at 2**63-1, say) would outrank every later write of it. ``allow_owned_sources``
+(the ``admin-allow-owned-sources`` setting) lifts this, for repairs by hand.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -34,7 +40,8 @@ class AdminApi:
 
     def __init__(self, *, clock: Callable[[], float],
                  extra_routes: Mapping[str, AdminHandler] | None = None,
-                 status: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 status: Callable[[], Mapping[str, Any]] | None = None,
+                 owned_sources: Iterable[str] = (), allow_owned_sources: bool = False) -> None:
         clash = set(extra_routes or ()) & set(BUILTIN)
         if clash:
             raise ValueError(f"extra_routes may not replace {sorted(clash)}")
@@ -42,6 +49,8 @@ class AdminApi:
         self.clock = clock
         self.extra_routes = dict(extra_routes or {})
         self.status = status or dict
+        self.owned_sources = frozenset(owned_sources)
+        self.allow_owned_sources = allow_owned_sources
 
     async def handle(self, request: Request) -> Response:
         path = request.path
@@ -104,12 +113,25 @@ class AdminApi:
         if not isinstance(body, dict) or not isinstance(body.get("events"), list):
             return error(400, 'body must be {"events": [...]}', route="/events")
         try:
+            if not self.allow_owned_sources:
+                self._refuse_owned(body["events"])
             result = await self.replica.submit(body["events"])
         except ValidationError as exc:
             return failure(exc, extra={"index": exc.index}, route="/events")
         except ImdsError as exc:
             return failure(exc, route="/events")
         return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+
+
+    def _refuse_owned(self, events: list[Any]) -> None:
+        assert self.replica is not None
+        owned = self.owned_sources | set(self.replica.source_names)
+        for i, event in enumerate(events):
+            claimed = event.get("source") if isinstance(event, Mapping) else None
+            if isinstance(claimed, str) and claimed in owned:
+                raise ValidationError(
+                    f"source: {claimed!r} is written by this server itself; posting events "
+                    "under it needs admin-allow-owned-sources = true", index=i)
 
 
 def _json(status: int, body: Any, route: str) -> Response:
