@@ -38,7 +38,6 @@ from ._frame import (
     check_file_header,
     crc32c,
     decode_checkpoint,
-    decode_cursor,
     file_header,
     stored_digest,
     trusted_event,
@@ -148,8 +147,7 @@ class Reducer:
             if checkpoint is not None:
                 keep_checkpoint(self.checkpoints, decode_checkpoint(checkpoint))
         elif rtype == _CHECKPOINT:
-            source, cursor = decode_cursor(unpack(payload))
-            self.checkpoints[source] = cursor
+            keep_checkpoint(self.checkpoints, decode_checkpoint(unpack(payload)))
         # SNAPSHOT markers carry nothing replay needs.
 
     @property
