@@ -15,14 +15,12 @@ version at 2**63-1, say) would outrank every later write of it. ``allow_owned_so
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgpack
+from imds_replica import DEFAULT_MAX_VALUE_BYTES, Event, ImdsError, ValidationError
 
-from imds_replica import ImdsError, ValidationError
-
+from ._ingest import BodyError, decode_events, gc_paused, submit_events
 from ._render import to_json
 from ._request import JSON, BadQuery, Request, Response, error, failure, parse_query
 
@@ -102,33 +100,31 @@ class AdminApi:
     async def _events(self, request: Request) -> Response:
         assert self.replica is not None
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        try:
-            # Anything but msgpack is read as JSON: ``curl -d`` sends a form type.
-            if kind == "application/msgpack":
-                body = msgpack.unpackb(request.body, raw=False, strict_map_key=False)
-            else:
-                body = json.loads(request.body)
-        except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-            return error(400, f"body is not valid {kind}: {exc}", route="/events")
-        if not isinstance(body, dict) or not isinstance(body.get("events"), list):
-            return error(400, 'body must be {"events": [...]}', route="/events")
-        try:
-            if not self.allow_owned_sources:
-                self._refuse_owned(body["events"])
-            result = await self.replica.submit(body["events"])
-        except ValidationError as exc:
-            return failure(exc, extra={"index": exc.index}, route="/events")
-        except ImdsError as exc:
-            return failure(exc, route="/events")
-        return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+        # Anything but msgpack is read as JSON: ``curl -d`` sends a form type. Decoded,
+        # validated and submitted in slices, so that a large batch does not hold the loop.
+        with gc_paused():
+            try:
+                events = await decode_events(request.body, kind, max_value_bytes=getattr(
+                    self.replica, "_max_value_bytes", DEFAULT_MAX_VALUE_BYTES))
+            except BodyError as exc:
+                extra = {"index": exc.index} if exc.index is not None else None
+                return error(400, exc.message, extra=extra, route="/events")
+            try:
+                if not self.allow_owned_sources:
+                    self._refuse_owned(events)
+                total, changed = await submit_events(self.replica, events)
+            except ValidationError as exc:
+                return failure(exc, extra={"index": exc.index}, route="/events")
+            except ImdsError as exc:
+                return failure(exc, route="/events")
+        return _json(200, {"events": total, "changed": changed}, "/events")
 
-
-    def _refuse_owned(self, events: list[Any]) -> None:
+    def _refuse_owned(self, events: Sequence[Event]) -> None:
         assert self.replica is not None
         owned = self.owned_sources | set(self.replica.source_names)
         for i, event in enumerate(events):
-            claimed = event.get("source") if isinstance(event, Mapping) else None
-            if isinstance(claimed, str) and claimed in owned:
+            claimed = event.source
+            if claimed in owned:
                 raise ValidationError(
                     f"source: {claimed!r} is written by this server itself; posting events "
                     "under it needs admin-allow-owned-sources = true", index=i)
