@@ -311,7 +311,7 @@ class VmApi:
                                 if len(e.key) < 3 or e.key[2] in ("compute", "network")}))
         document = self.view.document(doc_key)
         rendered = _render.render_instance(document, version,
-                                           tags_from_list=self._tags_from_list(vm))
+                                           tags_from_list=self._tags_from_list(vm), vm_id=vm)
         value = _render.walk(rendered, segments[2:])
         if value is _render.MISSING:
             return _failed(404, "Not found", sources)

@@ -10,8 +10,9 @@ validates it).
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,12 +146,22 @@ def load_config(path: Path | str | None = None,
     return config_from_mapping(values)
 
 
+def did_you_mean(name: str, known: Collection[str]) -> str:
+    """``; did you mean 'rate-limit'?`` for ``rate_limit``, a typo or a flag's spelling
+    (``--rate-limit``); ``""`` when nothing is close."""
+    spelled = name.strip().lstrip("-").replace("_", "-").lower()
+    if spelled in known and spelled != name:
+        return f"; did you mean {spelled!r}?"
+    close = difflib.get_close_matches(spelled, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
     fields: dict[str, Any] = {}
     for name, value in values.items():
         if name not in SETTINGS:
-            raise ConfigError(f"unknown setting (known: {', '.join(sorted(SETTINGS))})",
-                              key=name)
+            raise ConfigError(f"unknown setting{did_you_mean(name, SETTINGS)} "
+                              f"(known: {', '.join(sorted(SETTINGS))})", key=name)
         field, types, _ = SETTINGS[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(t.__name__ for t in types)
@@ -163,3 +174,62 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             value = float(value)
         fields[field] = value
     return ServerConfig(**fields)
+
+
+def config_to_toml(config: ServerConfig) -> str:
+    """The effective configuration as a TOML file ``--config`` reads back to the same
+    ``ServerConfig`` (``serve --print-config``): every setting, with its description."""
+    lines = ["# imds-server configuration (serve --print-config): the effective settings.",
+             "# Every key is also a flag (--KEY) where one exists; flags win over the file."]
+    tables: list[str] = []
+    for name, (field, _, description) in SETTINGS.items():
+        value = getattr(config, field)
+        if isinstance(value, Mapping):
+            tables.append(_toml_table(name, value, description))
+            continue
+        if value is None:
+            lines.append(f"# {name} = ...  # {description} (not set)")
+            continue
+        lines.append(f"{name} = {_toml_value(value)}  # {description}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[{_toml_key(name)}]"]
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            nested.append((key, value))
+        else:
+            out.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in nested:
+        out.append(f"[{_toml_key(name)}.{_toml_key(key)}]")
+        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else _toml_string(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (Address, Path)):
+        return _toml_string(str(value))
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c >= " " and c != "\x7f" else f"\\u{ord(c):04x}" for c in escaped)
+    return f'"{escaped}"'

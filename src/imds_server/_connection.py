@@ -104,6 +104,11 @@ class ConnectionLimits:
     refusals_before_close: int = 0
 
 
+class CloseConnection(Exception):
+    """Raised by an ``App``'s ``respond`` to close the connection without an answer (the
+    server's own apps never do; test mode's dropped-connection fault does)."""
+
+
 class App(Protocol):
     async def respond(self, request: Request, peer: str) -> Response: ...
 
@@ -389,13 +394,18 @@ class Listener:
             body_started = False
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
-            if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
-                response = await self._respond_watching(sock, state, request, peer)
-            else:
-                try:
-                    response = await self.app.respond(request, peer)
-                except Exception:
-                    response = self._failed()
+            try:
+                if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
+                    response = await self._respond_watching(sock, state, request, peer)
+                else:
+                    try:
+                        response = await self.app.respond(request, peer)
+                    except CloseConnection:
+                        raise
+                    except Exception:
+                        response = self._failed()
+            except CloseConnection:
+                return
             keep_alive = keep_alive and not self.draining
             pause = False
             refused = response.refused
@@ -472,6 +482,8 @@ class Listener:
         self._hangups.watch(fd, state)
         try:
             return await self.app.respond(request, peer)
+        except CloseConnection:
+            raise
         except Exception:
             return self._failed()
         finally:

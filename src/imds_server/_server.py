@@ -32,7 +32,7 @@ from . import _demo, _schedule
 from ._admin import AdminApi, AdminHandler
 from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
-from ._connection import ConnectionLimits, Listener
+from ._connection import App, ConnectionLimits, Listener
 from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
@@ -193,7 +193,7 @@ class Server:
                                   refusals_before_close=cfg.refusals_before_close)
         for sock in vm_socks:
             set_ttl(sock, cfg.ip_ttl)
-            self.vm_listeners.append(Listener(sock, _VmApp(self), http=http, limits=limits,
+            self.vm_listeners.append(Listener(sock, self._vm_app(), http=http, limits=limits,
                                               ttl=cfg.ip_ttl, known=self._known))
         admin_http = attrs.evolve(http, max_body_bytes=cfg.admin_max_body_bytes)
         admin_limits = attrs.evolve(limits, max_connections_per_caller=limits.max_connections,
@@ -201,7 +201,7 @@ class Server:
                                     refusals_before_close=0,
                                     body_timeout=cfg.admin_body_timeout)
         for sock in admin_socks:
-            self.admin_listeners.append(Listener(sock, _AdminApp(self), http=admin_http,
+            self.admin_listeners.append(Listener(sock, self._admin_app(), http=admin_http,
                                                  limits=admin_limits))
         listeners = self.vm_listeners + self.admin_listeners
         async with trio.open_nursery() as outer:
@@ -237,6 +237,13 @@ class Server:
                 serving.cancel()
                 refusal_lines.cancel()
                 self._refusals.log(cfg.refusal_log_interval)  # the last interval's lines
+
+    def _vm_app(self) -> App:
+        """What answers VM-facing requests (test mode wraps it; nothing else does)."""
+        return _VmApp(self)
+
+    def _admin_app(self) -> App:
+        return _AdminApp(self)
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
         given = self._sockets if self._sockets is not None else inherited()
