@@ -342,19 +342,15 @@ class Server:
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
         refused = response.refused
+        count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):
-            self._count_only(self._access(request, peer, response, sent, seconds))
-            return
-        self.observer.request(self._access(request, peer, response, sent, seconds))
-
-    def _access(self, request: Request, peer: str, response: Response, sent: int,
-                seconds: float) -> AccessRecord:
-        return AccessRecord(
+            count = self._count_only  # counted; its line is the interval's summary
+        count(AccessRecord(
             time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
             caller=peer, vm=response.vm, method=request.method, route=response.route,
             path=request.path, api_version=response.api_version, status=response.status,
-            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch)
+            bytes=sent, seconds=seconds, refused=refused, watch=response.watch))
 
 
 class _VmApp:
