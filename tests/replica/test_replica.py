@@ -236,3 +236,15 @@ async def test_liveliness_is_updated_before_the_view_changes() -> None:
             lambda doc: seen.append(replica.liveliness.status("tags", 42.0).last_contact))
         await replica.submit([ev(1, source="tags")])
     assert seen == [42.0]
+
+
+async def test_a_checkpoint_keeps_its_contact_whatever_its_cursor() -> None:
+    """The contact rides on the checkpoint: whatever ``submit`` does to a cursor (a tuple
+    normalised to a list, say), the contact must reach the log and come back."""
+    log = MemoryLog()
+    async with open_replica(log, clock=lambda: 7.0) as replica:
+        await replica.submit([ev(1)], checkpoint=Checkpoint("fabric", ("a", 1), contact=5.0))
+        await replica.submit([ev(2)], checkpoint=Checkpoint("fabric", {"p": [1]}, contact=6.0))
+    assert [cp.contact for _, cp in log.records if cp is not None] == [5.0, 6.0]
+    async with open_replica(log, clock=lambda: 8.0) as replica:
+        assert replica.recovery.contacts == {"fabric": 6.0}
