@@ -187,7 +187,10 @@ def config_to_toml(config: ServerConfig) -> str:
         if value is None:
             lines.append(f"# {name} = ...  # {description} (not set)")
             continue
-        lines.append(f"{name} = {_toml_value(value)}  # {description}")
+        try:
+            lines.append(f"{name} = {_toml_value(value)}  # {description}")
+        except TypeError as exc:  # a setting of a kind this writer does not know
+            lines.append(f"# {name}: not printed ({exc})  # {description}")
     return "\n".join(lines + tables) + "\n"
 
 
@@ -223,6 +226,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
                                for k, v in value.items()) + "}"
+    if attrs.has(type(value)):  # a parsed table (its fields are its keys)
+        return _toml_value({k.replace("_", "-"): v for k, v in attrs.asdict(value).items()
+                            if v is not None})
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
