@@ -57,6 +57,8 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "max-header-bytes": ("max_header_bytes", (int,), "bytes of request line + headers"),
     "max-body-bytes": ("max_body_bytes", (int,), "VM-facing request body bytes"),
     "admin-max-body-bytes": ("admin_max_body_bytes", (int,), "POST /events body bytes"),
+    "admin-allow-owned-sources": ("admin_allow_owned_sources", (bool,),
+                                  "POST /events may claim the server's own sources"),
     "shutdown-grace": ("shutdown_grace", (int, float), "seconds to finish on SIGTERM"),
     "startup-hold": ("startup_hold", (int, float),
                      "seconds a request waits for the log replay before 410"),
@@ -99,6 +101,7 @@ class ServerConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 65536
     admin_max_body_bytes: int = 16 * 1024 * 1024
+    admin_allow_owned_sources: bool = False
     shutdown_grace: float = 10.0
     startup_hold: float = 3.0
     cluster: str = ""

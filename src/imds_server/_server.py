@@ -38,6 +38,7 @@ from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_t
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._refusals import AGGREGATED, RefusalDigest
 from ._request import Park, Request, Response, Submit, error, failure
+from ._schedule import APPROVAL_SOURCE
 from ._storage import open_log
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -95,7 +96,9 @@ class Server:
             rate_limit=config.rate_limit, rate_burst=config.rate_burst,
             max_watchers_per_vm=config.max_watchers_per_vm,
             max_watch_timeout=config.max_watch_timeout), started=clock())
-        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health)
+        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health,
+                              owned_sources=(APPROVAL_SOURCE,),
+                              allow_owned_sources=config.admin_allow_owned_sources)
         self.replica: Replica | None = None
         self.vm_listeners: list[Listener] = []
         self.admin_listeners: list[Listener] = []
