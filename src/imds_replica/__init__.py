@@ -34,6 +34,14 @@ from ._poll_source import PollResult, PollSource, PollSourceStatistics
 from ._push import PushSource
 from ._replica import Replica, ReplicaStatistics, SubmitResult, open_replica
 from ._source import Source, SourceSink
+from ._stream import (
+    ConnectOptions,
+    Publisher,
+    PublishReport,
+    StreamSource,
+    StreamSourceStatistics,
+    TransportError,
+)
 from ._view import DocumentInfo, View, ViewStatistics
 
 __version__ = "0.1.0"
@@ -45,6 +53,7 @@ __all__ = [
     "CompactionResult",
     "CompactionState",
     "ConfigError",
+    "ConnectOptions",
     "CorruptLogError",
     "DocumentInfo",
     "Event",
@@ -64,6 +73,8 @@ __all__ = [
     "PollResult",
     "PollSource",
     "PollSourceStatistics",
+    "PublishReport",
+    "Publisher",
     "PushSource",
     "Receipt",
     "Recovery",
@@ -76,7 +87,10 @@ __all__ = [
     "SourceState",
     "SourceStatus",
     "StorageError",
+    "StreamSource",
+    "StreamSourceStatistics",
     "SubmitResult",
+    "TransportError",
     "Unavailable",
     "ValidationError",
     "View",
