@@ -13,7 +13,7 @@ from importlib import metadata
 from typing import Any
 
 from ._errors import CorruptLogError, StorageError, ValidationError
-from ._horizon import Horizons
+from ._horizon import STATE_SOURCE, Horizons
 from ._log import compact_log, dump_log, repair_log, stats_log, verify_log
 
 EXIT_OK = 0
@@ -163,9 +163,10 @@ def _repair(directory: str) -> int:
          f"records ({report.lost_events} events) were still readable; they stay in the "
          f"moved files")
     _out("sources resume from these cursors and redeliver what followed:")
-    for source, cursor in sorted(report.cursors.items()):
+    cursors = {s: c for s, c in report.cursors.items() if s != STATE_SOURCE}  # not a source
+    for source, cursor in sorted(cursors.items()):
         _out(f"  {source}: {json.dumps(cursor)}")
-    if not report.cursors:
+    if not cursors:
         _out("  (no source cursors recorded: sources redeliver from their beginning)")
     return EXIT_OK
 

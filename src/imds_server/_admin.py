@@ -111,7 +111,8 @@ class AdminApi:
         with gc_paused():
             try:
                 events = await decode_events(request.body, kind, max_value_bytes=getattr(
-                    self.replica, "_max_value_bytes", DEFAULT_MAX_VALUE_BYTES))
+                    self.replica, "_max_value_bytes", DEFAULT_MAX_VALUE_BYTES),
+                    min_key_parts=self.replica.view.document_depth)
             except BodyError as exc:
                 extra = {"index": exc.index} if exc.index is not None else None
                 return error(400, exc.message, extra=extra, route="/events")

@@ -69,8 +69,12 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 async def decode_events(body: bytes, kind: str, *,
-                        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> list[Event]:
-    """The events of a ``{"events": [...]}`` body, validated; raises ``BodyError``."""
+                        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+                        min_key_parts: int = 1) -> list[Event]:
+    """The events of a ``{"events": [...]}`` body, validated; raises ``BodyError``.
+
+    ``min_key_parts`` is the view's document depth (``Replica.submit`` refuses shorter
+    keys; checked here too, so no part of the batch is submitted before it fails)."""
     kind = kind.lower()
     items = _msgpack_items(body) if kind in MSGPACK_TYPES else _json_items(body, kind)
     events: list[Event] = []
@@ -88,6 +92,12 @@ async def decode_events(body: bytes, kind: str, *,
             if size > max_value_bytes:
                 raise BodyError(f"value: {size} bytes encoded, at most {max_value_bytes} "
                                 "allowed", index=index)
+            key = events[-1].key
+            if len(key) < min_key_parts:
+                raise BodyError(f"event {index}: key: {list(key)!r} has {len(key)} part(s); "
+                                f"keys need at least {min_key_parts} (the document depth: a "
+                                f"shorter key would write into every document beneath it)",
+                                index=index)
             if not index & 31 and time.perf_counter() >= deadline:
                 await trio.lowlevel.checkpoint()
                 deadline = time.perf_counter() + SLICE

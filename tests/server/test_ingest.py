@@ -152,3 +152,14 @@ async def test_a_large_batch_is_submitted_in_parts_and_answered_once() -> None:
         assert reply.json() == {"events": 3000, "changed": 3000}
         assert server.replica is not None
         assert server.replica.view.get(("vms", "vm-7", "compute", "f2707")) is not None
+
+
+async def test_a_key_shorter_than_a_document_is_refused_before_any_part_is_submitted() -> None:
+    # Issue 11 finding 5: checked with the rest of the batch, not when its part reaches
+    # Replica.submit (earlier parts would be durable by then).
+    body = json.dumps({"events": [*EVENTS[:5], {"source": "tags", "key": ["vms"],
+                                                "version": 1, "value": 1}]}).encode()
+    with pytest.raises(BodyError, match=r"event 5: key: \['vms'\] has 1 part\(s\)") as info:
+        await decode_events(body, "application/json", min_key_parts=2)
+    assert info.value.index == 5
+    assert len(await decode_events(body, "application/json")) == 6  # the default: 1 part
