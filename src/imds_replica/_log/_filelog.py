@@ -31,6 +31,8 @@ from ._compact import CompactionResult, compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
     FILE_HEADER_SIZE,
+    FORMAT_VERSION,
+    GROUP_SIZE,
     RecordType,
     batch_payload,
     frame,
@@ -248,7 +250,11 @@ class FileLog:
             rec = recover_directory(self.directory, writable=True, fsync=self._fsync,
                                     max_record=self._max_record)
             self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
-                                         fsync=self._fsync)
+                                         salt=rec.meta.salt, fsync=self._fsync)
+            if rec.last_version != FORMAT_VERSION:  # never append format 2 to a v1 file
+                self._writer.rotate()
+                rec = attrs.evolve(rec, bytes=rec.bytes + FILE_HEADER_SIZE,
+                                   segments=[*rec.segments, self._writer.seq])
             winners = rec.reducer.winners()
         except BaseException:
             os.close(lock_fd)
@@ -285,7 +291,7 @@ class FileLog:
 
     async def _commit(self, group: list[_Pending]) -> None:
         data = b"".join([p.frame for p in group])
-        seconds = await trio.to_thread.run_sync(self._write_sync, data)
+        seconds = await trio.to_thread.run_sync(self._write_sync, data, len(group))
         # Durable: apply in log order. Nothing below awaits, so no other group can
         # interleave and the view stays equal to a replay of the log.
         assert self._view is not None
@@ -314,12 +320,15 @@ class FileLog:
         if self._snapshot_every is not None and self._since_snapshot >= self._snapshot_every:
             await self._maintain("auto")
 
-    def _write_sync(self, data: bytes) -> float:
+    def _write_sync(self, records: bytes, count: int) -> float:
+        """Write ``count`` framed records as one group, durably (rotating first if due)."""
         writer = self._writer
         assert writer is not None
-        if writer.offset > FILE_HEADER_SIZE and writer.offset + len(data) > self._segment_bytes:
+        if writer.offset > FILE_HEADER_SIZE and \
+                writer.offset + GROUP_SIZE + len(records) > self._segment_bytes:
             writer.rotate()
             self._bytes += FILE_HEADER_SIZE
+        data = writer.group(records, count)
         seconds = writer.write(data)
         self._bytes += len(data)
         return seconds
@@ -356,7 +365,7 @@ class FileLog:
                     os.unlink(self.directory / old)
             if self._fsync:
                 fsync_dir(self.directory)
-            self._write_sync(frame(RecordType.SNAPSHOT, pack([name])))
+            self._write_sync(frame(RecordType.SNAPSHOT, pack([name])), 1)
             return len(data)
 
         self._live_bytes = await trio.to_thread.run_sync(write)
@@ -379,7 +388,7 @@ class FileLog:
                 self.directory, self._generation, self._bytes, events, checkpoints, dropped,
                 segment_bytes=self._segment_bytes, fsync=self._fsync)
             self._writer = SegmentWriter(self.directory, result.generation, written.segments,
-                                         fsync=self._fsync)
+                                         salt=written.salt, fsync=self._fsync)
             self._generation, self._first_segment = result.generation, 1
             self._bytes, self._counters = written.bytes, written.counters
             self._live_bytes = written.bytes

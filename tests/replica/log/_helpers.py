@@ -14,6 +14,8 @@ import trio
 
 from imds_replica import Checkpoint, Event, Recovery, View
 from imds_replica._log import FileLog
+from imds_replica._log._frame import group_header
+from imds_replica._log._segment import read_meta
 
 from .._helpers import view_of
 
@@ -96,3 +98,15 @@ class FailingFdatasync:
 
     def restore(self) -> None:
         self._monkeypatch.setattr(os, "fdatasync", self._real)
+
+
+def append_group(segment: Path, *records: bytes) -> int:
+    """Append ``records`` to ``segment`` as one format-2 group, as the appender would;
+    returns the offset where the group starts."""
+    meta = read_meta(segment.parent)
+    offset = segment.stat().st_size
+    seq = int(segment.name.split("-")[1].split(".")[0])
+    body = b"".join(records)
+    with open(segment, "ab") as f:
+        f.write(group_header(meta.salt, seq, offset, len(body), len(records)) + body)
+    return offset

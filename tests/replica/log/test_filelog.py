@@ -215,10 +215,11 @@ async def test_compaction_interrupted_after_each_step(tmp_path: Path, step: str)
     live = await write_log(directory, make_batches(1000), snapshot_every=200,
                            compact_ratio=None, segment_bytes=4096)
     rec = recover_directory(directory, writable=False, fsync=False, max_record=2**26)
-    write_generation(directory, 2, rec.reducer.winners(), rec.reducer.checkpoints,
-                     segment_bytes=4096, fsync=False)
+    written = write_generation(directory, 2, rec.reducer.winners(), rec.reducer.checkpoints,
+                               segment_bytes=4096, fsync=False)
     if step == "switched":
-        write_meta(directory, Meta(2), fsync=False)
+        write_meta(directory, Meta(2, salt=written.salt, sealed=(written.segments, written.end)),
+                   fsync=False)
     (directory / "00000001-00000003-000000000016.snap.tmp").write_bytes(b"half a snapshot")
     view, recovery = await reopen(directory)
     assert view.digest() == live.digest()
