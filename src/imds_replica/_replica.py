@@ -170,15 +170,32 @@ async def open_replica(
     log = log if log is not None else MemoryLog()
     view = view if view is not None else View()
     tracker = LivelinessTracker(policies, default=default_policy)
-    async with trio.open_nursery() as nursery:
-        recovery: Recovery = await nursery.start(log.run, view)
-        replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
-                          clock=clock, max_value_bytes=max_value_bytes)
-        for source in sources:
-            if policies is None or source.name not in policies:
-                tracker.set_policy(source.name, source.policy)
-            await nursery.start(source.run, SourceSink(replica, source.name))
-        try:
-            yield replica
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            recovery: Recovery = await nursery.start(log.run, view)
+            replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
+                              clock=clock, max_value_bytes=max_value_bytes)
+            for source in sources:
+                if policies is None or source.name not in policies:
+                    tracker.set_policy(source.name, source.policy)
+                await nursery.start(source.run, SourceSink(replica, source.name))
+            try:
+                yield replica
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # One thing failed (a locked or foreign data directory, a source's start, the
+        # caller's block): raise that error itself, so ``except StorageError`` works.
+        # Several at once stay a group: none of them is "the" error.
+        leaves = _leaves(group)
+        if len(leaves) != 1:
+            raise
+        leaf = leaves[0]
+        raise leaf from leaf.__cause__
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

@@ -35,6 +35,7 @@ from ._frame import (
     GROUP_SIZE,
     RecordType,
     batch_payload,
+    cursor_pair,
     frame,
     pack,
 )
@@ -55,6 +56,7 @@ from ._snapshot import Counters, encode_snapshot, write_snapshot
 APPLY_CHUNK = 50_000
 
 _BATCH = int(RecordType.BATCH)  # struct packs a plain int faster than an IntEnum member
+_CHECKPOINT = int(RecordType.CHECKPOINT)
 
 
 @attrs.frozen
@@ -77,14 +79,15 @@ class FileLogStatistics:
 class _Pending(Receipt):
     """One queued batch (or maintenance request): its record and the receipt's state."""
 
-    __slots__ = ("checkpoint", "events", "frame")
+    __slots__ = ("checkpoint", "events", "frame", "noop")
 
     def __init__(self, data: bytes, events: tuple[Event, ...],
-                 checkpoint: Checkpoint | None) -> None:
+                 checkpoint: Checkpoint | None, noop: bool = False) -> None:
         Receipt.__init__(self)
-        self.frame = data
+        self.frame = data  # b"": nothing to write
         self.events = events
         self.checkpoint = checkpoint
+        self.noop = noop  # the events are not written (they change nothing)
 
 
 class FileLog:
@@ -126,6 +129,7 @@ class FileLog:
         self._max_queued = max_queued_bytes
         self._queued_bytes = 0  # framed bytes in ``_queue``: what append_nowait bounds
         self._view: View | None = None
+        self._registers_get: Callable[[Any], Event | None] = lambda key: None
         self._writer: SegmentWriter | None = None
         self._queue: list[_Pending] = []
         self._inflight: list[_Pending] = []  # taken from the queue, not yet answered
@@ -160,6 +164,7 @@ class FileLog:
                     view.load(winners[i:i + APPLY_CHUNK])
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
             self._view = view
+            self._registers_get = view.get
             task_status.started(Recovery(dict(rec.reducer.checkpoints), rec.reducer.batches,
                                          rec.reducer.events, time.perf_counter() - started,
                                          rec.notes))
@@ -198,6 +203,23 @@ class FileLog:
         if self._view is None:
             raise RuntimeError("FileLog.append before run() recovered")
         batch = tuple(events)
+        if self._changes_nothing(batch):
+            # A re-sent (or empty) batch: every event loses to a register the view already
+            # holds, and the view only moves forward, so writing it would change nothing.
+            # Only a new cursor is written, as a small CHECKPOINT record.
+            data = b""
+            if checkpoint is not None and (
+                    checkpoint.source not in self._checkpoints
+                    or self._checkpoints[checkpoint.source] != checkpoint.cursor):
+                data = frame(_CHECKPOINT, pack(cursor_pair(checkpoint)))
+            pending = _Pending(data, batch, checkpoint, noop=True)
+            if not data and not self._queue and not self._inflight and not self._requests:
+                pending._finish((False,) * len(batch))  # nothing ahead of it to wait for
+                return pending
+            self._queue.append(pending)
+            self._queued_bytes += len(data)
+            self._wake.set()
+            return pending
         data = frame(_BATCH, batch_payload(batch, checkpoint))
         if len(data) > self._max_record:
             raise ValidationError(f"batch: {len(data)} bytes encoded, at most "
@@ -207,6 +229,20 @@ class FileLog:
         self._queued_bytes += len(data)
         self._wake.set()
         return pending
+
+    def _changes_nothing(self, batch: tuple[Event, ...]) -> bool:
+        """Every event loses the merge against the view's current register (the test of
+        ``View.apply_batch``; stops at the first event that may win, usually the first)."""
+        get = self._registers_get
+        for event in batch:
+            old = get(event.key)
+            if old is None:
+                return False
+            version, old_version = event.version, old.version
+            if version > old_version or (version == old_version and (
+                    event.source, event.digest) > (old.source, old.digest)):
+                return False
+        return True
 
     def statistics(self) -> FileLogStatistics:
         writer = self._writer
@@ -290,24 +326,35 @@ class FileLog:
             raise self._failure from exc
 
     async def _commit(self, group: list[_Pending]) -> None:
-        data = b"".join([p.frame for p in group])
-        seconds = await trio.to_thread.run_sync(self._write_sync, data, len(group))
+        frames = [p.frame for p in group if p.frame]
+        if not frames:  # only batches that change nothing (see ``_enqueue``): no write
+            for p in group:
+                p._finish((False,) * len(p.events))
+            return
+        data = b"".join(frames)
+        seconds = await trio.to_thread.run_sync(self._write_sync, data, len(frames))
         # Durable: apply in log order. Nothing below awaits, so no other group can
         # interleave and the view stays equal to a replay of the log.
         assert self._view is not None
         # One ``apply_batch`` for the whole group (its set-up is per call, and groups of
-        # one-event batches are common), then each waiter gets its batch's slice.
-        flags = self._view.apply_batch([e for p in group for e in p.events])
+        # one-event batches are common), then each waiter gets its batch's slice. A batch
+        # that was not written (it changed nothing) is not applied either: the view stays
+        # exactly a replay of the log.
+        flags = self._view.apply_batch([e for p in group if not p.noop for e in p.events])
         checkpoints = self._checkpoints
-        events = 0
+        events = batches = 0
         for p in group:
-            n = len(p.events)
             if p.checkpoint is not None:
                 checkpoints[p.checkpoint.source] = p.checkpoint.cursor
+            if p.noop:
+                p._finish((False,) * len(p.events))
+                continue
+            n = len(p.events)
             p._finish_slice(flags, events, events + n)
             events += n
+            batches += 1
         c = self._counters
-        self._counters = Counters(c.records + len(group), c.batches + len(group),
+        self._counters = Counters(c.records + len(frames), c.batches + batches,
                                   c.events + events)
         self._commits += 1
         self._last_group = len(group)

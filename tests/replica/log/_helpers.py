@@ -68,6 +68,42 @@ async def reopen(directory: Path, **kwargs: Any) -> tuple[View, Recovery]:
     return view, recovery
 
 
+def stored(batches: Sequence[Batch]) -> tuple[int, list[Event]]:
+    """What a FileLog writes for ``batches`` appended one by one: (records, stored events)."""
+    records = stored_records(batches)
+    return len(records), [e for r in records for e in r]
+
+
+def stored_records(batches: Sequence[Batch]) -> list[list[Event]]:
+    """The events of each record a FileLog writes for ``batches`` appended one by one.
+
+    A batch whose every event loses to the view is not written; its new cursor, if any,
+    is a checkpoint record of its own (no events).
+    """
+    view = View()
+    cursors: dict[str, Any] = {}
+    records: list[list[Event]] = []
+    for batch, cp in batches:
+        if all(not _wins(view, e) for e in batch):
+            if cp is not None and cursors.get(cp.source, _NONE) != cp.cursor:
+                records.append([])
+        else:
+            view.apply_batch(batch)
+            records.append(list(batch))
+        if cp is not None:
+            cursors[cp.source] = cp.cursor
+    return records
+
+
+_NONE = object()
+
+
+def _wins(view: View, e: Event) -> bool:
+    old = view.get(e.key)
+    return old is None or e.version > old.version or (
+        e.version == old.version and (e.source, e.digest) > (old.source, old.digest))
+
+
 def replay_view(batches: Sequence[Batch]) -> View:
     """The view of applying every event of ``batches`` in order (no log involved)."""
     return view_of(*(event for events, _ in batches for event in events))

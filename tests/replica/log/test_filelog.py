@@ -17,7 +17,7 @@ from imds_replica._log._compact import write_generation
 from imds_replica._log._replay import recover_directory
 from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 
-from ._helpers import FailingFdatasync, make_batches, reopen, replay_view, write_log
+from ._helpers import FailingFdatasync, make_batches, reopen, replay_view, stored, write_log
 
 
 async def test_group_commit_gathers_concurrent_batches(tmp_path: Path) -> None:
@@ -49,7 +49,7 @@ async def test_rotation_snapshots_and_restart(tmp_path: Path) -> None:
     view, recovery = await reopen(tmp_path / "log", segment_bytes=4096)
     assert view.digest() == live.digest() == replay_view(batches).digest()
     assert any("started from snapshot" in note for note in recovery.notes)
-    assert recovery.events == 2000
+    assert recovery.events == len(stored(batches)[1])
     expected = {}
     for _, cp in batches:
         if cp is not None:
@@ -227,3 +227,63 @@ async def test_compaction_interrupted_after_each_step(tmp_path: Path, step: str)
     generations = {p.name[:8] for p in directory.iterdir() if p.suffix in (".seg", ".snap")}
     assert generations == {"00000002" if step == "switched" else "00000001"}
     assert not list(directory.glob("*.tmp"))
+
+
+async def test_a_raising_listener_is_contained_and_the_batch_is_not_reported_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 10: listeners run after the whole group is applied; one that raises is
+    logged, the others still hear every change, and the durable batch is acknowledged."""
+    view = View()
+    heard: list[tuple[str, ...]] = []
+    seen_state: list[int] = []
+
+    def bad(doc_key: tuple[str, ...]) -> None:
+        seen_state.append(len(view))  # runs after the whole group: every register is there
+        raise RuntimeError("listener bug")
+
+    view.subscribe(bad)
+    view.subscribe(heard.append)
+    log = FileLog(tmp_path / "log", fsync="none")
+    batch = [Event("s", ("vms", name, "compute", "name"), 1, name) for name in "abc"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        assert await log.append(batch) == (True, True, True)
+        assert await log.append([Event("s", ("vms", "d", "compute", "name"), 1, "d")]) == (True,)
+        nursery.cancel_scope.cancel()
+    assert heard == [("vms", "a"), ("vms", "b"), ("vms", "c"), ("vms", "d")]
+    assert seen_state[:3] == [3, 3, 3]
+    assert "listener bug" in caplog.text
+    again, _ = await reopen(tmp_path / "log")
+    assert again.digest() == view.digest()
+
+
+async def test_an_empty_or_no_change_batch_appends_nothing(tmp_path: Path) -> None:
+    """Issue 17: an agent that re-pushes its full state must not grow the log; a cursor
+    advance alone is one small checkpoint record."""
+    batch = [Event("agent", ("vms", "a", "compute", f"f{i}"), 5, {"i": i, "pad": "x" * 200})
+             for i in range(20)]
+    log = FileLog(tmp_path / "log", fsync="none")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        await log.append(batch, Checkpoint("agent", 1))
+        before = log.statistics()
+        assert await log.append(batch, Checkpoint("agent", 1)) == (False,) * 20
+        assert await log.append([]) == ()
+        older = [Event("agent", e.key, 4, "stale") for e in batch]
+        assert await log.append(older) == (False,) * 20
+        same = log.statistics()
+        assert (same.bytes, same.records, same.fsyncs) == \
+            (before.bytes, before.records, before.fsyncs)
+        await log.append(batch, Checkpoint("agent", 2))
+        after = log.statistics()
+        assert after.records == before.records + 1
+        assert after.bytes - before.bytes < 64  # the cursor, not the 20 events again
+        receipts = [log.append_nowait(batch) for _ in range(3)]
+        receipts.append(log.append_nowait([Event("agent", ("vms", "b"), 9, 1)]))
+        receipts.append(log.append_nowait(batch))
+        await receipts[-1].wait()
+        assert [r.done for r in receipts] == [True] * 5
+        assert receipts[3].result() == (True,)
+        nursery.cancel_scope.cancel()
+    _, recovery = await reopen(tmp_path / "log")
+    assert recovery.checkpoints == {"agent": 2}
