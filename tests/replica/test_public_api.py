@@ -25,6 +25,7 @@ PUBLIC = [
     "Key",
     "LivelinessPolicy",
     "LivelinessTracker",
+    "LogUnavailable",
     "MemoryLog",
     "PollResult",
     "PollSource",

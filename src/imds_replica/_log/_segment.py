@@ -76,6 +76,11 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
+class FsyncError(OSError):
+    """An fsync/fdatasync failed: Linux may have dropped the dirty pages (fsyncgate), so
+    whatever they held is not known to be on disk and the fsync must not be retried."""
+
+
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until all of ``data`` is written (a write may be partial)."""
     view = memoryview(data)
@@ -267,21 +272,33 @@ class SegmentWriter:
         if not self.fsync:
             return 0.0
         started = time.perf_counter()
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise FsyncError(exc.errno, exc.strerror) from exc
         return time.perf_counter() - started
 
     def truncate(self) -> None:
         """Cut the file back to ``offset`` (a failed write's partial group), durably."""
         os.ftruncate(self._fd, self.offset)
         if self.fsync:
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise FsyncError(exc.errno, exc.strerror) from exc
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
 
     def rotate(self) -> None:
-        """Start the next segment (the current one is already durable)."""
-        create_segment(self.directory, self.generation, self.seq + 1, fsync=self.fsync)
+        """Start the next segment (the current one is already durable). On failure the
+        writer stays on the current segment and no half-made next one is left behind."""
+        try:
+            create_segment(self.directory, self.generation, self.seq + 1, fsync=self.fsync)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / segment_name(self.generation, self.seq + 1))
+            raise
         os.close(self._fd)
         self.seq += 1
         self.path = self.directory / segment_name(self.generation, self.seq)

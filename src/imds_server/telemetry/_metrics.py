@@ -194,6 +194,20 @@ class ReplicaCollector(Collector):
                                 value=stats.recovery.seconds)
         yield GaugeMetricFamily("imds_replay_events", "Events replayed at start.",
                                 value=stats.recovery.events)
+        log = stats.log
+        if hasattr(log, "writable"):  # the durable log: does it take writes right now?
+            yield GaugeMetricFamily("imds_log_writable",
+                                    "1 while the log takes writes; 0 while it refuses them "
+                                    "(disk full, failed fsync). Reads are served either way.",
+                                    value=1.0 if log.writable else 0.0)
+            state = GaugeMetricFamily("imds_log_state", "1 for the log's current state.",
+                                      labels=["state"])
+            for name in ("ok", "full", "failed"):
+                state.add_metric([name], 1.0 if log.state == name else 0.0)
+            yield state
+            yield CounterMetricFamily("imds_log_write_failures",
+                                      "Failed log writes (group commits, snapshots, "
+                                      "compactions).", value=log.write_failures)
         yield from _liveliness(replica)
 
 

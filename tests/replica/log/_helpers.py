@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +146,12 @@ def append_group(segment: Path, *records: bytes) -> int:
     with open(segment, "ab") as f:
         f.write(group_header(meta.salt, seq, offset, len(body), len(records)) + body)
     return offset
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll a condition the log reaches by itself (e.g. writable again once space is back)."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("condition not reached in time")

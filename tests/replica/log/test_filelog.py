@@ -1,4 +1,4 @@
-"""FileLog behaviour: group commit, rotation, snapshots, compaction, fatal storage errors."""
+"""FileLog behaviour: group commit, rotation, snapshots, compaction, storage errors."""
 
 from __future__ import annotations
 
@@ -11,13 +11,22 @@ from typing import Any
 import pytest
 import trio
 
-from imds_replica import Checkpoint, Event, StorageError, ValidationError, View
+from imds_replica import Checkpoint, Event, LogUnavailable, StorageError, ValidationError, View
 from imds_replica._log import FileLog
 from imds_replica._log._compact import write_generation
 from imds_replica._log._replay import recover_directory
 from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 
-from ._helpers import FailingFdatasync, make_batches, reopen, replay_view, stored, write_log
+from ._helpers import (
+    FailingFdatasync,
+    eventually,
+    make_batches,
+    only_segment,
+    reopen,
+    replay_view,
+    stored,
+    write_log,
+)
 
 
 async def test_group_commit_gathers_concurrent_batches(tmp_path: Path) -> None:
@@ -115,57 +124,84 @@ async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_fsync_error_is_fatal_and_never_retried(
+async def test_fsync_error_makes_the_log_read_only_until_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.1, fsyncgate: a failed fsync is never retried; that batch fails (503), the
+    log refuses writes until a restart, and the log task (and so the server) lives on."""
     failing = FailingFdatasync(monkeypatch)
     log = FileLog(tmp_path / "log", snapshot_every=None)
     view = View()
-    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="Input/output error")):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run, view)
-            await log.append([Event("s", ("a",), 1, 1)])
-            await log.append([Event("s", ("b",), 1, 2)])
-            digest = view.digest()
-            failing.armed = True
-            with pytest.raises(StorageError, match="refuses every later append"):
-                await log.append([Event("s", ("c",), 1, 3)])
-            assert view.digest() == digest  # the failed batch was never applied
-            with pytest.raises(StorageError):
-                await log.append([Event("s", ("d",), 1, 4)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        await log.append([Event("s", ("a",), 1, 1)])
+        await log.append([Event("s", ("b",), 1, 2)])
+        digest = view.digest()
+        failing.armed = True
+        with pytest.raises(LogUnavailable, match="Input/output error") as info:
+            await log.append([Event("s", ("c",), 1, 3)])
+        assert (info.value.status, info.value.reason) == (503, "failed")
+        assert info.value.retry_after > 0
+        assert view.digest() == digest  # the failed batch was never applied
+        failing.restore()  # even once the disk "works" again: read-only until restart
+        await trio.sleep(0.2)
+        with pytest.raises(LogUnavailable, match="until the process restarts"):
+            await log.append([Event("s", ("d",), 1, 4)])
+        stats = log.statistics()
+        assert (stats.failed, stats.writable, stats.state) == (True, False, "failed")
+        assert view.document(("a",)) == 1  # reads are the view's: served throughout
+        nursery.cancel_scope.cancel()
     assert failing.calls == 1  # no retry, no further fsync
-    assert log.statistics().failed
-    failing.restore()
     recovered, _ = await reopen(tmp_path / "log")
     assert recovered.document(("a",)) == 1
     assert recovered.document(("b",)) == 2
     assert recovered.document(("d",)) is None
 
 
-async def test_torn_write_is_fatal_and_truncated_on_restart(
+async def test_partial_write_on_a_full_disk_is_cut_and_writes_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that fails half-way (disk full) leaves a torn record; restart cuts it."""
+    """A write that fails half-way (ENOSPC) fails its batch and is cut off at once; the
+    log refuses writes while the disk is full and takes them again once space is back."""
     real = SegmentWriter.write
+    full = True
 
     def half(self: SegmentWriter, data: bytes) -> float:
-        if b"boom" in data:
+        if full:
             os.write(self._fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, data)
 
+    spaces = [0]
     monkeypatch.setattr(SegmentWriter, "write", half)
-    log = FileLog(tmp_path / "log", fsync="none")
+    monkeypatch.setattr(FileLog, "_free_bytes", lambda self: spaces[-1])
+    log = FileLog(tmp_path / "log", fsync="none", retry_seconds=0.01)
     view = View()
-    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="No space left")):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run, view)
-            await log.append([Event("s", ("a",), 1, "fine")])
-            with pytest.raises(StorageError):
-                await log.append([Event("s", ("b",), 1, "boom"), Event("s", ("c",), 1, 2)])
-    assert view.document(("b",)) is None
+    segment = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        full = False
+        await log.append([Event("s", ("a",), 1, "fine")])
+        segment = only_segment(tmp_path / "log")
+        size = segment.stat().st_size
+        full = True
+        with pytest.raises(LogUnavailable, match="No space left") as info:
+            await log.append([Event("s", ("b",), 1, "boom"), Event("s", ("c",), 1, 2)])
+        assert (info.value.status, info.value.reason) == (503, "full")
+        assert segment.stat().st_size == size  # the partial group is already cut off
+        assert view.document(("b",)) is None
+        await trio.sleep(0.1)  # no space yet: still refused, without touching the disk
+        with pytest.raises(LogUnavailable, match="No space left"):
+            log.append_nowait([Event("s", ("d",), 1, 4)])
+        assert log.statistics().state == "full"
+        full = False
+        spaces.append(10**9)
+        await eventually(lambda: log.statistics().writable)
+        assert await log.append([Event("s", ("e",), 1, 5)]) == (True,)
+        nursery.cancel_scope.cancel()
     monkeypatch.setattr(SegmentWriter, "write", real)
     recovered, recovery = await reopen(tmp_path / "log")
     assert recovered.digest() == view.digest()
-    assert any("torn tail" in note for note in recovery.notes)
+    assert recovered.document(("e",)) == 5
+    assert not any("torn tail" in note for note in recovery.notes), recovery.notes
 
 
 async def test_oversized_batch_is_refused_and_log_carries_on(tmp_path: Path) -> None:
