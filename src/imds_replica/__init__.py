@@ -36,7 +36,7 @@ from ._replica import Replica, ReplicaStatistics, SubmitResult, open_replica
 from ._source import Source, SourceSink
 from ._view import DocumentInfo, View, ViewStatistics
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",

@@ -187,7 +187,8 @@ def unpack(payload: bytes | memoryview) -> Any:
 
 
 def decode_cursor(pair: Sequence[Any]) -> tuple[str, Any]:
-    source, raw = pair
+    """``[source, cursor bytes, ...]``: elements a later release appends are ignored."""
+    source, raw = pair[0], pair[1]
     return source, decode_value(raw)
 
 

@@ -146,7 +146,8 @@ class Reducer:
         """
         self.records += 1
         if rtype == _BATCH:
-            events, checkpoint = unpack(payload)
+            batch = unpack(payload)  # [events, checkpoint, ...later fields, ignored]
+            events, checkpoint = batch[0], batch[1]
             self.add_events(events)
             self.batches += 1
             self.events += len(events)

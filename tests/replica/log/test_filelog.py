@@ -19,6 +19,7 @@ from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 
 from ._helpers import (
     FailingFdatasync,
+    append_group,
     eventually,
     make_batches,
     only_segment,
@@ -323,3 +324,20 @@ async def test_an_empty_or_no_change_batch_appends_nothing(tmp_path: Path) -> No
         nursery.cancel_scope.cancel()
     _, recovery = await reopen(tmp_path / "log")
     assert recovery.checkpoints == {"agent": 2}
+
+
+async def test_records_with_fields_a_later_release_appends_still_read(tmp_path: Path) -> None:
+    """Payloads are read by position: a BATCH, its checkpoint pair and a CHECKPOINT with
+    extra trailing elements (e.g. a last-contact time next to a cursor) still replay."""
+    from imds_replica._codec import encode
+    from imds_replica._log._frame import RecordType, frame, pack
+
+    await write_log(tmp_path / "log", [([Event("s", ("a",), 1, 1)], Checkpoint("s", 1))])
+    event = ["s", ["b"], 2, False, encode(2), None]
+    append_group(only_segment(tmp_path / "log"),
+                 frame(RecordType.BATCH, pack([[event], ["s", encode({"at": 2}), 12.5],
+                                               {"new": 1}])),
+                 frame(RecordType.CHECKPOINT, pack(["t", encode([3]), {"contact": 9.0}])))
+    view, recovery = await reopen(tmp_path / "log")
+    assert view.document(("b",)) == 2
+    assert recovery.checkpoints == {"s": {"at": 2}, "t": [3]}
