@@ -20,7 +20,7 @@ import trio
 from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
 from ._liveliness import LivelinessPolicy, LivelinessTracker
-from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
+from ._logport import Checkpoint, EventLog, MemoryLog, Recovery, validate_checkpoint
 from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
 
@@ -75,9 +75,12 @@ class Replica:
                      checkpoint: Checkpoint | None = None,
                      source: str | None = None) -> SubmitResult:
         """Validate, log durably, apply. A bad batch raises ``ValidationError`` (naming the
-        event's index and the reason) and nothing of it is applied or logged."""
+        event's index and the reason) and nothing of it is applied or logged; so does a
+        checkpoint whose cursor is not a JSON value (see ``validate_checkpoint``)."""
         try:
             batch = validate_batch(events, max_value_bytes=self._max_value_bytes)
+            if checkpoint is not None:
+                checkpoint = validate_checkpoint(checkpoint, max_bytes=self._max_value_bytes)
         except ValidationError:
             self._rejected += 1
             # ``events`` may be anything a caller passed (validation rejected it): count

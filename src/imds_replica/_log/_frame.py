@@ -187,9 +187,13 @@ def unpack(payload: bytes | memoryview) -> Any:
 
 
 def decode_cursor(pair: Sequence[Any]) -> tuple[str, Any]:
-    """``[source, cursor bytes, ...]``: elements a later release appends are ignored."""
+    """``[source, cursor bytes, ...]``: elements a later release appends are ignored.
+
+    Map keys may be any msgpack key: 0.1.0 accepted (and acknowledged) cursors such as
+    ``{1: "a"}``, and such a log must still open with the cursor as it was written.
+    """
     source, raw = pair[0], pair[1]
-    return source, decode_value(raw)
+    return source, msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
 
 
 def trusted_event(t: EventTuple) -> Event:

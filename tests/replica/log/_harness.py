@@ -144,6 +144,11 @@ def kill_loop(directory: Path, kills: int, *, mode: str, seed: int,
             start = (cycle + 1) * 1_000_000  # batch ids never repeat across restarts
             zygote.send(f"spawn {directory} {mode} {start} {rng.randrange(2**32)}")
             pid = int(zygote.until("pid ", seen).split()[1])
+            if rng.random() < 0.5:
+                # Half the kills land while appending (after recovery), so that the writers
+                # get work done however slow start-up is on a busy machine; the other half
+                # land anywhere, recovery included.
+                zygote.until("ready ", seen)
             time.sleep(rng.random() * max_delay)
             try:
                 os.kill(pid, signal.SIGKILL)
