@@ -37,7 +37,14 @@ import trio
 
 from .._errors import ConfigError, LogUnavailable, StorageError, ValidationError
 from .._event import Event
-from .._logport import Checkpoint, Receipt, Recovery
+from .._logport import (
+    CONTACT_PREFIX,
+    Checkpoint,
+    Receipt,
+    Recovery,
+    keep_checkpoint,
+    split_checkpoints,
+)
 from .._view import View
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
@@ -196,9 +203,10 @@ class FileLog:
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
             self._view = view
             self._registers_get = view.get
-            task_status.started(Recovery(dict(rec.reducer.checkpoints), rec.reducer.batches,
+            cursors, contacts = split_checkpoints(rec.reducer.checkpoints)
+            task_status.started(Recovery(cursors, rec.reducer.batches,
                                          rec.reducer.events, time.perf_counter() - started,
-                                         rec.notes))
+                                         rec.notes, contacts))
             await self._serve()
         finally:
             self._closed = True
@@ -239,9 +247,13 @@ class FileLog:
             # holds, and the view only moves forward, so writing it would change nothing.
             # Only a new cursor is written, as a small CHECKPOINT record.
             data = b""
+            known = self._checkpoints
             if checkpoint is not None and (
-                    checkpoint.source not in self._checkpoints
-                    or self._checkpoints[checkpoint.source] != checkpoint.cursor):
+                    checkpoint.source not in known
+                    or known[checkpoint.source] != checkpoint.cursor
+                    or (checkpoint.contact is not None
+                        and known.get(CONTACT_PREFIX + checkpoint.source)
+                        != checkpoint.contact)):
                 data = frame(_CHECKPOINT, pack(cursor_pair(checkpoint)))
             pending = _Pending(data, batch, checkpoint, noop=True)
             if not data and not self._queue and not self._inflight and not self._requests:
@@ -434,7 +446,7 @@ class FileLog:
         events = batches = 0
         for p in group:
             if p.checkpoint is not None:
-                checkpoints[p.checkpoint.source] = p.checkpoint.cursor
+                keep_checkpoint(checkpoints, p.checkpoint)
             if p.noop:
                 p._finish((False,) * len(p.events))
                 continue

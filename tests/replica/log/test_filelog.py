@@ -335,9 +335,10 @@ async def test_records_with_fields_a_later_release_appends_still_read(tmp_path: 
     await write_log(tmp_path / "log", [([Event("s", ("a",), 1, 1)], Checkpoint("s", 1))])
     event = ["s", ["b"], 2, False, encode(2), None]
     append_group(only_segment(tmp_path / "log"),
-                 frame(RecordType.BATCH, pack([[event], ["s", encode({"at": 2}), 12.5],
+                 frame(RecordType.BATCH, pack([[event], ["s", encode({"at": 2}), 12.5, "later"],
                                                {"new": 1}])),
-                 frame(RecordType.CHECKPOINT, pack(["t", encode([3]), {"contact": 9.0}])))
+                 frame(RecordType.CHECKPOINT, pack(["t", encode([3]), None, {"later": 9}])))
     view, recovery = await reopen(tmp_path / "log")
     assert view.document(("b",)) == 2
     assert recovery.checkpoints == {"s": {"at": 2}, "t": [3]}
+    assert recovery.contacts == {"s": 12.5}
