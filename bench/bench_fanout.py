@@ -61,7 +61,7 @@ def _light(url: str, n: int, seen: dict[int, list[float]], ready: threading.Even
             async def loop(psub: Any) -> None:
                 while not stop.is_set():
                     try:
-                        msgs = await psub.fetch(16, timeout=2.0, heartbeat=0.5)
+                        msgs = await psub.fetch(16, timeout=5.0, heartbeat=1.0)
                     except (nats.errors.TimeoutError, nats.js.errors.APIError):
                         continue  # idle (or a too-short lingering pull on a slow machine)
                     now = time.time()
@@ -96,12 +96,18 @@ async def _run(url: str, tmp: Path) -> dict[str, Any]:
                 sent = time.time()
                 await pub.publish([Event("fleet", KEY, r + 1, f"round-{r}")], host=None)
                 seq = r + 1
-                with trio.fail_after(60):
+                with trio.move_on_after(60):
                     for source in sources:
                         await source.wait_applied(seq)
                         full_lat.append(time.time() - sent)
                     while len(seen.get(seq, ())) < LIGHT:  # noqa: ASYNC110 - another thread fills it
                         await trio.sleep(0.01)
+                if len(full_lat) < FULL * (r + 1) or len(seen.get(seq, ())) < LIGHT:
+                    stats = [s.statistics() for s in sources]
+                    raise RuntimeError(
+                        f"round {r}: {len(seen.get(seq, ()))}/{LIGHT} light consumers got "
+                        f"seq {seq}; full replicas at {[st.cursor_seq for st in stats]}, "
+                        f"errors {[st.last_error for st in stats]}")
                 light_lat += [t - sent for t in seen[seq]]
         nursery.cancel_scope.cancel()
     stop.set()
