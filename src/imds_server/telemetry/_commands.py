@@ -1,4 +1,5 @@
-"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query``, ``collect``.
+"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query|compact``,
+``collect``.
 
 ``register(subparsers)`` is called by the server's CLI. Each command's implementation is
 imported only when it runs, so ``imds-server serve`` does not pay for DuckDB.
@@ -49,17 +50,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     what.add_argument("--sql", default=None,
                       help="free SQL over the view 'logs' (see docs/telemetry.md)")
     what.add_argument("--list", action="store_true", help="list the canned reports")
+    _add_scope(query)
     query.add_argument("--regex", default=None, help="pattern for the 'grep' report")
     query.add_argument("--bucket", default="1 hour", help="time bucket for time reports")
     query.add_argument("--limit", type=int, default=20, help="rows for top-N reports")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.set_defaults(func=_run_query)
 
+    compact = logs_sub.add_parser(
+        "compact", help="turn a collector store's batch files into Parquet parts",
+        description="Compact every date=/cluster= partition's batch files into one Parquet "
+        "part (idempotent, crash-safe; queries see each line once at every instant). "
+        "'imds-server collect' runs this on a schedule.")
+    compact.add_argument("--store", required=True, metavar="DIR")
+    compact.add_argument("--min-age", type=float, default=0.0, metavar="SECONDS",
+                         help="only batch files at least this old (default 0: all)")
+    compact.add_argument("--json", action="store_true", help="print the summary as JSON")
+    compact.set_defaults(func=_run_compact)
+
     collect = subparsers.add_parser(
         "collect", help="warm-path collector: receive log batches and store them")
     collect.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
     collect.add_argument("--store", required=True, metavar="DIR")
+    collect.add_argument("--compact-every", type=float, default=900.0, metavar="SECONDS",
+                         help="compact the store this often (0: never; default 900)")
+    collect.add_argument("--compact-min-age", type=float, default=600.0, metavar="SECONDS",
+                         help="compact batch files at least this old (default 600)")
     collect.set_defaults(func=_run_collect)
+
+
+def _add_scope(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=None, help="only this cluster")
+    parser.add_argument("--machine", default=None, help="only this machine")
+    parser.add_argument("--since", default=None,
+                        help="ISO-8601 time, unix seconds or -2h/-30m/-1d (inclusive)")
+    parser.add_argument("--until", default=None,
+                        help="ISO-8601 time, unix seconds or -2h/-30m/-1d (exclusive)")
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +112,12 @@ def _run_query(args: argparse.Namespace) -> int:
     from ._query import query_main
 
     return query_main(args)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from ._compact import compact_main
+
+    return compact_main(args)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
