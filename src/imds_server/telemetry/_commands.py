@@ -1,4 +1,4 @@
-"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query|compact``,
+"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query|report|compact``,
 ``collect``.
 
 ``register(subparsers)`` is called by the server's CLI. Each command's implementation is
@@ -57,6 +57,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.set_defaults(func=_run_query)
 
+    report = logs_sub.add_parser(
+        "report", help="charts per cluster as one self-contained HTML file",
+        description="p90 latency over time, answers by status, requests by route, the "
+        "api-version distribution and (with probe lines) uptime, per cluster, as inline "
+        "SVG in one HTML file that opens without network. Needs the 'charts' extra.")
+    report.add_argument("--store", action="append", default=[], metavar="DIR",
+                        help="a collector store")
+    report.add_argument("--local", action="append", default=[], metavar="LOG_DIR",
+                        help="a server's local (cold path) log directory")
+    _add_scope(report)
+    report.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
+    report.set_defaults(func=_run_report)
+
     compact = logs_sub.add_parser(
         "compact", help="turn a collector store's batch files into Parquet parts",
         description="Compact every date=/cluster= partition's batch files into one Parquet "
@@ -112,6 +125,12 @@ def _run_query(args: argparse.Namespace) -> int:
     from ._query import query_main
 
     return query_main(args)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from ._report import report_main
+
+    return report_main(args)
 
 
 def _run_compact(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ COLUMNS: dict[str, str] = {
     "request_id": "VARCHAR", "vm": "VARCHAR", "caller": "VARCHAR", "method": "VARCHAR",
     "route": "VARCHAR", "path": "VARCHAR", "api_version": "VARCHAR", "status": "INTEGER",
     "bytes": "BIGINT", "seconds": "DOUBLE", "refused": "VARCHAR", "watch": "BOOLEAN",
+    "success": "BOOLEAN",  # dial-tone probe lines (``imds-server probe --json``)
 }
 _ACCESS = "logger = 'imds_server.access'"
 REPORTS: dict[str, tuple[str, str]] = {
@@ -147,7 +148,9 @@ def logs_view_sql(stores: Sequence[Path], local_dirs: Sequence[Path],
     select = ", ".join(COLUMNS)
     hive = ("hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'machine': 'VARCHAR', "
             "'date': 'DATE'}")
-    hive_parts = "hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'date': 'DATE'}"
+    # union_by_name: parts written before a column was added read it as NULL.
+    hive_parts = ("hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'date': 'DATE'}, "
+                  "union_by_name=true")
     where = filters.where()
     cond = f" WHERE {where}" if where else ""
     parts = []
