@@ -130,7 +130,7 @@ def _compact_partition(store: Path, date: str, cluster: str, files: list[Path],
     out = part_path(store, date, cluster, gen)
     existing = parts(out.parent)
     merge = [p for p in existing if p.stat().st_size < MERGE_BELOW]
-    with store_lock(store, exclusive=True, create=True):
+    with store_lock(store, exclusive=True):
         touched = {stage}
         for source in files:
             target = stage / source.relative_to(store)
@@ -161,6 +161,7 @@ def _compact_partition(store: Path, date: str, cluster: str, files: list[Path],
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".part-{gen}.tmp"
     with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")  # output stays the answer
         rows = con.execute(
             f"COPY (SELECT * FROM ({' UNION ALL '.join(sources)}) ORDER BY time, machine) "
             f"TO {quote(str(tmp))} (FORMAT parquet, COMPRESSION zstd, "
@@ -190,7 +191,7 @@ def recover(store: Path) -> int:
     """
     handled = 0
     for stage in staged(store):
-        with store_lock(store, exclusive=True, create=True):
+        with store_lock(store, exclusive=True):
             if not stage.output(store).exists():
                 _put_back(store, stage)
             shutil.rmtree(stage.path)

@@ -148,9 +148,9 @@ def logs_view_sql(stores: Sequence[Path], local_dirs: Sequence[Path],
     select = ", ".join(COLUMNS)
     hive = ("hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'machine': 'VARCHAR', "
             "'date': 'DATE'}")
-    # union_by_name: parts written before a column was added read it as NULL.
-    hive_parts = ("hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'date': 'DATE'}, "
-                  "union_by_name=true")
+    # No union_by_name: it reads every file's schema when binding, which defeats DuckDB's
+    # own partition pruning; every part has the schema of COLUMNS (the compactor writes it).
+    hive_parts = "hive_partitioning=true, hive_types={'cluster': 'VARCHAR', 'date': 'DATE'}"
     where = filters.where()
     cond = f" WHERE {where}" if where else ""
     parts = []
@@ -211,6 +211,7 @@ def run_query(stores: Sequence[Path], local_dirs: Sequence[Path], *, report: str
             raise ValueError("no log files found in the given --store/--local directories"
                              + (" for the given filters" if filters.where() else ""))
         with duckdb.connect() as con:
+            con.execute("SET enable_progress_bar = false")  # output stays the answer
             con.execute(view)
             try:
                 cursor = con.execute(sql)

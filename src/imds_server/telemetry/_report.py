@@ -63,6 +63,7 @@ def report_data(stores: Sequence[Path], local_dirs: Sequence[Path],
         if view is None:
             raise ReportError("no log files found in the given --store/--local directories")
         with duckdb.connect() as con:
+            con.execute("SET enable_progress_bar = false")  # output stays the answer
             con.execute(view)
             first, last = con.execute("SELECT min(time), max(time) FROM logs").fetchone() or (
                 None, None)

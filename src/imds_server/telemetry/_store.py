@@ -155,20 +155,27 @@ def _any_batch(cluster_dir: Path, prune: Prune) -> bool:
 
 
 @contextmanager
-def store_lock(store: Path, *, exclusive: bool, create: bool = False) -> Iterator[None]:
+def store_lock(store: Path, *, exclusive: bool) -> Iterator[None]:
     """flock on ``STORE/.compact.lock``: shared for queries, exclusive for the compactor's
-    renames. A store that was never compacted (no lock file) and cannot be written to is
-    read without it: nothing can be compacting it."""
-    path = store / LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
-    except FileNotFoundError:
+    renames. The lock file is created when it can be; a read-only reader of a store whose
+    lock file does not exist (never compacted, not writable) reads without it."""
+    fd = _open_lock(store / LOCK)
+    if fd is None:
         yield
         return
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _open_lock(path: Path) -> int | None:
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            return None  # no store directory: nothing to lock (the caller reports it)
+        except PermissionError:
+            continue
+    return None
