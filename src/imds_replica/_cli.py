@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from ._errors import CorruptLogError, StorageError
@@ -27,6 +28,7 @@ is not a usable log (not ours, newer format, locked by a running replica, unread
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imds-replica", description="Inspect and maintain an imds-replica data directory.")
+    parser.add_argument("--version", action="version", version=f"imds-replica {_version()}")
     top = parser.add_subparsers(dest="area", required=True, metavar="{log}")
     log = top.add_parser("log", help="the durable event log", epilog=_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
                            help="drop tombstones with a version below VERSION (default: "
                                 "keep all; must exceed any source's delivery delay)")
     return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("imds-replica")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
 
 
 def _out(line: str) -> None:

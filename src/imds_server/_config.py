@@ -10,8 +10,9 @@ validates it).
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "max-connections": ("max_connections", (int,), "VM-facing connections in total"),
     "max-connections-per-caller": ("max_connections_per_caller", (int,),
                                    "VM-facing connections per caller address"),
+    "max-unknown-connections": ("max_unknown_connections", (int,),
+                                "connections all unknown callers share (within "
+                                "max-connections: the rest is reserved for VMs)"),
+    "unknown-rate-limit": ("unknown_rate_limit", (int, float),
+                           "new connections/s per unknown caller address; 0 disables"),
+    "unknown-rate-burst": ("unknown_rate_burst", (int, float),
+                           "burst of new connections per unknown caller address"),
+    "refusals-before-close": ("refusals_before_close", (int,),
+                              "429s in a row after which a connection is closed"),
+    "refusal-log-interval": ("refusal_log_interval", (int, float),
+                             "seconds per aggregated refusal line (per caller and reason)"),
+    "send-timeout": ("send_timeout", (int, float),
+                     "seconds an answer may wait for the client to read it"),
+    "admin-body-timeout": ("admin_body_timeout", (int, float),
+                           "seconds an admin request body may take to arrive"),
     "header-timeout": ("header_timeout", (int, float), "seconds to send a whole request"),
     "idle-timeout": ("idle_timeout", (int, float), "seconds a keep-alive may idle"),
     "max-request-line": ("max_request_line", (int,), "bytes of the request target"),
@@ -50,9 +66,11 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
 }
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
-             "admin_max_body_bytes", "max_watch_timeout"}
+             "admin_max_body_bytes", "max_watch_timeout", "max_unknown_connections",
+             "unknown_rate_burst", "refusals_before_close", "refusal_log_interval",
+             "send_timeout", "admin_body_timeout"}
 _NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
-                 "startup_hold"}
+                 "startup_hold", "unknown_rate_limit"}
 
 
 @attrs.frozen
@@ -68,6 +86,13 @@ class ServerConfig:
     ip_ttl: int = 1
     max_connections: int = 4096
     max_connections_per_caller: int = 64
+    max_unknown_connections: int = 64
+    unknown_rate_limit: float = 2.0
+    unknown_rate_burst: float = 10.0
+    refusals_before_close: int = 16
+    refusal_log_interval: float = 10.0
+    send_timeout: float = 30.0
+    admin_body_timeout: float = 120.0
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_request_line: int = 8192
@@ -92,6 +117,9 @@ class ServerConfig:
             raise ConfigError("must be >= 1", key="rate-burst")
         if self.ip_ttl > 255:
             raise ConfigError("must be at most 255", key="ip-ttl")
+        if self.max_unknown_connections >= self.max_connections:
+            raise ConfigError("must be less than max-connections (the rest is kept for "
+                              "known VMs)", key="max-unknown-connections")
         if self.max_request_line > self.max_header_bytes:
             raise ConfigError("must not exceed max-header-bytes", key="max-request-line")
         check_separate(self.listen, self.admin_listen)
@@ -115,12 +143,22 @@ def load_config(path: Path | str | None = None,
     return config_from_mapping(values)
 
 
+def did_you_mean(name: str, known: Collection[str]) -> str:
+    """``; did you mean 'rate-limit'?`` for ``rate_limit``, a typo or a flag's spelling
+    (``--rate-limit``); ``""`` when nothing is close."""
+    spelled = name.strip().lstrip("-").replace("_", "-").lower()
+    if spelled in known and spelled != name:
+        return f"; did you mean {spelled!r}?"
+    close = difflib.get_close_matches(spelled, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
     fields: dict[str, Any] = {}
     for name, value in values.items():
         if name not in SETTINGS:
-            raise ConfigError(f"unknown setting (known: {', '.join(sorted(SETTINGS))})",
-                              key=name)
+            raise ConfigError(f"unknown setting{did_you_mean(name, SETTINGS)} "
+                              f"(known: {', '.join(sorted(SETTINGS))})", key=name)
         field, types, _ = SETTINGS[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(t.__name__ for t in types)
@@ -133,3 +171,62 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             value = float(value)
         fields[field] = value
     return ServerConfig(**fields)
+
+
+def config_to_toml(config: ServerConfig) -> str:
+    """The effective configuration as a TOML file ``--config`` reads back to the same
+    ``ServerConfig`` (``serve --print-config``): every setting, with its description."""
+    lines = ["# imds-server configuration (serve --print-config): the effective settings.",
+             "# Every key is also a flag (--KEY) where one exists; flags win over the file."]
+    tables: list[str] = []
+    for name, (field, _, description) in SETTINGS.items():
+        value = getattr(config, field)
+        if isinstance(value, Mapping):
+            tables.append(_toml_table(name, value, description))
+            continue
+        if value is None:
+            lines.append(f"# {name} = ...  # {description} (not set)")
+            continue
+        lines.append(f"{name} = {_toml_value(value)}  # {description}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[{_toml_key(name)}]"]
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            nested.append((key, value))
+        else:
+            out.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in nested:
+        out.append(f"[{_toml_key(name)}.{_toml_key(key)}]")
+        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else _toml_string(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (Address, Path)):
+        return _toml_string(str(value))
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c >= " " and c != "\x7f" else f"\\u{ord(c):04x}" for c in escaped)
+    return f'"{escaped}"'

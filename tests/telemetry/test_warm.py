@@ -44,7 +44,8 @@ async def collector(store: Path, port: int = 0, *extra: str) -> AsyncIterator[in
 def warm_setup(tmp_path: Path, url: str, **warm: object
                ) -> tuple[LogPipeline, Uploader, TelemetryMetrics]:
     config = TelemetryConfig.from_mapping(
-        {"warm": {"collector_url": url, "attempts": 2, "timeout": 0.5, **warm}},
+        {"warm": {"collector_url": url, "attempts": 2, "timeout": 0.5,
+                  "sample_rate": 1.0, **warm}},  # delivery, not the budget, under test
         cluster="c1", machine="m1")
     metrics = TelemetryMetrics(process=False)
     pipeline = LogPipeline(config, tmp_path / "logs", metrics)
