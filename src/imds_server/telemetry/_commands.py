@@ -102,10 +102,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="address to receive batches on")
     collect.add_argument("--store", required=True, metavar="DIR",
                          help="the store directory (created if missing)")
-    collect.add_argument("--compact-every", type=float, default=900.0, metavar="SECONDS",
-                         help="compact the store this often (0: never)")
-    collect.add_argument("--compact-min-age", type=float, default=600.0, metavar="SECONDS",
-                         help="compact batch files at least this old")
+    collect.add_argument("--compact-every", type=float, default=900.0, metavar="S",
+                         help="compact the store every S seconds (0: never)")
+    collect.add_argument("--compact-min-age", type=float, default=600.0, metavar="S",
+                         help="compact batch files at least S seconds old")
     collect.set_defaults(func=_run_collect)
 
 

@@ -212,8 +212,8 @@ def run_query(stores: Sequence[Path], local_dirs: Sequence[Path], *, report: str
                              + (" for the given filters" if filters.where() else ""))
         with duckdb.connect() as con:
             con.execute("SET enable_progress_bar = false")  # output stays the answer
-            con.execute(view)
             try:
+                con.execute(view)  # binds every file: a damaged one fails here
                 cursor = con.execute(sql)
             except duckdb.Error as error:
                 raise ValueError(f"query failed: {error}") from None

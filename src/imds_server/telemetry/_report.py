@@ -64,9 +64,12 @@ def report_data(stores: Sequence[Path], local_dirs: Sequence[Path],
             raise ReportError("no log files found in the given --store/--local directories")
         with duckdb.connect() as con:
             con.execute("SET enable_progress_bar = false")  # output stays the answer
-            con.execute(view)
-            first, last = con.execute("SELECT min(time), max(time) FROM logs").fetchone() or (
-                None, None)
+            try:
+                con.execute(view)
+                first, last = con.execute(
+                    "SELECT min(time), max(time) FROM logs").fetchone() or (None, None)
+            except duckdb.Error as error:
+                raise ReportError(f"cannot read the logs: {error}") from None
             if first is None:
                 raise ReportError("no log lines match the given filters")
             bucket = bucket_for(last - first)
