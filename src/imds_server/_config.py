@@ -3,7 +3,8 @@
 Every setting has one name, used both as the TOML key and (for those that have one) as the
 command-line flag: ``rate-limit`` / ``--rate-limit``. Flags override the file; the file
 overrides the defaults. An unknown key, a wrong type or an impossible value is refused at
-start with a ``ConfigError`` naming the key and the reason. ``cluster`` and ``machine``
+start with a ``ConfigError`` naming the key and the reason. ``[[source]]`` tables (the
+sources ``serve`` runs) are checked by ``_sources``. ``cluster`` and ``machine``
 label telemetry; the ``[telemetry]`` table is passed through untouched (telemetry
 validates it).
 """
@@ -21,6 +22,11 @@ import attrs
 from imds_replica import ConfigError
 
 from ._listen import Address, check_separate
+from ._sources import SourceSpec, parse_sources
+
+#: Sources the server itself writes: no ``[[source]]`` may take their names (``guest``: the
+#: scheduled-event approvals). ``fabric``/``hostnet`` may come from a configured source.
+SERVER_SOURCES = ("guest",)
 
 #: TOML key -> (field, accepted types, description). The table docs/server.md documents.
 SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
@@ -57,12 +63,15 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "max-header-bytes": ("max_header_bytes", (int,), "bytes of request line + headers"),
     "max-body-bytes": ("max_body_bytes", (int,), "VM-facing request body bytes"),
     "admin-max-body-bytes": ("admin_max_body_bytes", (int,), "POST /events body bytes"),
+    "admin-allow-owned-sources": ("admin_allow_owned_sources", (bool,),
+                                  "POST /events may claim the server's own sources"),
     "shutdown-grace": ("shutdown_grace", (int, float), "seconds to finish on SIGTERM"),
     "startup-hold": ("startup_hold", (int, float),
                      "seconds a request waits for the log replay before 410"),
     "cluster": ("cluster", (str,), "telemetry label"),
     "machine": ("machine", (str,), "telemetry label"),
     "telemetry": ("telemetry", (dict,), "passed to telemetry untouched"),
+    "source": ("sources", (list,), "[[source]] tables: the sources serve runs"),
 }
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
@@ -99,11 +108,14 @@ class ServerConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 65536
     admin_max_body_bytes: int = 16 * 1024 * 1024
+    admin_allow_owned_sources: bool = False
     shutdown_grace: float = 10.0
     startup_hold: float = 3.0
     cluster: str = ""
     machine: str = ""
     telemetry: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The checked ``[[source]]`` tables (``imds_server._sources``).
+    sources: tuple[SourceSpec, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         key = {field: name for name, (field, _, _) in SETTINGS.items()}
@@ -167,6 +179,8 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             value = Address.parse(str(value), key=name)
         elif field == "data_dir":
             value = Path(str(value))
+        elif field == "sources":
+            value = parse_sources(value, reserved=tuple(SERVER_SOURCES))
         elif isinstance(value, int) and float in types:
             value = float(value)
         fields[field] = value
@@ -184,10 +198,17 @@ def config_to_toml(config: ServerConfig) -> str:
         if isinstance(value, Mapping):
             tables.append(_toml_table(name, value, description))
             continue
+        if field == "sources":  # an array of tables: [[source]] each
+            tables += [_toml_array_table(name, spec.to_table(), description)
+                       for spec in value]
+            continue
         if value is None:
             lines.append(f"# {name} = ...  # {description} (not set)")
             continue
-        lines.append(f"{name} = {_toml_value(value)}  # {description}")
+        try:
+            lines.append(f"{name} = {_toml_value(value)}  # {description}")
+        except TypeError as exc:  # a setting of a kind this writer does not know
+            lines.append(f"# {name}: not printed ({exc})  # {description}")
     return "\n".join(lines + tables) + "\n"
 
 
@@ -202,6 +223,12 @@ def _toml_table(name: str, table: Mapping[str, Any], description: str) -> str:
     for key, value in nested:
         out.append(f"[{_toml_key(name)}.{_toml_key(key)}]")
         out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(out)
+
+
+def _toml_array_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[[{_toml_key(name)}]]"]
+    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
     return "\n".join(out)
 
 
@@ -223,6 +250,9 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
                                for k, v in value.items()) + "}"
+    if attrs.has(type(value)):  # a parsed table (its fields are its keys)
+        return _toml_value({k.replace("_", "-"): v for k, v in attrs.asdict(value).items()
+                            if v is not None})
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 

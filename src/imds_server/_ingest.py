@@ -115,7 +115,7 @@ async def _parts(events: Sequence[Event]) -> list[list[Event]]:
     documents: dict[tuple[str, ...], list[Event]] = {}
     for n, event in enumerate(events):
         documents.setdefault(event.key[:2], []).append(event)
-        if not n & 4095:
+        if not n & 1023:
             await trio.lowlevel.checkpoint()
     parts: list[list[Event]] = []
     part: list[Event] = []

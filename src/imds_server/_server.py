@@ -38,6 +38,8 @@ from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_t
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._refusals import AGGREGATED, RefusalDigest
 from ._request import Park, Request, Response, Submit, error, failure
+from ._schedule import APPROVAL_SOURCE
+from ._sources import build_source
 from ._storage import open_log
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -95,7 +97,9 @@ class Server:
             rate_limit=config.rate_limit, rate_burst=config.rate_burst,
             max_watchers_per_vm=config.max_watchers_per_vm,
             max_watch_timeout=config.max_watch_timeout), started=clock())
-        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health)
+        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health,
+                              owned_sources=(APPROVAL_SOURCE,),
+                              allow_owned_sources=config.admin_allow_owned_sources)
         self.replica: Replica | None = None
         self.vm_listeners: list[Listener] = []
         self.admin_listeners: list[Listener] = []
@@ -219,7 +223,10 @@ class Server:
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
-            async with open_replica(log, policies=POLICIES, clock=self.clock) as replica:
+            sources = [build_source(spec) for spec in cfg.sources]
+            self.admin.source_details = lambda: _adapter_statistics(sources)
+            async with open_replica(log, sources=sources, policies=POLICIES,
+                                    clock=self.clock) as replica:
                 if cfg.demo:
                     await _demo.seed(replica)
                 replica.view.subscribe(self._wake)
@@ -339,19 +346,15 @@ class Server:
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
         refused = response.refused
+        count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):
-            self._count_only(self._access(request, peer, response, sent, seconds))
-            return
-        self.observer.request(self._access(request, peer, response, sent, seconds))
-
-    def _access(self, request: Request, peer: str, response: Response, sent: int,
-                seconds: float) -> AccessRecord:
-        return AccessRecord(
+            count = self._count_only  # counted; its line is the interval's summary
+        count(AccessRecord(
             time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
             caller=peer, vm=response.vm, method=request.method, route=response.route,
             path=request.path, api_version=response.api_version, status=response.status,
-            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch)
+            bytes=sent, seconds=seconds, refused=refused, watch=response.watch))
 
 
 class _VmApp:
@@ -387,3 +390,15 @@ class _AdminApp:
     def answered(self, request: Request, peer: str, response: Response, received: float,
                  sent: int, seconds: float) -> None:
         pass  # admin requests are not VM traffic; telemetry counts its own routes
+
+
+def _adapter_statistics(sources: list[Any]) -> dict[str, dict[str, Any]]:
+    """``statistics()`` of the configured sources that have one, as plain dicts."""
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        stats = getattr(source, "statistics", None)
+        if callable(stats):
+            value = stats()
+            if attrs.has(type(value)):
+                out[source.name] = attrs.asdict(value)
+    return out

@@ -67,7 +67,8 @@ class TestMode:
         self.faults = FaultTable()
         self.lifecycle = Lifecycle(time_scale=time_scale)
         self.replica: Replica | None = None
-        self._hlc = HybridClock()
+        # Unbounded: test mode writes past every version its fleet file seeded, however far.
+        self._hlc = HybridClock(max_drift_ms=None)
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.scenarios_run = 0
@@ -87,7 +88,8 @@ class TestMode:
         """Seed the fleet, then drive the lifecycle (and scenarios) until cancelled."""
         replica = await server.wait_ready()
         self.replica = replica
-        self._hlc.observe(max((e.version for e in replica.view.registers(())), default=0))
+        self._hlc.observe(max((e.version for e in replica.view.registers(())), default=0),
+                          int(self.clock() * 1000))
         for rule in self.fleet.faults:
             self.add_fault(rule)
         if self.fleet.events:

@@ -15,7 +15,7 @@ TOML = """
 callers = ["127.0.0.5"]
 compute = { name = "web-1", vmSize = "Standard_D2s_v5" }
 tags = [{ name = "env", value = "test" }]
-loadbalancer = { loadbalancer = { publicIpAddresses = [] } }
+loadbalancer = { publicIpAddresses = [], inboundRules = [], outboundRules = [] }
 
 [vms.vm-1.identity.systemAssigned]
 clientId = "c"
