@@ -160,10 +160,13 @@ async def serve_until_signalled(server: Server, telemetry: Any = None) -> None:
                 # Only once answers are real: the data directory is locked and replayed
                 # (a locked or foreign one fails before this line, never after it).
                 await server.wait_ready()
+                test_mode = getattr(server, "test_mode", None)
+                if test_mode is not None:
+                    await test_mode.seeded.wait()
                 cfg = server.config
                 host, port = server.vm_address[:2]
                 ahost, aport = server.admin_address[:2]
-                label = " (test mode)" if getattr(server, "test_mode", None) else \
+                label = " (test mode)" if test_mode is not None else \
                     " (demo)" if cfg.demo else ""
                 print(f"imds-server: serving VMs on {host}:{port}, admin on {ahost}:{aport}"
                       f"{label}", file=sys.stderr, flush=True)

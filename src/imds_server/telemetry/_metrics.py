@@ -64,6 +64,20 @@ class TelemetryMetrics:
         self.upload_last_success = Gauge(
             "imds_telemetry_upload_last_success_timestamp_seconds",
             "Unix time of the last batch the collector acknowledged.", registry=r)
+        # The warm path's volume budget (every line is still in the cold file).
+        self.warm_sampled_out = Counter(
+            "imds_telemetry_warm_sampled_out_lines",
+            "Successful access lines not uploaded: outside the sample (kept locally).",
+            registry=r)
+        self.warm_dropped = Counter(
+            "imds_telemetry_warm_dropped_lines",
+            "Lines not uploaded, by reason: throttled (per logger), over-budget (per host).",
+            ["reason"], registry=r)
+        self.warm_truncated = Counter(
+            "imds_telemetry_warm_truncated_lines",
+            "Uploaded lines cut to warm.max_line_bytes.", registry=r)
+        for reason in ("throttled", "over-budget"):
+            self.warm_dropped.labels(reason)
         self.spool_dropped_batches = Counter(
             "imds_telemetry_spool_dropped_batches",
             "Spooled batches deleted unsent because the spool was full (oldest first).",

@@ -72,6 +72,9 @@ class TestMode:
         self._wake = trio.Event()
         self._nursery: trio.Nursery | None = None
         self.scenarios_run = 0
+        #: Set once the fleet is published and its events planned (the CLI announces
+        #: "serving" only then, so a guest started on that line never meets an empty host).
+        self.seeded = trio.Event()
 
     # -- faults (the clock is scaled: a rule of 30 s lasts 30 / time_scale) -----------------
     def add_fault(self, rule: FaultRule) -> int:
@@ -98,6 +101,7 @@ class TestMode:
         for plan in self.fleet.planned:
             self.lifecycle.add(plan, now)
         replica.view.subscribe(lambda _key: self._wake.set())
+        self.seeded.set()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             if self.fleet.scenario:
