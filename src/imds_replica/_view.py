@@ -16,6 +16,7 @@ see ``_horizon``.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -28,6 +29,8 @@ from sortedcontainers import SortedList
 from . import _codec
 from ._event import Event, Key
 from ._horizon import HLC_SPACE_MIN, CompactionState, Horizons, is_hlc
+
+logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 #: How many (change, document) entries ``changed_since`` remembers.
@@ -107,10 +110,11 @@ class View:
         most events are decided by the version alone) and per-call lookups are hoisted out
         of the loop. An event for a key the view does not hold, below its compaction floor,
         is a no-op (counted in ``floor_noops``): a late redelivery of something a dropped
-        tombstone overrode. A new key goes into the register dict only; the sorted index learns it
-        at the next ordered read (see ``_index_keys``). Listeners are called after each
-        change, with the register, document, ``change_seq`` and history already updated
-        (the apply and no-op counts of ``statistics`` are added at the end of the batch).
+        tombstone overrode. A new key goes into the register dict only; the sorted index learns
+        it at the next ordered read (see ``_index_keys``). Listeners are called once the whole
+        batch is applied, once per change in order (the apply and no-op counts of
+        ``statistics`` are added first); a listener that raises is logged and the others
+        still run (``_notify``): a bug in one cannot half-apply a group commit.
         """
         registers = self._registers
         get = registers.get
@@ -118,7 +122,9 @@ class View:
         account = self._account
         depth = self.document_depth
         history = self._history
-        listeners = self._listeners
+        changed: list[Key] = []
+        note = changed.append
+        short: list[Key] = []
         flags: list[bool] = []
         flag = flags.append
         noops = floored = 0
@@ -148,14 +154,27 @@ class View:
             self._seq += 1
             history.append((self._seq, doc_key))
             flag(True)
-            for listener in listeners:
-                listener(doc_key)
+            note(doc_key)
             if len(key) < depth:
-                self._changed_below(key)
+                short.append(key)
         self._applies += len(flags)
         self._noops += noops
         self._floor_noops += floored
+        if changed and self._listeners:
+            self._notify(changed)
+        for key in short:
+            self._changed_below(key)
         return tuple(flags)
+
+    def _notify(self, doc_keys: list[Key]) -> None:
+        """Tell every listener about each change; one that raises is logged, not fatal."""
+        for doc_key in doc_keys:
+            for listener in self._listeners:
+                try:
+                    listener(doc_key)
+                except Exception:
+                    logger.exception("view listener %r failed on a change to %s; the "
+                                     "change is applied", listener, "/".join(doc_key))
 
     def load(self, events: Iterable[Event]) -> int:
         """Merge many events (recovery); returns how many changed the view. Ends in exactly
@@ -196,8 +215,7 @@ class View:
             doc.counter = self._seq
             doc.etag = None
         self._history.append((self._seq, doc_key))
-        for listener in self._listeners:
-            listener(doc_key)
+        self._notify([doc_key])
 
     def _changed_below(self, key: Key) -> None:
         """A register shallower than a document changed: every document beneath it did.

@@ -28,6 +28,7 @@ PUBLIC = [
     "Key",
     "LivelinessPolicy",
     "LivelinessTracker",
+    "LogUnavailable",
     "MemoryLog",
     "PollResult",
     "PollSource",
