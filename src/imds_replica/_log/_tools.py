@@ -209,8 +209,8 @@ def stats_log(directory: str | os.PathLike[str], *,
     return StatsReport(rec.found_version, tuple(sorted(versions)), rec.generation,
                        len(rec.segments), rec.bytes, reducer.records, reducer.batches,
                        reducer.events, len(reducer.best) - tombstones,
-                       tombstones, reducer.oldest, reducer.newest, {k: v for k, v in reducer.checkpoints.items()
-                        if k != STATE_SOURCE},
+                       tombstones, reducer.oldest, reducer.newest,
+                       {k: v for k, v in reducer.checkpoints.items() if k != STATE_SOURCE},
                        tuple(name for _, _, name in rec.listing.snapshots))
 
 
