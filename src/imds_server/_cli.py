@@ -21,6 +21,7 @@ from imds_replica import ConfigError, ImdsError
 
 from ._config import ServerConfig, load_config
 from ._server import Server
+from .identity import _commands as identity_commands
 
 TELEMETRY_COMMANDS = "imds_server.telemetry._commands"
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate-limit", type=float, metavar="N",
                        help="requests/s per VM (default 5; 0 disables)")
     serve.set_defaults(func=_serve)
+    identity_commands.register(sub)  # token-service
     if importlib.util.find_spec(TELEMETRY_COMMANDS.rpartition(".")[0]) is not None \
             and importlib.util.find_spec(TELEMETRY_COMMANDS) is not None:
         importlib.import_module(TELEMETRY_COMMANDS).register(sub)

@@ -44,9 +44,11 @@ class RemoteIssuer:
             verify = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
             if client_cert is not None:
                 verify.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
-        self._client = httpx.AsyncClient(
-            timeout=timeout, verify=verify, transport=transport,
-            headers={"Authorization": f"Bearer {credential}"})
+        # A client per call, not a pool: tokens are asked for once per half-life per
+        # (VM, identity, resource), and nothing is left open when the server stops.
+        self._client_args: dict[str, Any] = {
+            "timeout": timeout, "verify": verify, "transport": transport,
+            "headers": {"Authorization": f"Bearer {credential}"}}
         self._jwks: tuple[float, dict[str, Any]] | None = None
 
     @property
@@ -75,7 +77,8 @@ class RemoteIssuer:
 
     async def _call(self, method: str, path: str, body: Any) -> dict[str, Any]:
         try:
-            resp = await self._client.request(method, self.url + path, json=body)
+            async with httpx.AsyncClient(**self._client_args) as client:
+                resp = await client.request(method, self.url + path, json=body)
         except httpx.HTTPError as exc:
             raise IssuerError(f"token service {self.url} unreachable: "
                               f"{type(exc).__name__}: {exc}") from None
@@ -89,6 +92,3 @@ class RemoteIssuer:
         if not isinstance(answer, dict):
             raise IssuerError(f"token service {self.url} answered a non-object")
         return answer
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

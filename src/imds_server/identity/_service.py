@@ -127,6 +127,9 @@ class TokenServiceApp:
 async def serve_token_service(sock: socket.socket, app: TokenServiceApp, *,
                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                               ) -> None:
-    """Serve ``app`` on the listening ``sock`` until cancelled."""
+    """Serve ``app`` on the listening ``sock`` until cancelled (then ``sock`` is closed)."""
     listener = Listener(sock, app, http=HttpLimits(), limits=ConnectionLimits())
-    await listener.serve(task_status=task_status)
+    try:
+        await listener.serve(task_status=task_status)
+    finally:
+        sock.close()
