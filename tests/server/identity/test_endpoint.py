@@ -170,7 +170,8 @@ async def test_identities_never_appear_in_the_instance_document() -> None:
     assert resp.status == 200
     text = resp.body.decode()
     assert "identity" not in json.loads(text)
-    assert SYSTEM["clientId"] not in text and USER1["objectId"] not in text
+    assert SYSTEM["clientId"] not in text
+    assert USER1["objectId"] not in text
 
 
 async def test_cached_token_counts_down_and_is_not_reissued() -> None:
@@ -222,9 +223,11 @@ async def test_concurrency_limit_per_vm() -> None:
         result = api.handle(Request("GET", f"{TOKEN}&resource=https://r{i}", {"metadata": "true"}),
                             CALLER_A, NOW)
         issues.append(result)
-    assert isinstance(issues[0], Issue) and isinstance(issues[1], Issue)
+    assert isinstance(issues[0], Issue)
+    assert isinstance(issues[1], Issue)
     third = issues[2]
-    assert isinstance(third, Response) and third.status == 429
+    assert isinstance(third, Response)
+    assert third.status == 429
     api.identity.release(issues[0])
     result = api.handle(Request("GET", f"{TOKEN}&resource=https://r9", {"metadata": "true"}),
                         CALLER_A, NOW)
