@@ -1,5 +1,6 @@
 # Quick start: `make run` (demo server) and `make test` (the whole suite, as CI runs it).
-# Both create the virtualenv and install the pinned dependencies themselves.
+# Both create the virtualenv and install the hash-pinned dependencies themselves (pip only;
+# requirements.lock, including the build backend, is written by scripts/lock).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,8 +11,8 @@ DATA ?= var/demo
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(STAMP)
@@ -45,4 +46,4 @@ nightly: $(STAMP)
 	HYPOTHESIS_PROFILE=nightly $(BIN)/python -m pytest -p no:cacheprovider tests/replica $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .venv-lock var .mypy_cache .ruff_cache .pytest_cache .hypothesis
