@@ -9,14 +9,12 @@ adds ``GET /metrics`` and ``GET /logs`` this way; a built-in path cannot be over
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import msgpack
+from imds_replica import DEFAULT_MAX_VALUE_BYTES, ImdsError, ValidationError
 
-from imds_replica import ImdsError, ValidationError
-
+from ._ingest import BodyError, decode_events, gc_paused, submit_events
 from ._render import to_json
 from ._request import JSON, BadQuery, Request, Response, error, failure, parse_query
 
@@ -93,23 +91,22 @@ class AdminApi:
     async def _events(self, request: Request) -> Response:
         assert self.replica is not None
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        try:
-            # Anything but msgpack is read as JSON: ``curl -d`` sends a form type.
-            if kind == "application/msgpack":
-                body = msgpack.unpackb(request.body, raw=False, strict_map_key=False)
-            else:
-                body = json.loads(request.body)
-        except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-            return error(400, f"body is not valid {kind}: {exc}", route="/events")
-        if not isinstance(body, dict) or not isinstance(body.get("events"), list):
-            return error(400, 'body must be {"events": [...]}', route="/events")
-        try:
-            result = await self.replica.submit(body["events"])
-        except ValidationError as exc:
-            return failure(exc, extra={"index": exc.index}, route="/events")
-        except ImdsError as exc:
-            return failure(exc, route="/events")
-        return _json(200, {"events": result.events, "changed": result.changed}, "/events")
+        # Anything but msgpack is read as JSON: ``curl -d`` sends a form type. Decoded,
+        # validated and submitted in slices, so that a large batch does not hold the loop.
+        with gc_paused():
+            try:
+                events = await decode_events(request.body, kind, max_value_bytes=getattr(
+                    self.replica, "_max_value_bytes", DEFAULT_MAX_VALUE_BYTES))
+            except BodyError as exc:
+                extra = {"index": exc.index} if exc.index is not None else None
+                return error(400, exc.message, extra=extra, route="/events")
+            try:
+                total, changed = await submit_events(self.replica, events)
+            except ValidationError as exc:
+                return failure(exc, extra={"index": exc.index}, route="/events")
+            except ImdsError as exc:
+                return failure(exc, route="/events")
+        return _json(200, {"events": total, "changed": changed}, "/events")
 
 
 def _json(status: int, body: Any, route: str) -> Response:

@@ -101,6 +101,7 @@ class VmApi:
         self._targets: dict[str, _Target] = {}
         #: Signs ``/metadata/attested/document``; None: that path answers 404.
         self.attested: _attested.AttestedSigner | None = None
+        self._refusals = _Refusals()
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, view: View, liveliness: LivelinessTracker) -> None:
@@ -132,15 +133,13 @@ class VmApi:
         vm = self.caller_vm(caller)
         if vm is None:
             self.stats.refused_callers += 1
-            return error(403, "Forbidden", refused="unknown-caller")
+            return self._refusals.forbidden(self._target(request.target))
         if request.target.startswith(IDENTITY_PREFIX):  # identity has its own limits
             return self.identity.handle(request, vm, now)
         wait = self.buckets.take(vm, now)
         if wait:
             self.stats.rate_limited += 1
-            retry = str(TokenBuckets.retry_after(wait))
-            return attrs.evolve(error(429, "Too many requests", refused="rate-limited",
-                                      headers=(("Retry-After", retry),)), vm=vm)
+            return self._refusals.too_many(vm, TokenBuckets.retry_after(wait))
         return self._handle(request, caller, vm, now)
 
     def _target(self, target: str) -> _Target:
@@ -202,10 +201,9 @@ class VmApi:
                         api_version=api_version, route=route)
         timeout = self.policy.max_watch_timeout
         if watch == "true" and "timeout_sec" in params:
-            try:
-                seconds = int(params["timeout_sec"])
-            except ValueError:
-                seconds = -1
+            text = params["timeout_sec"]
+            # ASCII digits only: int() would take "2_0", " 2", "+2" and other scripts' digits.
+            seconds = int(text) if text.isascii() and text.isdigit() else -1
             if seconds < 0:
                 return _bad("Bad request. timeout_sec must be a non-negative integer", vm,
                             api_version=api_version, route=route)
@@ -465,7 +463,7 @@ class _Target:
     params: dict[str, str]
     segments: list[str] | None
     route: str | None
-    path_key: str | None  # "/".join(segments): the answer cache's path
+    path_key: str | None  # the path as sent, escapes kept: the answer cache's path
 
     @property
     def api_version(self) -> str | None:
@@ -480,8 +478,43 @@ def _parse_target(target: str) -> _Target:
     except BadQuery as exc:
         params, bad = {}, str(exc)
     segments = split_path(path)
+    # The cache key is the path as sent (its segments still escaped): decoding first would
+    # make ".../compute%2Fname" (one segment, 404) share the key of ".../compute/name".
     return _Target(bad, params, segments, _route(segments),
-                   "/".join(segments) if segments is not None else None)
+                   path.rstrip("/") if segments is not None else None)
+
+
+class _Refusals:
+    """The 403 and 429 answers, made once and reused: a flood of refusals must cost less
+    than an answer (finding 5 of issue 14), and the wire cache then sends their bytes as
+    encoded once. Bounded: the api-version part of a key is the caller's choice."""
+
+    def __init__(self) -> None:
+        self._forbidden: dict[tuple[str | None, str | None], Response] = {}
+        self._limited: dict[tuple[str, int], Response] = {}
+
+    def forbidden(self, target: _Target) -> Response:
+        # Counted under the route asked for (and its api-version), not "other".
+        key = (target.route if target.route != "unavailable" else "unavailable",
+               target.api_version)
+        resp = self._forbidden.get(key)
+        if resp is None:
+            if len(self._forbidden) >= 256:
+                self._forbidden.clear()
+            resp = self._forbidden[key] = attrs.evolve(
+                error(403, "Forbidden", refused="unknown-caller", route=key[0] or "other"),
+                api_version=key[1])
+        return resp
+
+    def too_many(self, vm: str, retry: int) -> Response:
+        resp = self._limited.get((vm, retry))
+        if resp is None:
+            if len(self._limited) >= 4096:
+                self._limited.clear()
+            resp = self._limited[vm, retry] = attrs.evolve(
+                error(429, "Too many requests", refused="rate-limited",
+                      headers=(("Retry-After", str(retry)),)), vm=vm)
+        return resp
 
 
 def _route(segments: list[str] | None) -> str | None:

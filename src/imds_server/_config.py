@@ -35,6 +35,21 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "max-connections": ("max_connections", (int,), "VM-facing connections in total"),
     "max-connections-per-caller": ("max_connections_per_caller", (int,),
                                    "VM-facing connections per caller address"),
+    "max-unknown-connections": ("max_unknown_connections", (int,),
+                                "connections all unknown callers share (within "
+                                "max-connections: the rest is reserved for VMs)"),
+    "unknown-rate-limit": ("unknown_rate_limit", (int, float),
+                           "new connections/s per unknown caller address; 0 disables"),
+    "unknown-rate-burst": ("unknown_rate_burst", (int, float),
+                           "burst of new connections per unknown caller address"),
+    "refusals-before-close": ("refusals_before_close", (int,),
+                              "429s in a row after which a connection is closed"),
+    "refusal-log-interval": ("refusal_log_interval", (int, float),
+                             "seconds per aggregated refusal line (per caller and reason)"),
+    "send-timeout": ("send_timeout", (int, float),
+                     "seconds an answer may wait for the client to read it"),
+    "admin-body-timeout": ("admin_body_timeout", (int, float),
+                           "seconds an admin request body may take to arrive"),
     "header-timeout": ("header_timeout", (int, float), "seconds to send a whole request"),
     "idle-timeout": ("idle_timeout", (int, float), "seconds a keep-alive may idle"),
     "max-request-line": ("max_request_line", (int,), "bytes of the request target"),
@@ -76,9 +91,12 @@ _PATHS = {"identity_signing_key", "identity_token_service_credential",
           "identity_token_service_ca", "attested_key", "attested_cert", "attested_ca"}
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
-             "admin_max_body_bytes", "max_watch_timeout", "attested_lifetime"}
+             "admin_max_body_bytes", "max_watch_timeout", "max_unknown_connections",
+             "unknown_rate_burst", "refusals_before_close", "refusal_log_interval",
+             "send_timeout", "admin_body_timeout", "attested_lifetime"}
 _NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
-                 "startup_hold", "identity_rate_limit", "identity_max_concurrent"}
+                 "startup_hold", "unknown_rate_limit", "identity_rate_limit",
+                 "identity_max_concurrent"}
 
 
 @attrs.frozen
@@ -94,6 +112,13 @@ class ServerConfig:
     ip_ttl: int = 1
     max_connections: int = 4096
     max_connections_per_caller: int = 64
+    max_unknown_connections: int = 64
+    unknown_rate_limit: float = 2.0
+    unknown_rate_burst: float = 10.0
+    refusals_before_close: int = 16
+    refusal_log_interval: float = 10.0
+    send_timeout: float = 30.0
+    admin_body_timeout: float = 120.0
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
     max_request_line: int = 8192
@@ -131,6 +156,9 @@ class ServerConfig:
             raise ConfigError("must be >= 1", key="rate-burst")
         if self.ip_ttl > 255:
             raise ConfigError("must be at most 255", key="ip-ttl")
+        if self.max_unknown_connections >= self.max_connections:
+            raise ConfigError("must be less than max-connections (the rest is kept for "
+                              "known VMs)", key="max-unknown-connections")
         if self.max_request_line > self.max_header_bytes:
             raise ConfigError("must not exceed max-header-bytes", key="max-request-line")
         check_separate(self.listen, self.admin_listen)

@@ -38,6 +38,7 @@ half-closes its side while parked counts as gone, as in most servers' long-polli
 from __future__ import annotations
 
 import errno
+import json
 import math
 import select
 import socket
@@ -45,6 +46,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -69,12 +71,15 @@ from ._http import (
     error_bytes,
 )
 from ._listen import peer_host, set_ttl
+from ._ratelimit import TokenBuckets
 from ._request import Request, Response, error
 
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _INF = math.inf
 _YIELD_EVERY = 16  # steps a connection may run without yielding (see _loop)
+_REFUSAL_PAUSE = 0.1  # seconds a connection waits after a 429 before its next request
+_REFUSAL_RESET = 1.0  # a request this long after the last 429 starts the count anew
 
 
 @attrs.frozen
@@ -84,6 +89,19 @@ class ConnectionLimits:
     max_connections: int = 4096
     max_connections_per_caller: int = 64
     receive_size: int = 65536
+    #: Connections all unknown callers share, within ``max_connections`` (the rest is
+    #: kept for known VMs). None: callers are not told apart (the admin listener).
+    max_unknown_connections: int | None = None
+    #: New connections per second per unknown address (0: not throttled).
+    unknown_rate_limit: float = 0.0
+    unknown_rate_burst: float = 10.0
+    #: Seconds an answer may wait for the client to read it (a full socket buffer).
+    send_timeout: float = 30.0
+    #: Seconds a request body may take once its head is in; None: ``header_timeout``
+    #: covers head and body together.
+    body_timeout: float | None = None
+    #: 429s in a row after which a connection is closed (0: never).
+    refusals_before_close: int = 0
 
 
 class App(Protocol):
@@ -98,6 +116,10 @@ class ListenerStatistics:
     open: int = 0
     accepted: int = 0
     refused: int = 0  # closed at accept: over the total or per-caller limit
+    refused_unknown: int = 0  # of which unknown callers: over their budget or throttled
+    unknown_open: int = 0  # open connections of unknown callers
+    send_timeouts: int = 0  # closed: the client did not read its answer in time
+    closed_after_refusals: int = 0  # closed: kept sending after refusals_before_close 429s
     protocol_errors: int = 0
     timeouts: int = 0
     internal_errors: int = 0
@@ -107,13 +129,14 @@ class ListenerStatistics:
 class _Conn:
     """What the sweeper and ``drain`` need to see of a connection."""
 
-    __slots__ = ("deadline", "idle", "scope", "timed_out")
+    __slots__ = ("deadline", "idle", "scope", "sending", "timed_out")
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
-        self.deadline = _INF  # finite only while waiting for request bytes
+        self.deadline = _INF  # finite only while waiting for request bytes, or to send
         self.idle = False  # waiting between keep-alive requests (drain may close it)
         self.timed_out = False
+        self.sending = False  # waiting for the client to read (a timeout is not a 408)
 
 
 class _HangupMonitor:
@@ -156,7 +179,8 @@ class Listener:
     """Accepts on one listening socket and serves its connections until drained."""
 
     def __init__(self, sock: socket.socket, app: App, *, http: HttpLimits,
-                 limits: ConnectionLimits, ttl: int = 0) -> None:
+                 limits: ConnectionLimits, ttl: int = 0,
+                 known: Callable[[str], bool] | None = None) -> None:
         sock.setblocking(False)
         self.socket = sock
         self.address = sock.getsockname()
@@ -166,6 +190,10 @@ class Listener:
         self.ttl = ttl
         self.stats = ListenerStatistics()
         self.draining = False
+        #: Whether a peer address is a known caller (a VM); None: everyone is.
+        self.known = known if limits.max_unknown_connections is not None else None
+        self._throttle = (TokenBuckets(limits.unknown_rate_limit, limits.unknown_rate_burst)
+                          if limits.unknown_rate_limit > 0 else None)
         self._per_caller: Counter[str] = Counter()
         self._conns: set[_Conn] = set()
         self._accepting = trio.CancelScope()
@@ -235,6 +263,12 @@ class Listener:
                 raise
             await cancel_shielded_checkpoint()  # a flood must not starve the others
             peer = peer_host(addr)
+            unknown = self.known is not None and not self.known(peer)
+            if unknown and self._refuse_unknown(peer):
+                self.stats.refused += 1
+                self.stats.refused_unknown += 1
+                conn.close()  # cheap: no answer, no task (an unknown caller gets only 403s)
+                continue
             if (self.stats.open >= self.limits.max_connections
                     or self._per_caller[peer] >= self.limits.max_connections_per_caller):
                 self.stats.refused += 1
@@ -251,9 +285,22 @@ class Listener:
             self.stats.accepted += 1
             self.stats.open += 1
             self._per_caller[peer] += 1
-            nursery.start_soon(self._connection, conn, peer)
+            if unknown:
+                self.stats.unknown_open += 1
+            nursery.start_soon(self._connection, conn, peer, unknown)
 
-    async def _connection(self, sock: socket.socket, peer: str) -> None:
+    def _refuse_unknown(self, peer: str) -> bool:
+        """Unknown callers share a small budget, within the total, so that known VMs
+        always find a connection; each unknown address is throttled at accept."""
+        limit = self.limits.max_unknown_connections
+        assert limit is not None
+        if self.stats.unknown_open >= limit:
+            return True
+        return bool(self._throttle is not None
+                    and self._throttle.take(peer, trio.current_time()))
+
+    async def _connection(self, sock: socket.socket, peer: str, unknown: bool = False
+                          ) -> None:
         # One coroutine frame fewer per connection than a separate serve step: a parked
         # watcher's whole stack stays alive (and is walked by every full GC collection).
         state = _Conn()
@@ -262,9 +309,13 @@ class Listener:
             conn = HttpConnection(self.http)
             with state.scope:
                 await self._loop(sock, peer, state, conn)
-            if state.timed_out and conn.mid_request:  # by the sweeper, or seen by the loop
+            if state.timed_out and state.sending:  # the client did not read its answer
+                self.stats.send_timeouts += 1
+            elif state.timed_out and conn.mid_request:  # by the sweeper, or the loop
                 self.stats.timeouts += 1
-                await self._send_all(sock, error_bytes(408, "request not complete in time"))
+                with trio.move_on_after(self.limits.send_timeout):
+                    await self._send_all(sock, error_bytes(408, "request not complete in time"),
+                                         state)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the peer went away (or we closed after an answer): nothing to answer
         finally:
@@ -272,6 +323,8 @@ class Listener:
             notify_closing(sock)
             sock.close()
             self.stats.open -= 1
+            if unknown:
+                self.stats.unknown_open -= 1
             self._per_caller[peer] -= 1
             if not self._per_caller[peer]:
                 del self._per_caller[peer]
@@ -282,6 +335,10 @@ class Listener:
         size = limits.receive_size
         clock = time.perf_counter
         streak = 0  # steps (answers, receives that did not block) since the last yield
+        refusals = 0  # 429s on this connection, each less than _REFUSAL_RESET after the last
+        last_refusal = 0.0
+        body_timeout = limits.body_timeout
+        body_started = False  # the current request's body deadline is set
         state.deadline = self._deadline(limits.header_timeout)
         while True:
             item = conn.next_request()
@@ -317,10 +374,19 @@ class Listener:
                 except ProtocolError as exc:
                     self.stats.protocol_errors += 1
                     state.deadline = _INF  # answering now: not a 408 as well
-                    await self._send_all(sock, error_bytes(exc.status, exc.message))
+                    # HTTP/0.9 has no status line or headers: the body alone is its answer.
+                    answer = (json.dumps({"error": exc.message}).encode() + b"\n"
+                              if exc.bare else error_bytes(exc.status, exc.message))
+                    await self._send_all(sock, answer, state)
                     return
+                if body_timeout is not None and not body_started and conn.in_body:
+                    # The head is in: the body has its own deadline (an admin upload of
+                    # megabytes is not a slowloris).
+                    body_started = True
+                    state.deadline = self._deadline(body_timeout)
                 continue
             request, keep_alive = item
+            body_started = False
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
             if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
@@ -331,15 +397,42 @@ class Listener:
                 except Exception:
                     response = self._failed()
             keep_alive = keep_alive and not self.draining
+            pause = False
+            refused = response.refused
+            if refused is None:
+                if refusals and received - last_refusal >= _REFUSAL_RESET:
+                    refusals = 0  # it waited as told
+            elif refused == "unknown-caller":
+                keep_alive = False  # a stranger's connection ends with its 403
+            elif response.status == 429:
+                # Over its limit: this connection gets less of the loop (a pause before its
+                # next request: the bytes wait in the kernel, and a pipelining flood is
+                # held to a few requests a second), and one that keeps on regardless, asking
+                # again before a second has passed, is closed.
+                if refusals and received - last_refusal >= _REFUSAL_RESET:
+                    refusals = 0
+                refusals += 1
+                last_refusal = received
+                pause = True
+                if limits.refusals_before_close and refusals >= limits.refusals_before_close:
+                    keep_alive = False
+                    self.stats.closed_after_refusals += 1
             head_only = request.method == "HEAD"
             if response.stream is None:
-                await self._send_all(sock, self._wire.encode(response, keep_alive, head_only))
+                await self._send_all(sock, self._wire.encode(response, keep_alive, head_only),
+                                     state)
                 sent = 0 if head_only else len(response.body)
             else:
-                sent = await self._send_stream(sock, response, keep_alive, head_only)
+                sent = await self._send_stream(sock, state, response, keep_alive, head_only)
             self.app.answered(request, peer, response, received, sent, clock() - received)
             if not keep_alive:
                 return
+            if pause:
+                state.idle = True  # a drain may close it meanwhile
+                try:
+                    await trio.sleep(_REFUSAL_PAUSE)
+                finally:
+                    state.idle = False
             # Fairness: sends do not yield, and a client that waits for each answer makes
             # the next receive block (a yield). One that pipelines gets its requests
             # answered from the buffer, so every _YIELD_EVERY steps (answers, or receives
@@ -384,11 +477,13 @@ class Listener:
         finally:
             self._hangups.forget(fd)
 
-    async def _send_all(self, sock: socket.socket, data: bytes | memoryview) -> None:
+    async def _send_all(self, sock: socket.socket, data: bytes | memoryview,
+                        state: _Conn) -> None:
         # Usually one non-blocking send that takes everything, with no yield: the
         # connection loop's fairness rule (a receive that blocks, or a checkpoint every
         # _YIELD_EVERY steps) already bounds how long one connection runs without yielding.
-        # Only a full socket buffer makes it wait for room.
+        # Only a full socket buffer makes it wait for room, for send_timeout at most: a
+        # client that does not read its answers does not keep its connection for ever.
         try:
             sent = sock.send(data)
         except BlockingIOError:
@@ -396,24 +491,41 @@ class Listener:
         if sent == len(data):
             return
         view = memoryview(data)[sent:]
+        saved = state.deadline
+        state.sending = True
+        state.deadline = self._deadline(self.limits.send_timeout)
         while view:
             await wait_writable(sock)
             try:
                 view = view[sock.send(view):]
             except BlockingIOError:
                 pass
+        state.sending = False  # left set when cancelled: the sweeper's timeout was ours
+        state.deadline = saved
 
-    async def _send_stream(self, sock: socket.socket, response: Response, keep_alive: bool,
-                           head_only: bool) -> int:
-        """A streamed answer (admin extensions) with chunked encoding; body bytes sent."""
+    async def _send_stream(self, sock: socket.socket, state: _Conn, response: Response,
+                           keep_alive: bool, head_only: bool) -> int:
+        """A streamed answer (admin extensions) with chunked encoding; body bytes sent.
+
+        The hang-up monitor watches the socket meanwhile: a stream may compute for long
+        between chunks (a search that finds little), and a client that left ends it."""
         assert response.stream is not None
         await self._send_all(sock, encode_head(response, keep_alive=keep_alive,
-                                               head_only=True, chunked=True))
+                                               head_only=True, chunked=True), state)
         sent = 0
         if not head_only:
-            async for chunk in response.stream:
-                if chunk:
-                    sent += len(chunk)
-                    await self._send_all(sock, encode_chunk(chunk))
-            await self._send_all(sock, LAST_CHUNK)
+            fd = sock.fileno()
+            self._hangups.watch(fd, state)
+            try:
+                async for chunk in response.stream:
+                    if chunk:
+                        sent += len(chunk)
+                        await self._send_all(sock, encode_chunk(chunk), state)
+            finally:
+                self._hangups.forget(fd)
+                aclose = getattr(response.stream, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
+            await self._send_all(sock, LAST_CHUNK, state)
         return sent

@@ -42,12 +42,20 @@ class HttpLimits:
 
 
 class ProtocolError(Exception):
-    """The peer sent something we will not parse further: answer ``status`` and close."""
+    """The peer sent something we will not parse further: answer ``status`` and close.
 
-    def __init__(self, status: int, message: str) -> None:
+    ``bare``: the peer spoke HTTP/0.9, whose answers have no status line or headers; the
+    answer is then the body alone (what such a client can read), and the connection closes.
+    """
+
+    def __init__(self, status: int, message: str, *, bare: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.bare = bare
+
+
+HTTP09_MESSAGE = "HTTP/0.9 is not supported: send an HTTP/1.1 request"
 
 
 class _Collector:
@@ -103,6 +111,12 @@ class _Collector:
     def on_headers_complete(self) -> None:
         self.in_head = False
         self.heads += 1
+        assert self.parser is not None
+        version = self.parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            if version.startswith("0."):
+                self._fail(400, HTTP09_MESSAGE)
+            self._fail(505, f"HTTP/{version} is not supported: send an HTTP/1.1 request")
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
             self._fail(413, "request body too large")
@@ -155,6 +169,7 @@ class HttpConnection:
         self._parser = httptools.HttpRequestParser(self._proto)
         self._proto.parser = self._parser
         self._head_bytes = 0
+        self._line: bytes | None = None  # the request line so far, while it is incomplete
         self.requests = 0
         # The last lone request read in one piece, and what it parsed to: clients on a
         # keep-alive connection (guest agents, pollers) send byte-identical requests.
@@ -165,6 +180,11 @@ class HttpConnection:
     def mid_request(self) -> bool:
         """A request has started arriving but is not complete."""
         return self._proto.in_message
+
+    @property
+    def in_body(self) -> bool:
+        """A request's head is complete and its body is still arriving."""
+        return self._proto.in_message and not self._proto.in_head
 
     def feed(self, data: bytes) -> None:
         proto = self._proto
@@ -188,18 +208,44 @@ class HttpConnection:
         except httptools.HttpParserUpgrade:
             raise ProtocolError(400, "protocol upgrade not supported") from None
         except httptools.HttpParserError:
-            if self._proto.error is not None:
-                raise self._proto.error from None
+            error = self._proto.error
+            if error is not None:
+                if error.message == HTTP09_MESSAGE:
+                    raise ProtocolError(400, HTTP09_MESSAGE, bare=True) from None
+                raise error from None
             raise ProtocolError(400, "malformed request") from None
         if proto.heads != heads:
             self._head_bytes = 0
-        if proto.in_head and self._head_bytes > self.limits.max_header_bytes:
-            raise ProtocolError(431, "request header too large")
+        if proto.in_head:
+            if self._head_bytes > self.limits.max_header_bytes:
+                raise ProtocolError(431, "request header too large")
+            self._check_request_line(data, boundary and proto.heads == heads)
+        elif self._line is not None:
+            self._line = None
         if boundary and not proto.in_message and proto.heads == heads + 1 and \
                 len(proto.done) == queued + 1 and len(data) <= _MAX_REPEAT:
             item = proto.done[-1]
             if item[1] and not item[0].body:
                 self._repeat, self._repeated = data, item
+
+    def _check_request_line(self, data: bytes, started_here: bool) -> None:
+        """A request line that ends without ``HTTP/1.x`` is an HTTP/0.9 request, complete
+        as it is (llhttp would wait for headers that never come, then the client would get
+        an HTTP/1.1 408 it cannot read). Only a head that did not complete in one receive
+        comes here; a line whose start came after other requests in one receive is not
+        tracked (it then meets the header timeout)."""
+        if started_here:
+            self._line = b""
+        if self._line is None:
+            return
+        line = (self._line + data).lstrip(b"\r\n")
+        end = line.find(b"\n")
+        if end < 0:
+            self._line = line if len(line) <= self.limits.max_request_line + 16 else None
+            return
+        self._line = None
+        if b" HTTP/" not in line[:end]:
+            raise ProtocolError(400, HTTP09_MESSAGE, bare=True)
 
     def next_request(self) -> tuple[Request, bool] | None:
         """The next complete request and whether the client allows keep-alive."""

@@ -15,11 +15,11 @@ from imds_replica import ImdsError
 
 REASONS: Mapping[int, str] = {
     200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
     410: "Gone", 413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable",
+    501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 JSON = "application/json; charset=utf-8"
 #: The only statuses that may carry ``Retry-After`` (see ``failure``).

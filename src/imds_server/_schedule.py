@@ -75,6 +75,19 @@ def approvals(body: Any, known: Iterable[str]) -> list[str]:
     return ids
 
 
+def not_in_effect(view: View, events: Iterable[dict[str, Any]]) -> list[str]:
+    """The EventIds of submitted approvals that the view does not show as approved: a
+    register under the approval source at a higher version (an operator's record, say)
+    wins over them. An approval already recorded by someone else counts as in effect."""
+    masked = []
+    for wire in events:
+        current = view.get(tuple(wire["key"]))
+        value = current.value if current is not None and not current.deleted else None
+        if not (isinstance(value, dict) and value.get("approved") is True):
+            masked.append(str(wire["value"]["EventId"]))
+    return masked
+
+
 def approval_events(vm: str, event_ids: Iterable[str], caller: str,
                     now: float) -> list[dict[str, Any]]:
     """Wire-form events recording approvals; versions from the wall clock (HLC encoding)."""

@@ -28,7 +28,7 @@ from imds_replica import (
     open_replica,
 )
 
-from . import _demo
+from . import _demo, _schedule
 from ._admin import AdminApi, AdminHandler
 from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
@@ -37,7 +37,8 @@ from ._guest import admin_routes, answer_issue, attach_guest_surface
 from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
-from ._request import Park, Request, Response, Submit, failure
+from ._refusals import AGGREGATED, RefusalDigest
+from ._request import Park, Request, Response, Submit, error, failure
 from ._storage import open_log
 from .identity._endpoint import IdentityPolicy, Issue
 
@@ -70,6 +71,12 @@ class ServerStatistics:
     cache_misses: int
     cache_entries: int
     cache_invalidations: int
+    #: Connections closed at accept because the caller is unknown (over the shared
+    #: budget, or throttled); included in ``connections_refused``.
+    unknown_refused: int = 0
+    unknown_connections_open: int = 0
+    send_timeouts: int = 0  # closed: the client did not read its answer in time
+    closed_after_refusals: int = 0  # closed: kept sending after its 429s
 
 
 class Server:
@@ -105,6 +112,13 @@ class Server:
         self.stopped = trio.Event()
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}-{int(clock()):x}-"
+        self._refusals = RefusalDigest()
+        #: What counts a request without logging it (an aggregated refusal); observers
+        #: without it get every record.
+        self._count_only: Callable[[AccessRecord], None] | None = getattr(
+            self.observer, "count", None)
+        #: caller address -> documents its parked watchers wait on (and how many).
+        self._parked_callers: dict[str, dict[tuple[str, ...], int]] = {}
 
     # -- addresses and statistics ------------------------------------------------------
     @property
@@ -117,6 +131,7 @@ class Server:
 
     def statistics(self) -> ServerStatistics:
         vm = [lst.stats for lst in self.vm_listeners]
+        admin = [lst.stats for lst in self.admin_listeners]
         cache = self.api.cache
         return ServerStatistics(
             ready=self.replica is not None, draining=self.draining,
@@ -130,10 +145,14 @@ class Server:
             unknown_callers=self.api.stats.refused_callers,
             protocol_errors=sum(s.protocol_errors for s in vm),
             timeouts=sum(s.timeouts for s in vm),
-            internal_errors=sum(s.internal_errors for s in vm),
+            internal_errors=sum(s.internal_errors for s in vm + admin),
             cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,
             cache_entries=len(cache) if cache else 0,
             cache_invalidations=cache.invalidations if cache else 0,
+            unknown_refused=sum(s.refused_unknown for s in vm),
+            unknown_connections_open=sum(s.unknown_open for s in vm),
+            send_timeouts=sum(s.send_timeouts for s in vm + admin),
+            closed_after_refusals=sum(s.closed_after_refusals for s in vm),
         )
 
     def _health(self) -> dict[str, Any]:
@@ -168,13 +187,21 @@ class Server:
         limits = ConnectionLimits(header_timeout=cfg.header_timeout,
                                   idle_timeout=cfg.idle_timeout,
                                   max_connections=cfg.max_connections,
-                                  max_connections_per_caller=cfg.max_connections_per_caller)
+                                  max_connections_per_caller=cfg.max_connections_per_caller,
+                                  max_unknown_connections=cfg.max_unknown_connections,
+                                  unknown_rate_limit=cfg.unknown_rate_limit,
+                                  unknown_rate_burst=cfg.unknown_rate_burst,
+                                  send_timeout=cfg.send_timeout,
+                                  refusals_before_close=cfg.refusals_before_close)
         for sock in vm_socks:
             set_ttl(sock, cfg.ip_ttl)
             self.vm_listeners.append(Listener(sock, _VmApp(self), http=http, limits=limits,
-                                              ttl=cfg.ip_ttl))
+                                              ttl=cfg.ip_ttl, known=self._known))
         admin_http = attrs.evolve(http, max_body_bytes=cfg.admin_max_body_bytes)
-        admin_limits = attrs.evolve(limits, max_connections_per_caller=limits.max_connections)
+        admin_limits = attrs.evolve(limits, max_connections_per_caller=limits.max_connections,
+                                    max_unknown_connections=None, unknown_rate_limit=0.0,
+                                    refusals_before_close=0,
+                                    body_timeout=cfg.admin_body_timeout)
         for sock in admin_socks:
             self.admin_listeners.append(Listener(sock, _AdminApp(self), http=admin_http,
                                                  limits=admin_limits))
@@ -193,6 +220,8 @@ class Server:
                 finished.set()
 
             outer.start_soon(serve_all)
+            refusal_lines = trio.CancelScope()
+            outer.start_soon(self._log_refusals, refusal_lines)
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
@@ -209,6 +238,8 @@ class Server:
                 with trio.move_on_after(cfg.shutdown_grace):
                     await finished.wait()  # every connection ended (watchers answered)
                 serving.cancel()
+                refusal_lines.cancel()
+                self._refusals.log(cfg.refusal_log_interval)  # the last interval's lines
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
         given = self._sockets if self._sockets is not None else inherited()
@@ -224,6 +255,17 @@ class Server:
                                Address(*admin_sock.getsockname()[:2]))
         return vm, admin
 
+    def _known(self, peer: str) -> bool:
+        """A caller the view maps to a VM (before the replay, everyone: they get 410)."""
+        return self.api.view is None or self.api.caller_vm(peer) is not None
+
+    async def _log_refusals(self, scope: trio.CancelScope) -> None:
+        interval = self.config.refusal_log_interval
+        with scope:
+            while True:
+                await trio.sleep(interval)
+                self._refusals.log(interval)
+
     def _drain(self, listeners: list[Listener]) -> None:
         self.draining = True
         for listener in listeners:
@@ -237,11 +279,20 @@ class Server:
         waiter = self._waiters.pop(doc_key, None)
         if waiter is not None:
             waiter.set()
+        if len(doc_key) == 2 and doc_key[0] == "callers":
+            # The address was re-pointed (or unmapped): its watchers re-check at once, and
+            # answer 403 now rather than at their timeout.
+            for parked_doc in self._parked_callers.get(doc_key[1], ()):
+                other = self._waiters.pop(parked_doc, None)
+                if other is not None:
+                    other.set()
 
     async def park(self, park: Park) -> Response:
         """Wait without polling for the VM's document to change (or the deadline, or the
         drain), re-checking the value's ETag at each wake-up."""
         deadline = trio.current_time() + park.timeout
+        docs = self._parked_callers.setdefault(park.caller, {})
+        docs[park.doc_key] = docs.get(park.doc_key, 0) + 1
         try:
             while True:
                 timed_out = self.draining
@@ -257,6 +308,13 @@ class Server:
                     return result
         finally:
             self.api.release(park)
+            left = docs[park.doc_key] - 1
+            if left:
+                docs[park.doc_key] = left
+            else:
+                del docs[park.doc_key]
+                if not docs:
+                    self._parked_callers.pop(park.caller, None)
 
     async def submit(self, submit: Submit) -> Response:
         assert self.replica is not None
@@ -266,15 +324,33 @@ class Server:
             answer = submit.response
             return attrs.evolve(failure(exc, route=answer.route), vm=answer.vm,
                                 api_version=answer.api_version)
+        if submit.source == _schedule.APPROVAL_SOURCE:
+            # Answer what happened: logged is not enough if another record wins.
+            masked = _schedule.not_in_effect(self.replica.view, submit.events)
+            if masked:
+                answer = submit.response
+                return attrs.evolve(error(
+                    409, f"Approval of {', '.join(masked)} did not take effect: a newer "
+                    "record for it is in place", route=answer.route), vm=answer.vm,
+                    api_version=answer.api_version)
         return submit.response
 
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
-        self.observer.request(AccessRecord(
+        refused = response.refused
+        if refused is not None and refused in AGGREGATED and self._count_only is not None \
+                and not self._refusals.first(peer, refused):
+            self._count_only(self._access(request, peer, response, sent, seconds))
+            return
+        self.observer.request(self._access(request, peer, response, sent, seconds))
+
+    def _access(self, request: Request, peer: str, response: Response, sent: int,
+                seconds: float) -> AccessRecord:
+        return AccessRecord(
             time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
             caller=peer, vm=response.vm, method=request.method, route=response.route,
             path=request.path, api_version=response.api_version, status=response.status,
-            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch))
+            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch)
 
 
 class _VmApp:

@@ -478,3 +478,48 @@ def test_library_errors_carry_retry_after_when_due() -> None:
     invalid = failure(ValidationError("bad source", index=2), extra={"index": 2})
     assert (invalid.status, body(invalid)["index"]) == (400, 2)
     assert "bad source" in body(invalid)["error"]
+
+
+# -- issue 14 finding 7: the answer cache keys on the request's segments as given --------
+def test_an_escaped_slash_does_not_poison_the_real_paths_cached_answer(api: VmApi) -> None:
+    real = f"/metadata/instance/compute/name?api-version={V}&format=text"
+    escaped = f"/metadata/instance/compute%2Fname?api-version={V}&format=text"
+    assert answer(api, escaped).status == 404  # one segment "compute/name": no such field
+    resp = answer(api, real)
+    assert (resp.status, resp.body) == (200, b"vm-a-name")
+    assert answer(api, escaped).status == 404  # and the other way round
+    assert answer(api, real).body == b"vm-a-name"
+
+
+# -- issue 14 finding 11: timeout_sec is ASCII digits only ---------------------------------
+@pytest.mark.parametrize("value", ["2_0", " 2", "2 ", "+2", "-0", "\u0662", "", "1e3", "0x10"])
+def test_timeout_sec_must_be_ascii_digits(api: VmApi, value: str) -> None:
+    from urllib.parse import quote
+
+    resp = answer(api, f"/metadata/instance?api-version={V}&wait_for_change=true"
+                       f"&timeout_sec={quote(value)}")
+    assert resp.status == 400
+    assert "timeout_sec" in body(resp)["error"]
+
+
+def test_timeout_sec_digits_are_accepted(api: VmApi) -> None:
+    parked = call(api, f"/metadata/instance?api-version={V}&wait_for_change=true"
+                       "&timeout_sec=007")
+    assert isinstance(parked, Park)
+    assert parked.timeout == 7.0
+
+
+# -- issue 17: a 403 for an unknown caller is counted under its route ----------------------
+@pytest.mark.parametrize(("target", "route", "version"), [
+    (f"/metadata/instance?api-version={V}", "/metadata/instance", V),
+    (f"/metadata/instance/compute/name?api-version={V}&format=text", "/metadata/instance", V),
+    ("/metadata/scheduledevents?api-version=2020-07-01", "/metadata/scheduledevents",
+     "2020-07-01"),
+    ("/metadata/versions", "/metadata/versions", None),
+    ("/nowhere", "other", None),
+])
+def test_unknown_caller_403_names_its_route_and_api_version(
+        api: VmApi, target: str, route: str, version: str | None) -> None:
+    resp = answer(api, target, caller="127.0.0.99")
+    assert (resp.status, resp.refused) == (403, "unknown-caller")
+    assert (resp.route, resp.api_version) == (route, version)

@@ -117,3 +117,39 @@ def test_wire_cache_encodes_like_encode_head() -> None:
     for _ in range(3):
         assert cache.encode(other, True, False) == encode_head(other, keep_alive=True,
                                                                head_only=False)
+
+
+# -- issue 14 finding 11: request lines without HTTP/1.x -----------------------------------
+@pytest.mark.parametrize("data", [
+    b"GET /metadata/instance\r\n",  # HTTP/0.9: the line alone is the whole request
+    b"GET /metadata/instance\r\n\r\n",
+    b"GET /metadata/instance HTTP/0.9\r\n\r\n",
+])
+def test_an_http_0_9_request_is_refused_in_its_own_framing(data: bytes) -> None:
+    conn = HttpConnection()
+    with pytest.raises(ProtocolError) as info:
+        conn.feed(data)
+    assert info.value.bare  # answered as HTTP/0.9 can read it: the body alone, then close
+    assert "HTTP/0.9" in info.value.message
+
+
+def test_an_http_0_9_line_split_across_receives_is_still_seen() -> None:
+    conn = HttpConnection()
+    conn.feed(b"GET /meta")
+    with pytest.raises(ProtocolError) as info:
+        conn.feed(b"data/instance\r\n")
+    assert info.value.bare
+
+
+def test_an_unsupported_http_version_gets_505() -> None:
+    conn = HttpConnection()
+    with pytest.raises(ProtocolError) as info:
+        conn.feed(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n")
+    assert (info.value.status, info.value.bare) == (505, False)
+
+
+def test_http_1_0_and_1_1_heads_are_not_mistaken_for_0_9() -> None:
+    conn = HttpConnection()
+    conn.feed(b"GET / HTTP/1.0\r\nHost: x\r\n")  # head not complete yet
+    conn.feed(b"\r\n")
+    assert conn.next_request() is not None

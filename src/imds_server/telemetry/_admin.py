@@ -7,7 +7,8 @@ listener maps method and path to these handlers (``TelemetryRoutes.routes()``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 
 import attrs
@@ -63,24 +64,40 @@ class TelemetryRoutes:
 
 
 async def stream_lines(log_dir: Path, flt: LogFilter) -> AsyncIterator[bytes]:
-    """Matching lines in chunks; file reads and gzip happen in a worker thread."""
-    lines = read_lines(log_dir, flt)
+    """Matching lines in chunks; file reads, gzip and the search happen in a worker thread.
+
+    A search that finds little reads far between chunks: when the stream is closed (the
+    client hung up, the server stops), the worker is abandoned and told to stop, and it
+    does within a few hundred lines rather than at the end of the files."""
+    stop = threading.Event()
+    lines = read_lines(log_dir, flt, stop=stop.is_set)
+    busy = threading.Lock()  # held by the worker while it runs the generator
     try:
         while True:
-            chunk = await trio.to_thread.run_sync(_next_chunk, lines)
+            chunk = await trio.to_thread.run_sync(_next_chunk, lines, busy,
+                                                  thread_name="imds-grep",
+                                                  abandon_on_cancel=True)
             if not chunk:
                 return
             yield chunk
     finally:
-        await trio.to_thread.run_sync(lines.close)
+        stop.set()
+        if busy.acquire(blocking=False):  # no worker in it: close it here (files, quickly)
+            try:
+                lines.close()
+            finally:
+                busy.release()
 
 
-def _next_chunk(lines: Iterator[str]) -> bytes:
+def _next_chunk(lines: Generator[str, None, None], busy: threading.Lock) -> bytes:
     out = []
-    for line in lines:
-        out.append(line)
-        if len(out) >= CHUNK_LINES:
-            break
+    with busy:
+        for line in lines:
+            out.append(line)
+            if len(out) >= CHUNK_LINES:
+                break
+        else:
+            lines.close()
     return "".join(out).encode()
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import attrs
+import re2
 
 from imds_replica import ClientError
 
@@ -173,7 +174,9 @@ class LogFilter:
     since: str | None = None  # ISO-8601 UTC, as the lines carry it
     until: str | None = None
     level: int | None = None
-    grep: re.Pattern[str] | None = None
+    #: RE2 (linear time: a guest can plant the lines a pattern runs over; a backtracking
+    #: engine let 26 planted characters stall the process for seconds, doubling per one).
+    grep: re2._Regexp | None = None
     limit: int | None = None
 
     @classmethod
@@ -186,10 +189,7 @@ class LogFilter:
         if level is not None and level.lower() not in LEVELS:
             raise ClientError(f"level: must be one of {', '.join(LEVELS)}")
         grep = params.get("grep")
-        try:
-            pattern = re.compile(grep) if grep else None
-        except re.error as error:
-            raise ClientError(f"grep: bad regular expression: {error}")
+        pattern = _compile_grep(grep) if grep else None
         limit = params.get("limit")
         if limit is not None and not (limit.isascii() and limit.isdigit() and int(limit) > 0):
             raise ClientError("limit: must be a positive integer")
@@ -215,6 +215,20 @@ class LogFilter:
         return self.level is None or LEVELS.get(str(doc.get("level")), 0) >= self.level
 
 
+def _compile_grep(text: str) -> re2._Regexp:
+    """RE2 syntax: Python's, less what needs backtracking (backreferences, lookaround)."""
+    options = re2.Options()
+    options.log_errors = False  # the reason goes to the client, not to stderr
+    try:
+        return re2.compile(text, options)
+    except re2.error as error:
+        reason = error.args[0] if error.args else error
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ClientError(f"grep: bad regular expression (RE2 syntax: no backreferences "
+                          f"or lookaround): {reason}")
+
+
 def _parse_time(value: str | None, name: str) -> str | None:
     """ISO-8601 (any offset) or unix seconds → the lines' fixed UTC format."""
     if value is None or value == "":
@@ -237,8 +251,10 @@ def _parse_time(value: str | None, name: str) -> str | None:
         raise ClientError(f"{name}: not a representable time: {value!r}") from None
 
 
-def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
-    """Matching lines (with newline), oldest first, at most ``flt.limit``.
+def read_lines(log_dir: Path, flt: LogFilter, *,
+               stop: Callable[[], bool] | None = None) -> Generator[str, None, None]:
+    """Matching lines (with newline), oldest first, at most ``flt.limit``; ends early once
+    ``stop()`` is true (asked every few hundred lines: the client went away).
 
     Every file is opened before reading starts: an open file survives a concurrent
     rotation's renames, so no line is skipped or read twice while the writer rotates.
@@ -254,9 +270,13 @@ def read_lines(log_dir: Path, flt: LogFilter) -> Generator[str, None, None]:
             except FileNotFoundError:
                 continue  # pruned meanwhile
         sent = 0
+        scanned = 0
         for path, handle in handles:
             try:
                 for line in handle:
+                    scanned += 1
+                    if stop is not None and not scanned & 255 and stop():
+                        return
                     if not line.endswith("\n"):
                         continue  # a line being written right now; it is not whole yet
                     if flt.matches(line):

@@ -34,6 +34,16 @@ class TelemetryObserver:
             self._count(record)
             self._queue(record)
         except Exception as error:
-            self.errors += 1
-            if self.errors == 1:
-                print(f"imds-server: telemetry observer failed: {error!r}", file=sys.stderr)
+            self._failed(error)
+
+    def count(self, record: AccessRecord) -> None:
+        """Count without an access line: a refusal the server logs in aggregate."""
+        try:
+            self._count(record)
+        except Exception as error:
+            self._failed(error)
+
+    def _failed(self, error: Exception) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            print(f"imds-server: telemetry observer failed: {error!r}", file=sys.stderr)
