@@ -225,5 +225,9 @@ async def test_every_answer_names_the_server() -> None:
                                 ("/nowhere", MD)):
             reply = await get(server.vm_address, target, headers=headers)
             assert reply.headers["server"].startswith("imds-replica/"), reply.headers
+        stranger = await get(server.vm_address, "/metadata/instance?api-version=2021-02-01",
+                             source="127.0.0.9")
+        assert stranger.status == 403
+        assert stranger.headers["server"].startswith("imds-replica/")
         admin = await get(server.admin_address, "/healthz")
         assert admin.headers["server"].startswith("imds-replica/")
