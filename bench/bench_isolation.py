@@ -40,7 +40,7 @@ from ._load import free_port, pin, stop_process, wait_http
 
 TARGET = "/metadata/instance?api-version=2021-02-01"
 REQUEST = f"GET {TARGET} HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n".encode()
-ROUNDS = 3
+ROUNDS = 5
 SECONDS = 6.0
 PROBE_EVERY = 0.01
 STRANGERS = 5_000

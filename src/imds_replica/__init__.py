@@ -33,6 +33,14 @@ from ._poll_source import PollResult, PollSource, PollSourceStatistics
 from ._push import PushSource
 from ._replica import Replica, ReplicaStatistics, SubmitResult, open_replica
 from ._source import Source, SourceSink
+from ._stream import (
+    ConnectOptions,
+    Publisher,
+    PublishReport,
+    StreamSource,
+    StreamSourceStatistics,
+    TransportError,
+)
 from ._view import DocumentInfo, View, ViewStatistics
 
 __version__ = "0.1.0"
@@ -43,6 +51,7 @@ __all__ = [
     "ClientError",
     "CompactionResult",
     "ConfigError",
+    "ConnectOptions",
     "CorruptLogError",
     "DocumentInfo",
     "Event",
@@ -61,6 +70,8 @@ __all__ = [
     "PollResult",
     "PollSource",
     "PollSourceStatistics",
+    "PublishReport",
+    "Publisher",
     "PushSource",
     "Receipt",
     "Recovery",
@@ -73,7 +84,10 @@ __all__ = [
     "SourceState",
     "SourceStatus",
     "StorageError",
+    "StreamSource",
+    "StreamSourceStatistics",
     "SubmitResult",
+    "TransportError",
     "Unavailable",
     "ValidationError",
     "View",

@@ -1,4 +1,5 @@
-"""The ``imds-replica`` command: ``imds-replica log verify|dump|stats|compact|repair DIR``."""
+"""The ``imds-replica`` command: ``imds-replica log verify|dump|stats|compact|repair DIR``,
+and the fleet side: ``imds-replica stream create|info`` and ``imds-replica publish``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any
 
 from ._errors import CorruptLogError, StorageError
@@ -27,7 +29,8 @@ is not a usable log (not ours, newer format, locked by a running replica, unread
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="imds-replica", description="Inspect and maintain an imds-replica data directory.")
-    top = parser.add_subparsers(dest="area", required=True, metavar="{log}")
+    parser.add_argument("--version", action="version", version=f"imds-replica {_version()}")
+    top = parser.add_subparsers(dest="area", required=True, metavar="{log,stream,publish}")
     log = top.add_parser("log", help="the durable event log", epilog=_EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = log.add_subparsers(dest="command", required=True)
@@ -48,7 +51,22 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--tombstones-before", type=int, metavar="VERSION",
                            help="drop tombstones with a version below VERSION (default: "
                                 "keep all; must exceed any source's delivery delay)")
+    _stream_commands().register(top)
     return parser
+
+
+def _stream_commands() -> Any:
+    # Imported here: the NATS client loads only for the commands that use it.
+    from ._stream import _cli
+
+    return _cli
+
+
+def _version() -> str:
+    try:
+        return metadata.version("imds-replica")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown (not installed)"
 
 
 def _out(line: str) -> None:
@@ -124,6 +142,8 @@ def _repair(directory: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.area != "log":
+        return int(_stream_commands().main(args))
     directory = args.dir
     try:
         if not os.path.isdir(directory):

@@ -7,6 +7,7 @@ kept with it: the merge order, the log and the view digest all use them.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,6 +30,28 @@ HARD_MAX_VALUE_BYTES = 16 * 1024 * 1024
 Key = tuple[str, ...]
 
 
+def _shown(value: Any) -> str:
+    """A value as the sender wrote it, in JSON (``true``, ``"1"``, ``[1]``), not as a
+    Python repr (``True``): the wire is JSON or msgpack, and so are the messages."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "null" if value is None else type(value).__name__
+
+
 def _convert_key(key: object) -> Key:
     if isinstance(key, list):
         return tuple(key)
@@ -38,19 +61,19 @@ def _convert_key(key: object) -> Key:
 def _check_source(_: Any, __: Any, source: Any) -> None:
     if not isinstance(source, str) or not SOURCE_RE.match(source):
         raise ValidationError(
-            f"source: {source!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}"
+            f"source: {_shown(source)} must match [a-z0-9][a-z0-9_.-]{{0,63}}"
         )
 
 
 def _check_key(_: Any, __: Any, key: Any) -> None:
     if not isinstance(key, tuple) or not key:
-        raise ValidationError(f"key: {key!r} must be a non-empty list of strings")
+        raise ValidationError(f"key: {_shown(key)} must be a non-empty list of strings")
     if len(key) > MAX_KEY_PARTS:
         raise ValidationError(f"key: {len(key)} parts, at most {MAX_KEY_PARTS} allowed")
     size = 0
     for i, part in enumerate(key):
         if not isinstance(part, str) or not part:
-            raise ValidationError(f"key[{i}]: {part!r} must be a non-empty string")
+            raise ValidationError(f"key[{i}]: {_shown(part)} must be a non-empty string")
         if "\x00" in part:
             raise ValidationError(f"key[{i}]: contains NUL")
         try:
@@ -65,7 +88,7 @@ def _check_key(_: Any, __: Any, key: Any) -> None:
 
 def _check_version(_: Any, __: Any, version: Any) -> None:
     if type(version) is not int:
-        raise ValidationError(f"version: {version!r} must be an integer")
+        raise ValidationError(f"version: {_shown(version)} must be an integer")
     if not 0 <= version <= MAX_VERSION:
         raise ValidationError(f"version: {version} out of range 0..2**63-1")
 
@@ -73,7 +96,8 @@ def _check_version(_: Any, __: Any, version: Any) -> None:
 def _check_seq(_: Any, __: Any, seq: Any) -> None:
     # Bounded like versions: the log stores seq as a msgpack integer.
     if seq is not None and (type(seq) is not int or not 0 <= seq <= MAX_VERSION):
-        raise ValidationError(f"seq: {seq!r} must be a non-negative integer below 2**63, or absent")
+        raise ValidationError(
+            f"seq: {_shown(seq)} must be a non-negative integer below 2**63, or absent")
 
 
 @attrs.frozen(eq=False, repr=False, slots=True, weakref_slot=False)
@@ -97,7 +121,7 @@ class Event:
 
     def __attrs_post_init__(self) -> None:
         if type(self.deleted) is not bool:
-            raise ValidationError(f"deleted: {self.deleted!r} must be a boolean")
+            raise ValidationError(f"deleted: {_shown(self.deleted)} must be a boolean")
         if self.deleted:
             if self.value is not None:
                 raise ValidationError("value: a deletion (deleted=true) takes no value")
@@ -154,7 +178,7 @@ class Event:
         """Build an event from its wire form; errors name the field (and ``index``)."""
         try:
             if not isinstance(data, Mapping):
-                raise ValidationError(f"must be an object, not {type(data).__name__}")
+                raise ValidationError(f"must be an object, not {_json_type(data)}")
             unknown = set(data) - {"source", "key", "version", "value", "deleted", "seq"}
             if unknown:
                 raise ValidationError(f"unknown field(s): {', '.join(sorted(map(str, unknown)))}")
@@ -168,7 +192,7 @@ class Event:
                 raise ValidationError("value: missing (or set deleted=true)")
             key = data["key"]
             if not isinstance(key, (list, tuple)):
-                raise ValidationError(f"key: {key!r} must be a list of strings")
+                raise ValidationError(f"key: {_shown(key)} must be a list of strings")
             return cls(data["source"], tuple(key), data["version"], data.get("value"),
                        deleted=deleted, seq=data.get("seq"))
         except ValidationError as exc:

@@ -9,6 +9,17 @@ A source is in one of four states. ``UNKNOWN`` until it first makes contact afte
 whose policy is ``always_live`` (data pushed by the host agent, which must arrive before it
 applies) are LIVE from their first contact on and never age.
 
+A source that never makes contact ages from the replica's start (``started``): UNKNOWN
+while that is younger than ``stale_after``, then STALE and EXPIRED like a source whose
+last contact was the start — silence is not freshness. Without ``started`` (a tracker used
+on its own) it stays UNKNOWN.
+
+After a restart, ``recover`` restores what the log knows: each source's last contact as
+persisted with its batches (``Checkpoint.contact``) and its newest version in the view. A
+source whose data was replayed is tracked (listed by ``sources()``) and shows its real
+state: LIVE-then-ageing from its persisted contact; pushed sources LIVE; an HLC source
+without a persisted contact is dated by its newest version; others age from the start.
+
 Every transition is a row of ``TRANSITIONS`` below, and ``_step`` is the one function that
 consults it; the tracker feeds it inputs derived from explicit ``now`` values, never from a
 clock of its own.
@@ -23,6 +34,7 @@ import attrs
 
 from ._clock import version_wall_ms
 from ._errors import ConfigError
+from ._event import Event
 
 
 class SourceState(enum.Enum):
@@ -43,8 +55,9 @@ S, In = SourceState, Input
 TRANSITIONS: Mapping[tuple[SourceState, Input], SourceState] = {
     (S.UNKNOWN, In.CONTACT): S.LIVE,
     (S.UNKNOWN, In.FRESH): S.UNKNOWN,
-    (S.UNKNOWN, In.AGED_STALE): S.UNKNOWN,
-    (S.UNKNOWN, In.AGED_EXPIRED): S.UNKNOWN,
+    # Only sources that never made contact are UNKNOWN; their age counts from the start.
+    (S.UNKNOWN, In.AGED_STALE): S.STALE,
+    (S.UNKNOWN, In.AGED_EXPIRED): S.EXPIRED,
     (S.LIVE, In.CONTACT): S.LIVE,
     (S.LIVE, In.FRESH): S.LIVE,
     (S.LIVE, In.AGED_STALE): S.STALE,
@@ -59,6 +72,16 @@ TRANSITIONS: Mapping[tuple[SourceState, Input], SourceState] = {
     (S.EXPIRED, In.AGED_EXPIRED): S.EXPIRED,
 }
 del S, In
+
+
+def newest_versions(events: Iterable[Event]) -> dict[str, int]:
+    """The greatest version per source among ``events`` (a recovered view's registers)."""
+    newest: dict[str, int] = {}
+    get = newest.get
+    for event in events:
+        if event.version > get(event.source, -1):
+            newest[event.source] = event.version
+    return newest
 
 
 def _step(state: SourceState, event: Input) -> SourceState:
@@ -104,7 +127,7 @@ class SourceStatus:
     last_attempt: float | None
     last_error: str | None
     consecutive_failures: int
-    age: float | None  # now - last_contact
+    age: float | None  # now - last_contact (- started when never; None: unknown start)
     lag: float | None  # now - wall time of the newest applied version (HLC sources)
     newest_version: int | None
 
@@ -135,12 +158,20 @@ class _Track:
 
 
 class LivelinessTracker:
-    """Tracks every source's state; all methods take ``now`` (seconds) explicitly."""
+    """Tracks every source's state; all methods take ``now`` (seconds) explicitly.
+
+    ``started``: when the replica started (sources never heard from age from it).
+    ``generation`` grows with every contact, failure, change and recovery: a cache of
+    answers derived from the tracker (freshness headers) is valid while it stands still.
+    """
 
     def __init__(self, policies: Mapping[str, LivelinessPolicy] | None = None, *,
-                 default: LivelinessPolicy | None = None) -> None:
+                 default: LivelinessPolicy | None = None,
+                 started: float | None = None) -> None:
         self._default = default or LivelinessPolicy()
         self._tracks: dict[str, _Track] = {}
+        self.started = started
+        self.generation = 0
         for name, policy in (policies or {}).items():
             self._tracks[name] = _Track(policy)
 
@@ -160,6 +191,7 @@ class LivelinessTracker:
         track.last_contact = track.last_attempt = now
         track.last_error = None
         track.failures = 0
+        self.generation += 1
 
     def failure(self, source: str, now: float, error: str) -> None:
         """A failed attempt: recorded, but the data ages on."""
@@ -167,6 +199,7 @@ class LivelinessTracker:
         track.last_attempt = now
         track.last_error = error
         track.failures += 1
+        self.generation += 1
 
     def applied(self, source: str, now: float, version: int) -> None:
         """Data from ``source`` changed the view (implies contact)."""
@@ -176,6 +209,31 @@ class LivelinessTracker:
         if track.newest_version is None or version > track.newest_version:
             track.newest_version = version
 
+    def recover(self, *, newest: Mapping[str, int], contacts: Mapping[str, float]) -> None:
+        """After a restart: ``newest`` version per source in the recovered view, and the
+        last contact persisted per source. Never moves a contact back, nor past the start
+        (a contact persisted by a clock that ran ahead cannot be fresher than now)."""
+        for source in sorted(set(newest) | set(contacts)):
+            track = self._track(source)
+            version = newest.get(source)
+            if version is not None and (track.newest_version is None
+                                        or version > track.newest_version):
+                track.newest_version = version
+            contact = contacts.get(source)
+            if contact is None and track.policy.hlc_versions and version is not None:
+                # The data's own time: it was confirmed at least then.
+                contact = version_wall_ms(version) / 1000.0
+            if contact is None and track.policy.always_live and version is not None:
+                contact = self.started
+            if contact is None:
+                continue
+            if self.started is not None:
+                contact = min(contact, self.started)
+            if track.last_contact is None or contact > track.last_contact:
+                track.last_contact = contact
+                track.state = _step(track.state, Input.CONTACT)
+        self.generation += 1
+
     def state(self, source: str, now: float) -> SourceState:
         return self.status(source, now).state
 
@@ -184,7 +242,8 @@ class LivelinessTracker:
         # lists only configured sources and those that made contact or failed.
         track = self._tracks.get(source) or _Track(self._default)
         policy = track.policy
-        age = None if track.last_contact is None else max(0.0, now - track.last_contact)
+        since = track.last_contact if track.last_contact is not None else self.started
+        age = None if since is None else max(0.0, now - since)
         if policy.always_live or age is None:
             aged = Input.FRESH
         elif age >= policy.expired_after:
@@ -193,7 +252,9 @@ class LivelinessTracker:
             aged = Input.AGED_STALE
         else:
             aged = Input.FRESH
-        track.state = _step(track.state, aged)
+        # A source never heard from is never made LIVE by time (a clock stepping back).
+        if track.last_contact is not None or aged is not Input.FRESH:
+            track.state = _step(track.state, aged)
         lag = None
         if policy.hlc_versions and track.newest_version is not None:
             lag = max(0.0, now - version_wall_ms(track.newest_version) / 1000.0)

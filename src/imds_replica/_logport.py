@@ -31,10 +31,16 @@ from ._view import View
 
 @attrs.frozen
 class Checkpoint:
-    """A source's resume cursor (any JSON value), persisted with the batch it follows."""
+    """A source's resume cursor (any JSON value), persisted with the batch it follows.
+
+    ``contact``: when the source last made contact (the replica's clock, seconds), persisted
+    with the data it confirms so that liveliness survives a restart (``Recovery.contacts``);
+    ``None`` (the default) records none and is encoded exactly as before.
+    """
 
     source: str
     cursor: Any
+    contact: float | None = None
 
 
 @attrs.frozen
@@ -46,6 +52,34 @@ class Recovery:
     events: int
     seconds: float
     notes: tuple[str, ...] = ()  # e.g. "truncated a torn tail of 12 bytes in 00000003.seg"
+    #: The last contact persisted per source (``Checkpoint.contact``).
+    contacts: Mapping[str, float] = attrs.field(factory=dict)
+
+
+#: Logs keep a checkpoint's contact in their table of cursors under this prefix plus the
+#: source's name (never a source name: those start with [a-z0-9]), so that snapshots,
+#: compaction and repair carry it like any cursor; ``split_checkpoints`` takes it out.
+CONTACT_PREFIX = "@contact:"
+
+
+def keep_checkpoint(table: dict[str, Any], checkpoint: Checkpoint) -> None:
+    """Record ``checkpoint`` in a log's table of cursors (and contacts)."""
+    table[checkpoint.source] = checkpoint.cursor
+    if checkpoint.contact is not None:
+        table[CONTACT_PREFIX + checkpoint.source] = checkpoint.contact
+
+
+def split_checkpoints(table: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """A log's table of cursors as ``(cursors, contacts)`` per source."""
+    cursors: dict[str, Any] = {}
+    contacts: dict[str, float] = {}
+    for name, value in table.items():
+        if name.startswith(CONTACT_PREFIX):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                contacts[name[len(CONTACT_PREFIX):]] = float(value)
+        else:
+            cursors[name] = value
+    return cursors, contacts
 
 
 @attrs.frozen
@@ -175,10 +209,11 @@ class MemoryLog:
             view.apply_batch(batch)
             events += len(batch)
             if checkpoint is not None:
-                checkpoints[checkpoint.source] = checkpoint.cursor
+                keep_checkpoint(checkpoints, checkpoint)
         self._view = view
-        task_status.started(Recovery(checkpoints, len(self.records), events,
-                                     trio.current_time() - started))
+        cursors, contacts = split_checkpoints(checkpoints)
+        task_status.started(Recovery(cursors, len(self.records), events,
+                                     trio.current_time() - started, contacts=contacts))
         await trio.sleep_forever()
 
     async def append(

@@ -12,12 +12,21 @@ Anything else — no connection, a timeout, a non-200/304 status, a body that is
 not events, a batch the replica refuses — is a failure: reported to liveliness, nothing of
 the body applied, the cursor unchanged, and the next attempt waits an exponential backoff
 with jitter (a tenacity wait strategy), capped; after a success the cadence is ``interval``
-again.
+again. An answer carrying ``Retry-After`` (a 429 or 503, typically) is waited out: the next
+attempt comes no sooner than it says (seconds or an HTTP date, capped by
+``max_retry_after``), however short the backoff.
+
+The normal interval is jittered by ``jitter`` (a fraction: each wait is drawn uniformly
+from ``interval * (1 ± jitter)``), so a fleet of hosts restarted together does not poll its
+region in step. ``rng`` (a ``random.Random``) makes the draws reproducible in tests.
 """
 
 from __future__ import annotations
 
+import email.utils
 import logging
+import math
+import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +49,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Seconds allowed for closing our own HTTP client on shutdown.
 _CLOSE_TIMEOUT = 5.0
+#: The longest ``Retry-After`` honoured by default (a misconfigured endpoint asking for a
+#: day must not silence the source for a day).
+DEFAULT_MAX_RETRY_AFTER = 3600.0
 
 Transform = Callable[[Any], Sequence[Event]]
 
@@ -50,6 +62,21 @@ def decode_body(data: bytes) -> Any:
         return parse_json(data)
     except ValidationError as exc:
         raise ValidationError(f"body: {exc.message}") from None
+
+
+def retry_after_seconds(value: str, now: float) -> float | None:
+    """Seconds a ``Retry-After`` value asks to wait (RFC 9110: delay-seconds or an HTTP
+    date, against ``now`` in seconds since the epoch); None when it is neither."""
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
 
 
 def events_from_body(body: Any) -> list[Event]:
@@ -71,6 +98,7 @@ class PollResult:
     events: int = 0  # events in the applied body
     changed: int = 0  # of those, how many changed the view
     error: str | None = None
+    retry_after: float | None = None  # seconds the answer asked us to wait (Retry-After)
 
 
 @attrs.frozen
@@ -93,7 +121,9 @@ class PollSource:
     number of consecutive failures; by default ``wait_random_exponential(multiplier=1,
     max=backoff_max)`` ("full jitter"), with ``backoff_max`` defaulting to 5 * ``interval``.
     ``transform`` turns the decoded JSON body into events when the endpoint does not speak
-    ``{"events": [...]}``; whatever it raises is reported as a malformed body.
+    ``{"events": [...]}``; whatever it raises is reported as a malformed body. ``jitter``
+    (0 <= jitter < 1, default 0.1) spreads the normal interval, drawn from ``rng``;
+    ``max_retry_after`` caps the ``Retry-After`` honoured.
     """
 
     def __init__(self, name: str, url: str, *, interval: float = 60.0,
@@ -101,7 +131,9 @@ class PollSource:
                  client: httpx.AsyncClient | None = None, transform: Transform | None = None,
                  backoff: WaitBaseT | None = None, backoff_max: float | None = None,
                  headers: Mapping[str, str] | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, jitter: float = 0.1,
+                 rng: random.Random | None = None,
+                 max_retry_after: float = DEFAULT_MAX_RETRY_AFTER) -> None:
         if not isinstance(name, str) or not SOURCE_RE.match(name):
             raise ConfigError(f"{name!r} must match [a-z0-9][a-z0-9_.-]{{0,63}}", key="name")
         try:
@@ -114,6 +146,11 @@ class PollSource:
             raise ConfigError(f"{interval!r} must be > 0 seconds", key="interval")
         if not timeout > 0:
             raise ConfigError(f"{timeout!r} must be > 0 seconds", key="timeout")
+        if not 0 <= jitter < 1:
+            raise ConfigError(f"{jitter!r} must be a fraction in [0, 1)", key="jitter")
+        if not max_retry_after >= 0 or math.isinf(max_retry_after):
+            raise ConfigError(f"{max_retry_after!r} must be >= 0 seconds",
+                              key="max_retry_after")
         self.name = name
         self.url = url
         self.interval = interval
@@ -127,6 +164,9 @@ class PollSource:
         )
         self.headers = dict(headers or {})
         self.max_body_bytes = max_body_bytes
+        self.jitter = jitter
+        self.max_retry_after = max_retry_after
+        self._rng = rng if rng is not None else random.Random()
         self._given_client = client
         self._client: httpx.AsyncClient | None = None
         self._sink: SourceSink | None = None
@@ -147,7 +187,7 @@ class PollSource:
             task_status.started()
             while True:
                 result = await self.poll_now()
-                await trio.sleep(self.interval if result.ok else self.next_backoff())
+                await trio.sleep(self.next_wait(result))
 
     @asynccontextmanager
     async def _open_client(self) -> AsyncIterator[httpx.AsyncClient]:
@@ -162,6 +202,17 @@ class PollSource:
             # client leaks its pooled sockets.
             with trio.move_on_after(_CLOSE_TIMEOUT, shield=True):
                 await client.aclose()
+
+    def next_wait(self, result: PollResult) -> float:
+        """Seconds until the attempt after ``result``: the jittered interval after a
+        success, else the backoff — but never less than a ``Retry-After`` asked for."""
+        if result.ok:
+            wait = self.interval * (1 + self.jitter * self._rng.uniform(-1.0, 1.0))
+        else:
+            wait = self.next_backoff()
+        if result.retry_after is not None:
+            wait = max(wait, min(result.retry_after, self.max_retry_after))
+        return wait
 
     def next_backoff(self) -> float:
         """Seconds to wait after the current run of consecutive failures."""
@@ -216,8 +267,11 @@ class PollSource:
                         self._not_modified += 1
                         return PollResult(ok=True, status=304)
                     if status != 200:
-                        return PollResult(ok=False, status=status,
-                                          error=f"HTTP {status} from {self.url}")
+                        retry = response.headers.get("retry-after")
+                        return PollResult(
+                            ok=False, status=status, error=f"HTTP {status} from {self.url}",
+                            retry_after=None if retry is None else retry_after_seconds(
+                                retry, sink.now()))
                     etag = response.headers.get("etag")
                     too_large = False
                     # Stopping by cancellation, not ``break``: the Cancelled raised at the

@@ -19,7 +19,7 @@ import trio
 
 from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
-from ._liveliness import LivelinessPolicy, LivelinessTracker
+from ._liveliness import LivelinessPolicy, LivelinessTracker, newest_versions
 from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
 from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
@@ -55,6 +55,8 @@ class Replica:
         self._clock = clock
         self._max_value_bytes = max_value_bytes
         self._cursors: dict[str, Any] = dict(recovery.checkpoints)
+        #: The names of the sources ``open_replica`` runs (their data is theirs alone).
+        self.source_names: tuple[str, ...] = ()
         self._waiters: dict[Key, trio.Event] = {}
         self._any_change = trio.Event()
         self._submitted = 0
@@ -85,6 +87,13 @@ class Replica:
             size = len(events) if isinstance(events, Sized) else 0
             self._rejected_events[source or _claimed_source(events)] += size
             raise
+        # Contact first: the append applies the batch and wakes watchers of its documents
+        # before it returns here, and they read freshness at once (the source did speak,
+        # whether or not the write then fails).
+        now = self.now()
+        contact = self.liveliness.contact
+        for src in {event.source for event in batch} | ({source} if source else set()):
+            contact(src, now)
         changed = await self.log.append(batch, checkpoint)
         self._submitted += 1
         # Liveliness once per source of the batch, not once per event: per source, the
@@ -100,12 +109,8 @@ class Replica:
             newest[src] = best
         now = self.now()
         for src, version in newest.items():
-            if version < 0:
-                self.liveliness.contact(src, now)
-            else:
+            if version >= 0:
                 self.liveliness.applied(src, now, version)
-        if source is not None and source not in newest:
-            self.liveliness.contact(source, now)
         if checkpoint is not None:
             self._cursors[checkpoint.source] = checkpoint.cursor
         n_changed = sum(changed)
@@ -169,14 +174,19 @@ async def open_replica(
     """
     log = log if log is not None else MemoryLog()
     view = view if view is not None else View()
-    tracker = LivelinessTracker(policies, default=default_policy)
+    # Sources never heard from age from here; every policy is known before ``recover``.
+    tracker = LivelinessTracker(policies, default=default_policy, started=clock())
+    for source in sources:
+        if policies is None or source.name not in policies:
+            tracker.set_policy(source.name, source.policy)
     async with trio.open_nursery() as nursery:
         recovery: Recovery = await nursery.start(log.run, view)
+        tracker.recover(newest=newest_versions(view.registers()),
+                        contacts=recovery.contacts)
         replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
                           clock=clock, max_value_bytes=max_value_bytes)
+        replica.source_names = tuple(source.name for source in sources)
         for source in sources:
-            if policies is None or source.name not in policies:
-                tracker.set_policy(source.name, source.policy)
             await nursery.start(source.run, SourceSink(replica, source.name))
         try:
             yield replica

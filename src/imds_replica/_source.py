@@ -72,7 +72,10 @@ class SourceSink:
                 raise ValidationError(
                     f"source: {claimed!r} submitted through source {self.name!r}", index=i
                 )
-        checkpoint = None if cursor is _UNSET else Checkpoint(self.name, cursor)
+        # The contact travels with the cursor: after a restart, liveliness knows when this
+        # source last confirmed the data it replayed (``Recovery.contacts``).
+        checkpoint = None if cursor is _UNSET else Checkpoint(self.name, cursor,
+                                                              contact=self.now())
         return await self._replica.submit(events, checkpoint=checkpoint, source=self.name)
 
     def contact(self) -> None:

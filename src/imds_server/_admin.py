@@ -5,14 +5,20 @@ extension point ``extra_routes``: a mapping from an exact path to an async handl
 the ``Request`` and returning a ``Response``, ``bytes`` (sent as JSON), or an async iterator
 of byte chunks (sent with chunked encoding, for streams such as ``GET /logs``). Telemetry
 adds ``GET /metrics`` and ``GET /logs`` this way; a built-in path cannot be overridden.
+
+``POST /events`` refuses (400, naming the event) an event that claims a source name the
+server owns: ``owned_sources`` (the guest-approval source) and the sources the replica runs.
+Their data is written by the server alone, and one forged event under such a name (a
+version at 2**63-1, say) would outrank every later write of it. ``allow_owned_sources``
+(the ``admin-allow-owned-sources`` setting) lifts this, for repairs by hand.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from imds_replica import DEFAULT_MAX_VALUE_BYTES, ImdsError, ValidationError
+from imds_replica import DEFAULT_MAX_VALUE_BYTES, Event, ImdsError, ValidationError
 
 from ._ingest import BodyError, decode_events, gc_paused, submit_events
 from ._render import to_json
@@ -32,7 +38,8 @@ class AdminApi:
 
     def __init__(self, *, clock: Callable[[], float],
                  extra_routes: Mapping[str, AdminHandler] | None = None,
-                 status: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 status: Callable[[], Mapping[str, Any]] | None = None,
+                 owned_sources: Iterable[str] = (), allow_owned_sources: bool = False) -> None:
         clash = set(extra_routes or ()) & set(BUILTIN)
         if clash:
             raise ValueError(f"extra_routes may not replace {sorted(clash)}")
@@ -40,6 +47,11 @@ class AdminApi:
         self.clock = clock
         self.extra_routes = dict(extra_routes or {})
         self.status = status or dict
+        #: Per source name, what its adapter's ``statistics()`` says (stream sources: cursor,
+        #: pending count = lag in messages, refusals); shown under ``"adapter"``.
+        self.source_details: Callable[[], Mapping[str, Mapping[str, Any]]] = dict
+        self.owned_sources = frozenset(owned_sources)
+        self.allow_owned_sources = allow_owned_sources
 
     async def handle(self, request: Request) -> Response:
         path = request.path
@@ -65,6 +77,9 @@ class AdminApi:
             now = self.clock()
             body = {name: status.to_dict()
                     for name, status in self.replica.liveliness.snapshot(now).items()}
+            for name, details in self.source_details().items():
+                if name in body:
+                    body[name]["adapter"] = dict(details)
             return _json(200, body, path)
         if path == "/view":
             return self._view(params)
@@ -101,12 +116,24 @@ class AdminApi:
                 extra = {"index": exc.index} if exc.index is not None else None
                 return error(400, exc.message, extra=extra, route="/events")
             try:
+                if not self.allow_owned_sources:
+                    self._refuse_owned(events)
                 total, changed = await submit_events(self.replica, events)
             except ValidationError as exc:
                 return failure(exc, extra={"index": exc.index}, route="/events")
             except ImdsError as exc:
                 return failure(exc, route="/events")
         return _json(200, {"events": total, "changed": changed}, "/events")
+
+    def _refuse_owned(self, events: Sequence[Event]) -> None:
+        assert self.replica is not None
+        owned = self.owned_sources | set(self.replica.source_names)
+        for i, event in enumerate(events):
+            claimed = event.source
+            if claimed in owned:
+                raise ValidationError(
+                    f"source: {claimed!r} is written by this server itself; posting events "
+                    "under it needs admin-allow-owned-sources = true", index=i)
 
 
 def _json(status: int, body: Any, route: str) -> Response:

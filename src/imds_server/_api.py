@@ -96,7 +96,8 @@ class VmApi:
         self.buckets = TokenBuckets(self.policy.rate_limit, self.policy.rate_burst)
         self.stats = ApiStatistics()
         self._watchers: dict[str, int] = {}
-        self._fresh: dict[tuple[str, ...], tuple[int, tuple[tuple[str, str], ...]]] = {}
+        self._fresh: dict[tuple[str, ...],
+                          tuple[tuple[int, int], tuple[tuple[str, str], ...]]] = {}
         self._versions_body = _render.to_json({"apiVersions": list(_versions.VERSIONS)})
         self._targets: dict[str, _Target] = {}
         #: Signs ``/metadata/attested/document``; None: that path answers 404.
@@ -302,12 +303,14 @@ class VmApi:
 
     def _freshness(self, sources: tuple[str, ...], now: float) -> tuple[tuple[str, str], ...]:
         # Computed at most once per second per set of sources: it reads every source's
-        # liveliness, which a hot read path should not repeat per request.
-        second = int(now)
+        # liveliness, which a hot read path should not repeat per request. Recomputed too
+        # once liveliness moved (a contact, a change): a watcher woken by a change must
+        # get the Age after it.
+        assert self.liveliness is not None
+        second = (int(now), self.liveliness.generation)
         memo = self._fresh.get(sources)
         if memo is not None and memo[0] == second:
             return memo[1]
-        assert self.liveliness is not None
         age, detail = freshness(sources, self.liveliness, now, self.started)
         headers = (("Age", str(age)), (FRESHNESS_HEADER, detail)) if detail \
             else (("Age", str(age)),)
@@ -343,7 +346,7 @@ class VmApi:
                                 if len(e.key) < 3 or e.key[2] in parts}))
         document = self.view.document(doc_key)
         rendered = _render.render_instance(document, version,
-                                           tags_from_list=self._tags_from_list(vm))
+                                           tags_from_list=self._tags_from_list(vm), vm_id=vm)
         if extended:
             rendered["extended"] = _render.render_extended(document)
         value = _render.walk(rendered, segments[2:])

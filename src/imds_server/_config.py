@@ -3,15 +3,17 @@
 Every setting has one name, used both as the TOML key and (for those that have one) as the
 command-line flag: ``rate-limit`` / ``--rate-limit``. Flags override the file; the file
 overrides the defaults. An unknown key, a wrong type or an impossible value is refused at
-start with a ``ConfigError`` naming the key and the reason. ``cluster`` and ``machine``
+start with a ``ConfigError`` naming the key and the reason. ``[[source]]`` tables (the
+sources ``serve`` runs) are checked by ``_sources``. ``cluster`` and ``machine``
 label telemetry; the ``[telemetry]`` table is passed through untouched (telemetry
 validates it).
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ import attrs
 from imds_replica import ConfigError
 
 from ._listen import Address, check_separate
+from ._sources import SourceSpec, parse_sources
+
+#: Sources the server itself writes: no ``[[source]]`` may take their names (``guest``: the
+#: scheduled-event approvals). ``fabric``/``hostnet`` may come from a configured source.
+SERVER_SOURCES = ("guest",)
 
 #: TOML key -> (field, accepted types, description). The table docs/server.md documents.
 SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
@@ -56,6 +63,8 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "max-header-bytes": ("max_header_bytes", (int,), "bytes of request line + headers"),
     "max-body-bytes": ("max_body_bytes", (int,), "VM-facing request body bytes"),
     "admin-max-body-bytes": ("admin_max_body_bytes", (int,), "POST /events body bytes"),
+    "admin-allow-owned-sources": ("admin_allow_owned_sources", (bool,),
+                                  "POST /events may claim the server's own sources"),
     "shutdown-grace": ("shutdown_grace", (int, float), "seconds to finish on SIGTERM"),
     "startup-hold": ("startup_hold", (int, float),
                      "seconds a request waits for the log replay before 410"),
@@ -85,6 +94,7 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "attested-cert": ("attested_cert", (str,), "its certificate (PEM)"),
     "attested-ca": ("attested_ca", (str,), "CA certificate(s) published at /attested/ca.pem"),
     "attested-lifetime": ("attested_lifetime", (int,), "seconds from createdOn to expiresOn"),
+    "source": ("sources", (list,), "[[source]] tables: the sources serve runs"),
 }
 #: Settings that name files (read as paths).
 _PATHS = {"identity_signing_key", "identity_token_service_credential",
@@ -125,6 +135,7 @@ class ServerConfig:
     max_header_bytes: int = 16384
     max_body_bytes: int = 65536
     admin_max_body_bytes: int = 16 * 1024 * 1024
+    admin_allow_owned_sources: bool = False
     shutdown_grace: float = 10.0
     startup_hold: float = 3.0
     cluster: str = ""
@@ -143,6 +154,8 @@ class ServerConfig:
     attested_cert: Path | None = None
     attested_ca: Path | None = None
     attested_lifetime: int = 6 * 3600
+    #: The checked ``[[source]]`` tables (``imds_server._sources``).
+    sources: tuple[SourceSpec, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         key = {field: name for name, (field, _, _) in SETTINGS.items()}
@@ -198,12 +211,22 @@ def load_config(path: Path | str | None = None,
     return config_from_mapping(values)
 
 
+def did_you_mean(name: str, known: Collection[str]) -> str:
+    """``; did you mean 'rate-limit'?`` for ``rate_limit``, a typo or a flag's spelling
+    (``--rate-limit``); ``""`` when nothing is close."""
+    spelled = name.strip().lstrip("-").replace("_", "-").lower()
+    if spelled in known and spelled != name:
+        return f"; did you mean {spelled!r}?"
+    close = difflib.get_close_matches(spelled, list(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
     fields: dict[str, Any] = {}
     for name, value in values.items():
         if name not in SETTINGS:
-            raise ConfigError(f"unknown setting (known: {', '.join(sorted(SETTINGS))})",
-                              key=name)
+            raise ConfigError(f"unknown setting{did_you_mean(name, SETTINGS)} "
+                              f"(known: {', '.join(sorted(SETTINGS))})", key=name)
         field, types, _ = SETTINGS[name]
         if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             wanted = " or ".join(t.__name__ for t in types)
@@ -212,7 +235,84 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             value = Address.parse(str(value), key=name)
         elif field == "data_dir" or field in _PATHS:
             value = Path(str(value))
+        elif field == "sources":
+            value = parse_sources(value, reserved=tuple(SERVER_SOURCES))
         elif isinstance(value, int) and float in types:
             value = float(value)
         fields[field] = value
     return ServerConfig(**fields)
+
+
+def config_to_toml(config: ServerConfig) -> str:
+    """The effective configuration as a TOML file ``--config`` reads back to the same
+    ``ServerConfig`` (``serve --print-config``): every setting, with its description."""
+    lines = ["# imds-server configuration (serve --print-config): the effective settings.",
+             "# Every key is also a flag (--KEY) where one exists; flags win over the file."]
+    tables: list[str] = []
+    for name, (field, _, description) in SETTINGS.items():
+        value = getattr(config, field)
+        if isinstance(value, Mapping):
+            tables.append(_toml_table(name, value, description))
+            continue
+        if field == "sources":  # an array of tables: [[source]] each
+            tables += [_toml_array_table(name, spec.to_table(), description)
+                       for spec in value]
+            continue
+        if value is None:
+            lines.append(f"# {name} = ...  # {description} (not set)")
+            continue
+        try:
+            lines.append(f"{name} = {_toml_value(value)}  # {description}")
+        except TypeError as exc:  # a setting of a kind this writer does not know
+            lines.append(f"# {name}: not printed ({exc})  # {description}")
+    return "\n".join(lines + tables) + "\n"
+
+
+def _toml_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[{_toml_key(name)}]"]
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            nested.append((key, value))
+        else:
+            out.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in nested:
+        out.append(f"[{_toml_key(name)}.{_toml_key(key)}]")
+        out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(out)
+
+
+def _toml_array_table(name: str, table: Mapping[str, Any], description: str) -> str:
+    out = [f"\n# {description}", f"[[{_toml_key(name)}]]"]
+    out += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(out)
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else _toml_string(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (Address, Path)):
+        return _toml_string(str(value))
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    if attrs.has(type(value)):  # a parsed table (its fields are its keys)
+        return _toml_value({k.replace("_", "-"): v for k, v in attrs.asdict(value).items()
+                            if v is not None})
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(c if c >= " " and c != "\x7f" else f"\\u{ord(c):04x}" for c in escaped)
+    return f'"{escaped}"'

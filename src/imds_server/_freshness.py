@@ -1,9 +1,10 @@
 """How fresh an answer is: ``Age`` and the per-source ``Imds-Freshness`` header.
 
 ``Age`` is the whole seconds since the data behind the answer was last confirmed by its
-least fresh source. A source's age is ``now - last contact``; a pushed source
-(``always_live``) is confirmed by construction, so its age is 0; a source not heard from
-since this process started counts from the start (we cannot vouch for it earlier).
+least fresh source. A source's age is ``now - last contact`` (after a restart, the contact
+persisted with its data); a pushed source (``always_live``) is confirmed by construction,
+so its age is 0; a source not heard from counts from the replica's start (we cannot vouch
+for it earlier) — the same age and state ``/sources`` and ``/metrics`` report.
 
 ``Imds-Freshness`` lists every source behind the answer, least fresh first, as an RFC 8941
 list: ``tags;state=stale;age=312, fabric;state=live;age=0``.
@@ -26,10 +27,10 @@ def freshness(sources: Iterable[str], liveliness: LivelinessTracker, now: float,
         status = liveliness.status(source, now)
         if status.policy.always_live and status.last_contact is not None:
             age = 0.0
-        elif status.last_contact is None:
+        elif status.age is not None:
+            age = status.age
+        else:  # a tracker that does not know when the replica started
             age = now - started
-        else:
-            age = now - status.last_contact
         rows.append((max(0, int(age)), source, status.state.value))
     rows.sort(key=lambda r: (-r[0], r[1]))
     header = ", ".join(f"{name};state={state};age={age}" for age, name, state in rows)

@@ -57,6 +57,10 @@ class BodyError(ClientError):
         self.index = index
 
 
+#: Content types read as msgpack (the registered one and the two in common use).
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -67,7 +71,8 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 async def decode_events(body: bytes, kind: str, *,
                         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> list[Event]:
     """The events of a ``{"events": [...]}`` body, validated; raises ``BodyError``."""
-    items = _msgpack_items(body) if kind == "application/msgpack" else _json_items(body, kind)
+    kind = kind.lower()
+    items = _msgpack_items(body) if kind in MSGPACK_TYPES else _json_items(body, kind)
     events: list[Event] = []
     deadline = time.perf_counter() + SLICE
     index = 0
@@ -110,7 +115,7 @@ async def _parts(events: Sequence[Event]) -> list[list[Event]]:
     documents: dict[tuple[str, ...], list[Event]] = {}
     for n, event in enumerate(events):
         documents.setdefault(event.key[:2], []).append(event)
-        if not n & 4095:
+        if not n & 1023:
             await trio.lowlevel.checkpoint()
     parts: list[list[Event]] = []
     part: list[Event] = []

@@ -49,5 +49,6 @@ class RefusalDigest:
         for caller, reason, repeats in summary:
             log.info("refused %d more requests from %s (%s) in the last %g s",
                      repeats, caller, reason, interval,
-                     extra={"caller": caller, "refused": reason, "count": repeats})
+                     extra={"fields": {"caller": caller, "refused": reason,
+                                       "count": repeats}})
         return len(summary)

@@ -63,15 +63,19 @@ def stringify(value: Any) -> Any:
     return str(value)
 
 
-def render_instance(document: Any, version: str, *, tags_from_list: bool) -> dict[str, Any]:
+def render_instance(document: Any, version: str, *, tags_from_list: bool,
+                    vm_id: str = "") -> dict[str, Any]:
     """``{"compute": ..., "network": ...}`` for one api-version.
 
     ``tags_from_list`` says which published form holds the newer set of tags (the caller
-    decides it from register versions); the other form is rendered from it.
+    decides it from register versions); the other form is rendered from it. ``vm_id`` (the
+    ``VMID`` of the document's key) is ``compute.vmId`` unless a source published one.
     """
     doc = document if isinstance(document, dict) else {}
     compute = doc.get("compute")
     compute = dict(compute) if isinstance(compute, dict) else {}
+    if vm_id and compute.get("vmId") in (None, ""):
+        compute["vmId"] = vm_id
     primary, secondary = ("tagsList", "tags") if tags_from_list else ("tags", "tagsList")
     source = compute.get(primary)
     if source is None:

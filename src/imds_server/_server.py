@@ -32,13 +32,15 @@ from . import _demo, _schedule
 from ._admin import AdminApi, AdminHandler
 from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
-from ._connection import ConnectionLimits, Listener
+from ._connection import App, ConnectionLimits, Listener
 from ._guest import admin_routes, answer_issue, attach_guest_surface
 from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._refusals import AGGREGATED, RefusalDigest
 from ._request import Park, Request, Response, Submit, error, failure
+from ._schedule import APPROVAL_SOURCE
+from ._sources import build_source
 from ._storage import open_log
 from .identity._endpoint import IdentityPolicy, Issue
 
@@ -100,7 +102,9 @@ class Server:
             identity=IdentityPolicy(rate_limit=config.identity_rate_limit,
                                     max_concurrent=config.identity_max_concurrent))
         routes = {**admin_routes(lambda: self.api), **(extra_routes or {})}
-        self.admin = AdminApi(clock=clock, extra_routes=routes, status=self._health)
+        self.admin = AdminApi(clock=clock, extra_routes=routes, status=self._health,
+                              owned_sources=(APPROVAL_SOURCE,),
+                              allow_owned_sources=config.admin_allow_owned_sources)
         self.replica: Replica | None = None
         self.vm_listeners: list[Listener] = []
         self.admin_listeners: list[Listener] = []
@@ -195,7 +199,7 @@ class Server:
                                   refusals_before_close=cfg.refusals_before_close)
         for sock in vm_socks:
             set_ttl(sock, cfg.ip_ttl)
-            self.vm_listeners.append(Listener(sock, _VmApp(self), http=http, limits=limits,
+            self.vm_listeners.append(Listener(sock, self._vm_app(), http=http, limits=limits,
                                               ttl=cfg.ip_ttl, known=self._known))
         admin_http = attrs.evolve(http, max_body_bytes=cfg.admin_max_body_bytes)
         admin_limits = attrs.evolve(limits, max_connections_per_caller=limits.max_connections,
@@ -203,7 +207,7 @@ class Server:
                                     refusals_before_close=0,
                                     body_timeout=cfg.admin_body_timeout)
         for sock in admin_socks:
-            self.admin_listeners.append(Listener(sock, _AdminApp(self), http=admin_http,
+            self.admin_listeners.append(Listener(sock, self._admin_app(), http=admin_http,
                                                  limits=admin_limits))
         listeners = self.vm_listeners + self.admin_listeners
         attach_guest_surface(self.api, cfg, self.admin_listeners[0].address)
@@ -225,7 +229,10 @@ class Server:
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(cfg.data_dir)
-            async with open_replica(log, policies=POLICIES, clock=self.clock) as replica:
+            sources = [build_source(spec) for spec in cfg.sources]
+            self.admin.source_details = lambda: _adapter_statistics(sources)
+            async with open_replica(log, sources=sources, policies=POLICIES,
+                                    clock=self.clock) as replica:
                 if cfg.demo:
                     await _demo.seed(replica)
                 replica.view.subscribe(self._wake)
@@ -240,6 +247,13 @@ class Server:
                 serving.cancel()
                 refusal_lines.cancel()
                 self._refusals.log(cfg.refusal_log_interval)  # the last interval's lines
+
+    def _vm_app(self) -> App:
+        """What answers VM-facing requests (test mode wraps it; nothing else does)."""
+        return _VmApp(self)
+
+    def _admin_app(self) -> App:
+        return _AdminApp(self)
 
     def _open_sockets(self) -> tuple[list[socket.socket], list[socket.socket]]:
         given = self._sockets if self._sockets is not None else inherited()
@@ -338,19 +352,15 @@ class Server:
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
         refused = response.refused
+        count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):
-            self._count_only(self._access(request, peer, response, sent, seconds))
-            return
-        self.observer.request(self._access(request, peer, response, sent, seconds))
-
-    def _access(self, request: Request, peer: str, response: Response, sent: int,
-                seconds: float) -> AccessRecord:
-        return AccessRecord(
+            count = self._count_only  # counted; its line is the interval's summary
+        count(AccessRecord(
             time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
             caller=peer, vm=response.vm, method=request.method, route=response.route,
             path=request.path, api_version=response.api_version, status=response.status,
-            bytes=sent, seconds=seconds, refused=response.refused, watch=response.watch)
+            bytes=sent, seconds=seconds, refused=refused, watch=response.watch))
 
 
 class _VmApp:
@@ -388,3 +398,15 @@ class _AdminApp:
     def answered(self, request: Request, peer: str, response: Response, received: float,
                  sent: int, seconds: float) -> None:
         pass  # admin requests are not VM traffic; telemetry counts its own routes
+
+
+def _adapter_statistics(sources: list[Any]) -> dict[str, dict[str, Any]]:
+    """``statistics()`` of the configured sources that have one, as plain dicts."""
+    out: dict[str, dict[str, Any]] = {}
+    for source in sources:
+        stats = getattr(source, "statistics", None)
+        if callable(stats):
+            value = stats()
+            if attrs.has(type(value)):
+                out[source.name] = attrs.asdict(value)
+    return out

@@ -89,6 +89,21 @@ _OBJECT_MEMBERS: Mapping[str, tuple[str, ...]] = {
     "additionalCapabilities": ("hibernationEnabled",),
     "host": ("id",), "hostGroup": ("id",),
 }
+#: Objects whose members are objects too: the whole shape Azure renders, leaves ``""`` and
+#: lists ``[]``. An absent one is rendered as this shape (as an absent ``plan`` is rendered
+#: as its members), and a published one gets the members it lacks, so a guest reading
+#: ``storageProfile.osDisk.name`` finds ``""`` rather than a 404 whichever the source sent.
+_SHAPES: Mapping[str, Mapping[str, Any]] = {
+    "storageProfile": {
+        "dataDisks": [],
+        "imageReference": {"id": "", "offer": "", "publisher": "", "sku": "", "version": ""},
+        "osDisk": {"caching": "", "createOption": "", "diffDiskSettings": {"option": ""},
+                   "diskSizeGB": "", "encryptionSettings": {"enabled": ""},
+                   "image": {"uri": ""}, "managedDisk": {"id": "", "storageAccountType": ""},
+                   "name": "", "osType": "", "vhd": {"uri": ""},
+                   "writeAcceleratorEnabled": ""},
+    },
+}
 _LISTS = frozenset({"publicKeys", "tagsList"})
 #: Network fields date from the base version: before it the network is left out whole.
 NETWORK_SINCE = _BASE
@@ -107,14 +122,30 @@ def _default(path: tuple[str, ...], version: str) -> Any:
     name = path[-1]
     if len(path) == 1 and name in _LISTS:
         return []
+    if len(path) == 1 and name in _SHAPES:
+        return _filled({}, _SHAPES[name])
     if len(path) == 1 and name in _OBJECT_MEMBERS:
         return {member: "" for member in _OBJECT_MEMBERS[name]}
     children = [p for p in FIELDS if len(p) == len(path) + 1 and p[:-1] == path]
     if children:
         return {c[-1]: "" for c in children if FIELDS[c] <= version}
-    if len(path) == 1 and name in ("storageProfile", "osProfile", "securityProfile"):
+    if len(path) == 1 and name in ("osProfile", "securityProfile"):
         return {}
     return ""
+
+
+def _filled(value: Mapping[str, Any], shape: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` with every member of ``shape`` it lacks (recursively; a list or a leaf
+    that is present is kept as published)."""
+    out = dict(value)
+    for member, default in shape.items():
+        present = out.get(member)
+        if present is None:
+            out[member] = _filled({}, default) if isinstance(default, Mapping) \
+                else list(default) if isinstance(default, list) else default
+        elif isinstance(default, Mapping) and isinstance(present, Mapping):
+            out[member] = _filled(present, default)
+    return out
 
 
 def gate_compute(compute: Mapping[str, Any], version: str) -> dict[str, Any]:
@@ -154,6 +185,8 @@ def _gate_object(value: Mapping[str, Any], path: tuple[str, ...], version: str) 
     for member in _OBJECT_MEMBERS.get(path[-1], ()) if len(path) == 1 else ():
         if out.get(member) is None:
             out[member] = ""
+    if len(path) == 1 and path[0] in _SHAPES:
+        out = _filled(out, _SHAPES[path[0]])
     return out
 
 

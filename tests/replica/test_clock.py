@@ -33,7 +33,7 @@ def test_versions_strictly_increase_under_clock_steps(ops: list[tuple[str, int]]
     highest = -1
     for op, arg in ops:
         if op == "observe":
-            clock.observe(arg)
+            clock.observe(arg, 2**40)  # a wall time past every observed version: in bound
             highest = max(highest, arg)
         else:
             v = clock.now(arg)
@@ -61,9 +61,9 @@ def test_counter_overflow_carries_into_time() -> None:
 
 def test_observe_then_now_exceeds_remote() -> None:
     clock = HybridClock()
-    clock.observe(hlc_version(50_000, 7))
+    assert clock.observe(hlc_version(50_000, 7), 1_000)
     assert clock.now(1_000) == hlc_version(50_000, 8)
-    clock.observe(5)  # older: ignored
+    assert clock.observe(5, 1_000)  # older: ignored
     assert clock.last == hlc_version(50_000, 8)
 
 
@@ -83,3 +83,52 @@ def test_exhaustion_raises_and_leaves_clock_usable() -> None:
         clock.now(2**48)  # a wall time beyond what the encoding holds
     assert clock.last == 0
     assert clock.now(1) == hlc_version(1)
+
+
+# -- the drift bound (finding 11.9) -----------------------------------------------------------
+
+def test_a_version_at_the_end_of_the_version_space_is_not_observed() -> None:
+    """One far-future event (2**63-1) must not exhaust the clock: ``now`` keeps working."""
+    clock = HybridClock(max_drift_ms=60_000)
+    assert clock.observe(MAX_VERSION, 1_000_000) is False
+    v = clock.now(1_000_000)
+    assert version_wall_ms(v) <= 1_000_000 + 60_000
+    assert clock.beyond_drift == 1
+    assert clock.furthest_refused == MAX_VERSION
+
+
+def test_a_far_future_version_drags_local_versions_at_most_by_the_drift() -> None:
+    clock = HybridClock(max_drift_ms=5_000)
+    day = 86_400_000
+    assert not clock.observe(hlc_version(1_000_000 + day), 1_000_000)
+    later = clock.now(1_000_100)
+    assert version_wall_ms(later) <= 1_000_000 + 5_000
+    assert clock.beyond_drift == 1
+    # Within the bound, a remote version is observed exactly as before.
+    fresh = HybridClock(max_drift_ms=5_000)
+    assert fresh.observe(hlc_version(1_004_000, 3), 1_000_100)
+    assert fresh.now(1_000_200) == hlc_version(1_004_000, 4)
+    assert fresh.beyond_drift == 0
+
+
+def test_drift_bound_must_be_positive_or_none() -> None:
+    with pytest.raises(ValueError, match="max_drift_ms"):
+        HybridClock(max_drift_ms=0)
+    unbounded = HybridClock(max_drift_ms=None)
+    assert unbounded.observe(hlc_version(2**40), 0)
+    assert unbounded.last == hlc_version(2**40)
+
+
+@given(st.lists(st.tuples(st.integers(0, MAX_VERSION), st.integers(0, 2**42)), max_size=40),
+       st.integers(0, 2**42))
+def test_no_observed_version_makes_now_fail(observed: list[tuple[int, int]],
+                                            wall_ms: int) -> None:
+    """Whatever remote versions arrive, at whatever local time, ``now`` never raises and
+    never runs further ahead of the largest local time than the drift bound."""
+    clock = HybridClock(max_drift_ms=60_000)
+    top = wall_ms
+    for version, at in observed:
+        clock.observe(version, at)
+        top = max(top, at)
+    v = clock.now(wall_ms)
+    assert version_wall_ms(v) <= top + 60_000 + 1

@@ -179,3 +179,19 @@ def test_validate_batch_names_index_and_applies_size_limit() -> None:
 def test_validate_batch_keeps_valid_batches(batch: list[Event]) -> None:
     assert validate_batch(batch, max_value_bytes=2**30) == tuple(batch)
     assert validate_batch([e.to_dict() for e in batch], max_value_bytes=2**30) == tuple(batch)
+
+
+@pytest.mark.parametrize(("field", "value", "shown"), [
+    ("version", True, "version: true must be an integer"),
+    ("version", "1", 'version: "1" must be an integer'),
+    ("source", None, "source: null must match"),
+    ("key", "a/b", 'key: "a/b" must be a list of strings'),
+])
+def test_messages_show_values_as_json_not_python_reprs(field: str, value: object,
+                                                       shown: str) -> None:
+    wire = {"source": "s", "key": ["k"], "version": 1, "value": 1, field: value}
+    with pytest.raises(ValidationError) as info:
+        Event.from_dict(wire)
+    assert shown in info.value.message
+    assert "True" not in info.value.message
+    assert "None" not in info.value.message

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import itertools
 import json
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from imds_replica._errors import ConfigError
 from imds_replica._event import Event
 from imds_replica._liveliness import SourceState
 from imds_replica._logport import MemoryLog
-from imds_replica._poll_source import PollSource
+from imds_replica._poll_source import PollSource, retry_after_seconds
 from imds_replica._replica import open_replica
 from imds_replica._source import Source
 from imds_replica.testing._source_contract import DELETED, SourceContract, Spec
@@ -404,7 +405,7 @@ async def test_poll_before_start_is_an_error() -> None:
 class Script:
     """Answers by a script of statuses, recording when (virtual time) each attempt came."""
 
-    def __init__(self, statuses: list[int], attempts: int) -> None:
+    def __init__(self, statuses: list[Any], attempts: int) -> None:
         self.statuses = statuses
         self.times: list[float] = []
         self.attempts = attempts
@@ -415,11 +416,14 @@ class Script:
         if len(self.times) >= self.attempts:
             self.done.set()
         status = self.statuses.pop(0) if self.statuses else 200
+        headers: dict[str, str] = {}
+        if isinstance(status, tuple):  # (status, response headers)
+            status, headers = status
         if status == 0:
             raise httpx.ConnectError("refused", request=request)
         if status == 200:
             return httpx.Response(200, json={"events": []}, headers={"ETag": '"e"'})
-        return httpx.Response(status)
+        return httpx.Response(status, headers=headers)
 
     def gaps(self) -> list[float]:
         return [round(b - a, 6) for a, b in zip(self.times, self.times[1:], strict=False)]
@@ -440,7 +444,8 @@ async def test_backoff_grows_to_its_cap_then_interval_resumes(
         autojump_clock: trio.testing.MockClock) -> None:
     script = Script([500, 0, 503, 500, 0, 500, 200, 200, 500, 200], attempts=11)
     status, stats = await run_script(
-        script, interval=60, backoff=tenacity.wait_exponential(multiplier=1, max=8))
+        script, interval=60, backoff=tenacity.wait_exponential(multiplier=1, max=8),
+        jitter=0)
     assert script.gaps() == [1, 2, 4, 8, 8, 8, 60, 60, 1, 60]
     assert stats.failures == 7
     assert stats.consecutive_failures == 0
@@ -451,7 +456,7 @@ async def test_backoff_grows_to_its_cap_then_interval_resumes(
 async def test_default_backoff_is_jittered_exponential_and_capped(
         autojump_clock: trio.testing.MockClock) -> None:
     script = Script([500] * 14, attempts=16)
-    status, stats = await run_script(script, interval=2, backoff_max=5)
+    status, stats = await run_script(script, interval=2, backoff_max=5, jitter=0)
     gaps = script.gaps()
     bounds = [min(2 ** i, 5) for i in range(14)]
     assert all(0 <= g <= b for g, b in zip(gaps, bounds, strict=False)), gaps
@@ -467,7 +472,7 @@ async def test_liveliness_on_every_attempt(autojump_clock: trio.testing.MockCloc
     script = Script([500, 500], attempts=3)
     async with httpx.AsyncClient(transport=httpx.MockTransport(script)) as client:
         source = PollSource(SRC, "http://region.invalid/events", client=client, interval=60,
-                            backoff=tenacity.wait_fixed(10))
+                            backoff=tenacity.wait_fixed(10), jitter=0)
         async with open_replica(sources=[source], clock=trio.current_time) as replica:
             seen = []
             await trio.sleep(5)  # half-way between attempts (at 0, 10, 20)
@@ -478,3 +483,50 @@ async def test_liveliness_on_every_attempt(autojump_clock: trio.testing.MockCloc
                 await trio.sleep(10)
     t = script.times
     assert seen == [(t[0], 1, None), (t[1], 2, None), (t[2], 0, t[2])]
+
+
+# -- 11.12: Retry-After and a jittered interval ------------------------------------------------
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_honoured(status: int,
+                                       autojump_clock: trio.testing.MockClock) -> None:
+    script = Script([(status, {"Retry-After": "120"}), 500, 200], attempts=4)
+    _, stats = await run_script(script, interval=60, backoff=tenacity.wait_fixed(1),
+                                jitter=0)
+    # Waited as told (not the 1 s backoff), then the backoff, then the interval.
+    assert script.gaps() == [120, 1, 60]
+    assert stats.failures == 2
+
+
+async def test_retry_after_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    script = Script([(503, {"Retry-After": str(10**9)}), 200], attempts=3)
+    await run_script(script, interval=60, backoff=tenacity.wait_fixed(1), jitter=0,
+                     max_retry_after=600)
+    assert script.gaps() == [600, 60]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("120", 120.0), (" 7 ", 7.0), ("0", 0.0), ("-5", None), ("soon", None), ("1.5", None),
+    ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+])
+def test_retry_after_values(value: str, expected: float | None) -> None:
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert retry_after_seconds(value, now) == expected
+
+
+async def test_the_interval_is_jittered_deterministically_with_a_given_rng(
+        autojump_clock: trio.testing.MockClock) -> None:
+    runs = []
+    for _ in range(2):
+        script = Script([], attempts=8)
+        await run_script(script, interval=60, jitter=0.1, rng=random.Random(7))
+        runs.append(script.gaps())
+    assert runs[0] == runs[1]
+    assert all(54 <= g <= 66 for g in runs[0]), runs[0]
+    assert len(set(runs[0])) > 3, "the polls of a fleet must not march in step"
+
+
+def test_jitter_is_validated() -> None:
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ConfigError, match="jitter"):
+            PollSource(SRC, "http://region.invalid/", jitter=bad)

@@ -166,3 +166,85 @@ async def test_sink_refuses_wire_form_events_of_another_source() -> None:
             await sink.submit([{"source": "tags", "key": ["a"], "version": 1, "value": 1}])
         await sink.submit([{"source": "fabric", "key": ["a"], "version": 1, "value": 1}])
         assert replica.view.document(("a",)) == 1
+
+
+# -- 11.15: liveliness after a restart ----------------------------------------------------
+
+class _CursorSource:
+    """A source that submits one batch with a cursor at start, then idles."""
+
+    def __init__(self, name: str, policy: LivelinessPolicy, submit: bool = True) -> None:
+        self.name, self.policy, self.submit = name, policy, submit
+
+    async def run(self, sink: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.submit:
+            await sink.submit([Event(self.name, (*VM, self.name), 1, "x")], "etag-1")
+        task_status.started()
+        await trio.sleep_forever()
+
+
+POLL = LivelinessPolicy(interval=10.0, stale_after=30.0, expired_after=100.0)
+
+
+async def test_sources_submit_their_contact_with_their_cursor() -> None:
+    log = MemoryLog()
+    async with open_replica(log, sources=[_CursorSource("poll", POLL)],
+                            clock=lambda: 500.0):
+        pass
+    assert log.records[0][1] == Checkpoint("poll", "etag-1", contact=500.0)
+
+
+async def test_every_source_whose_data_was_replayed_shows_its_real_state() -> None:
+    """Before: every source was ``unknown`` after a restart though its data was replayed, and
+    sources the restarted process does not run were not listed at all."""
+    log = MemoryLog()
+    async with open_replica(log, sources=[_CursorSource("poll", POLL)],
+                            policies={"fabric": LivelinessPolicy.pushed()},
+                            clock=lambda: 1000.0) as replica:
+        await replica.submit([ev(1, source="fabric"), ev(2, source="ops")])
+    # Restarted 10 s later, the poll source has not spoken yet (it will at its next poll).
+    async with open_replica(log, sources=[_CursorSource("poll", POLL, submit=False)],
+                            policies={"fabric": LivelinessPolicy.pushed()},
+                            clock=lambda: 1010.0) as replica:
+        assert replica.recovery.contacts == {"poll": 1000.0}
+        snapshot = replica.liveliness.snapshot(1010.0)
+        assert set(snapshot) == {"fabric", "ops", "poll"}
+        assert snapshot["poll"].state is SourceState.LIVE
+        assert snapshot["poll"].last_contact == 1000.0
+        assert snapshot["poll"].newest_version == 1
+        assert snapshot["fabric"].state is SourceState.LIVE  # pushed: live by construction
+        assert snapshot["ops"].state is SourceState.UNKNOWN  # nothing says when it spoke
+        assert replica.liveliness.state("poll", 1030.0) is SourceState.STALE
+        assert replica.liveliness.state("ops", 1010.0 + 180.0) is SourceState.STALE
+
+
+async def test_a_source_that_never_speaks_ages_from_the_replica_start() -> None:
+    now = [100.0]
+    async with open_replica(sources=[_CursorSource("poll", POLL, submit=False)],
+                            clock=lambda: now[0]) as replica:
+        assert replica.liveliness.state("poll", 129.0) is SourceState.UNKNOWN
+        assert replica.liveliness.state("poll", 130.0) is SourceState.STALE
+        assert replica.liveliness.state("poll", 200.0) is SourceState.EXPIRED
+
+
+async def test_liveliness_is_updated_before_the_view_changes() -> None:
+    """A watcher woken by a change reads liveliness at once: the batch's contact must be in
+    it by then (before, it was recorded after the append returned)."""
+    seen: list[float | None] = []
+    async with open_replica(clock=lambda: 42.0) as replica:
+        replica.view.subscribe(
+            lambda doc: seen.append(replica.liveliness.status("tags", 42.0).last_contact))
+        await replica.submit([ev(1, source="tags")])
+    assert seen == [42.0]
+
+
+async def test_a_checkpoint_keeps_its_contact_whatever_its_cursor() -> None:
+    """The contact rides on the checkpoint: whatever ``submit`` does to a cursor (a tuple
+    normalised to a list, say), the contact must reach the log and come back."""
+    log = MemoryLog()
+    async with open_replica(log, clock=lambda: 7.0) as replica:
+        await replica.submit([ev(1)], checkpoint=Checkpoint("fabric", ("a", 1), contact=5.0))
+        await replica.submit([ev(2)], checkpoint=Checkpoint("fabric", {"p": [1]}, contact=6.0))
+    assert [cp.contact for _, cp in log.records if cp is not None] == [5.0, 6.0]
+    async with open_replica(log, clock=lambda: 8.0) as replica:
+        assert replica.recovery.contacts == {"fabric": 6.0}

@@ -151,6 +151,9 @@ async def test_repeated_refusals_are_one_line_per_caller_and_reason(
     assert any("127.0.0.9" in line and "29" in line and "unknown-caller" in line
                for line in lines), lines
     assert any(CALLER_B in line and "rate-limited" in line for line in lines), lines
+    fields = [getattr(r, "fields", {}) for r in caplog.records
+              if r.name == "imds_server.refusals"]
+    assert {"caller": "127.0.0.9", "refused": "unknown-caller", "count": 29} in fields
 
 
 # -- finding 5: a flooding VM gets less of the loop and is closed when it keeps on ----------

@@ -490,3 +490,55 @@ async def test_a_pipelining_client_does_not_starve_another() -> None:
         await other.aclose()
         assert methods.count("HEAD") == 300
         assert methods.index("GET") < 300  # answered during the pipeline, not after it
+
+
+# -- finding 11.9: admin ingest refuses the names the server owns --------------------------
+
+def _events_body(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+async def test_admin_ingest_refuses_the_guest_approval_source_unless_allowed(
+        allowed: bool) -> None:
+    """The guest-approval source is written by the server alone: an admin batch claiming it
+    (say at version 2**63-1) would freeze every later approval of that event."""
+    config = make_config(admin_allow_owned_sources=allowed)
+    async with running(config) as server:
+        forged = {"source": "guest", "version": 2**63 - 1, "value": {"approved": True},
+                  "key": ["vms", VM_A, "scheduledevents", EVENT_ID, "approval"]}
+        fine = {"source": "tags", "key": ["vms", VM_A, "compute", "tags"], "version": 99,
+                "value": "x"}
+        reply = await get(server.admin_address, "/events", method="POST",
+                          body=_events_body(fine, forged),
+                          headers={"Content-Type": "application/json"})
+        if allowed:
+            assert reply.status == 200
+            return
+        assert reply.status == 400
+        assert reply.json()["index"] == 1
+        assert "'guest'" in reply.json()["error"]
+        assert "admin-allow-owned-sources" in reply.json()["error"]
+        replica = server.replica
+        assert replica is not None
+        assert replica.view.get(("vms", VM_A, "compute", "tags")).value != "x"  # type: ignore[union-attr]
+
+
+async def test_admin_ingest_refuses_the_names_of_sources_the_replica_runs(
+        tmp_path: Path) -> None:
+    from imds_replica import FileSource, open_replica
+    from imds_server._admin import AdminApi
+
+    source = FileSource("drop", tmp_path, interval=3600)
+    async with open_replica(sources=[source]) as replica:
+        admin = AdminApi(clock=replica.now)
+        admin.replica = replica
+        body = _events_body({"source": "drop", "key": ["vms", VM_A, "compute", "x"],
+                             "version": 2**62, "value": 1})
+        reply = await admin.handle(Request("POST", "/events", {}, body))
+        assert reply.status == 400
+        assert "'drop'" in json.loads(reply.body)["error"]
+        assert replica.view.get(("vms", VM_A, "compute", "x")) is None
+        admin = AdminApi(clock=replica.now, allow_owned_sources=True)
+        admin.replica = replica
+        assert (await admin.handle(Request("POST", "/events", {}, body))).status == 200

@@ -55,6 +55,9 @@ async def test_metrics_and_logs_over_http_and_logs_fetch(tmp_path: Path) -> None
                 assert len(every.text.splitlines()) == 200  # across rotated gzip files
                 bad = await client.get("/logs", params={"level": "loud"})
                 assert bad.status_code == 400
+                # JSON like the rest of the admin API, not plain text.
+                assert bad.headers["content-type"].startswith("application/json")
+                assert "level" in bad.json()["error"]
             fetched = await run_command(["logs", "fetch", "--from", admin, "--grep",
                                          r"instance 404", "--since", str(base + 60)])
             assert fetched.returncode == 0, fetched.stderr

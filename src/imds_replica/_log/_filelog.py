@@ -25,7 +25,7 @@ import trio
 
 from .._errors import ConfigError, StorageError, ValidationError
 from .._event import Event
-from .._logport import Checkpoint, Receipt, Recovery
+from .._logport import Checkpoint, Receipt, Recovery, keep_checkpoint, split_checkpoints
 from .._view import View
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
@@ -158,9 +158,10 @@ class FileLog:
                     view.load(winners[i:i + APPLY_CHUNK])
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
             self._view = view
-            task_status.started(Recovery(dict(rec.reducer.checkpoints), rec.reducer.batches,
+            cursors, contacts = split_checkpoints(rec.reducer.checkpoints)
+            task_status.started(Recovery(cursors, rec.reducer.batches,
                                          rec.reducer.events, time.perf_counter() - started,
-                                         rec.notes))
+                                         rec.notes, contacts))
             await self._serve()
         finally:
             self._closed = True
@@ -297,7 +298,7 @@ class FileLog:
         for p in group:
             n = len(p.events)
             if p.checkpoint is not None:
-                checkpoints[p.checkpoint.source] = p.checkpoint.cursor
+                keep_checkpoint(checkpoints, p.checkpoint)
             p._finish_slice(flags, events, events + n)
             events += n
         c = self._counters

@@ -83,7 +83,10 @@ def event_tuple(event: Event) -> list[Any]:
 def cursor_pair(checkpoint: Checkpoint) -> list[Any]:
     # The cursor travels as its own msgpack bytes: the batch is decoded with tuples for
     # speed, and a list cursor must come back as a list.
-    return [checkpoint.source, encode_value(checkpoint.cursor)]
+    pair: list[Any] = [checkpoint.source, encode_value(checkpoint.cursor)]
+    if checkpoint.contact is not None:  # only when set: older records stay as they were
+        pair.append(float(checkpoint.contact))
+    return pair
 
 
 _packers = threading.local()
@@ -149,8 +152,15 @@ def unpack(payload: bytes | memoryview) -> Any:
 
 
 def decode_cursor(pair: Sequence[Any]) -> tuple[str, Any]:
-    source, raw = pair
+    source, raw = pair[0], pair[1]  # a third element is the contact: see decode_checkpoint
     return source, decode_value(raw)
+
+
+def decode_checkpoint(pair: Sequence[Any]) -> Checkpoint:
+    """A stored ``[source, cursor]`` or ``[source, cursor, contact]`` pair."""
+    source, cursor = decode_cursor(pair)
+    contact = pair[2] if len(pair) > 2 else None
+    return Checkpoint(source, cursor, None if contact is None else float(contact))
 
 
 def trusted_event(t: EventTuple) -> Event:

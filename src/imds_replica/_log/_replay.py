@@ -24,6 +24,7 @@ import attrs
 
 from .._errors import CorruptLogError, StorageError
 from .._event import Event, Key
+from .._logport import keep_checkpoint
 from ._frame import (
     FILE_HEADER_SIZE,
     FORMAT_VERSION,
@@ -36,7 +37,7 @@ from ._frame import (
     RecordType,
     check_file_header,
     crc32c,
-    decode_cursor,
+    decode_checkpoint,
     file_header,
     stored_digest,
     trusted_event,
@@ -144,11 +145,9 @@ class Reducer:
             self.batches += 1
             self.events += len(events)
             if checkpoint is not None:
-                source, cursor = decode_cursor(checkpoint)
-                self.checkpoints[source] = cursor
+                keep_checkpoint(self.checkpoints, decode_checkpoint(checkpoint))
         elif rtype == _CHECKPOINT:
-            source, cursor = decode_cursor(unpack(payload))
-            self.checkpoints[source] = cursor
+            keep_checkpoint(self.checkpoints, decode_checkpoint(unpack(payload)))
         # SNAPSHOT markers carry nothing replay needs.
 
     @property

@@ -82,6 +82,20 @@ class EventLogContract:
         assert dict(recovery.checkpoints) == {"fabric": 6, "tags": "etag-1"}
         assert recovery.events >= 1
 
+    async def test_restart_recovers_each_sources_last_persisted_contact(
+            self, tmp_path: Path) -> None:
+        log = self.new_log(tmp_path)
+        async with trio.open_nursery() as nursery:
+            await _started(nursery, log, View())
+            await log.append([Event("poll", ("a",), 1, 1)], Checkpoint("poll", "e1", 12.5))
+            await log.append([Event("poll", ("a",), 2, 2)], Checkpoint("poll", "e2"))
+            await log.append([], Checkpoint("tags", {"p": 1}, contact=20.0))
+            nursery.cancel_scope.cancel()
+        _, recovery, _ = await self._restart(log, tmp_path)
+        # A checkpoint without a contact keeps the one persisted before it.
+        assert dict(recovery.checkpoints) == {"poll": "e2", "tags": {"p": 1}}
+        assert dict(recovery.contacts) == {"poll": 12.5, "tags": 20.0}
+
     async def test_restart_twice_appending_between(self, tmp_path: Path) -> None:
         log = self.new_log(tmp_path)
         async with trio.open_nursery() as nursery:

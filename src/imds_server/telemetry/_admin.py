@@ -7,6 +7,7 @@ listener maps method and path to these handlers (``TelemetryRoutes.routes()``).
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from pathlib import Path
@@ -57,8 +58,9 @@ class TelemetryRoutes:
         try:
             flt = LogFilter.from_query(query)
         except ClientError as error:
-            return AdminResponse(400, "text/plain; charset=utf-8",
-                                 (error.message + "\n").encode())
+            # JSON like every other admin answer: {"error": "..."}.
+            return AdminResponse(400, "application/json; charset=utf-8",
+                                 json.dumps({"error": error.message}).encode())
         assert self.log_dir is not None  # the route exists only with a log directory
         return AdminResponse(200, NDJSON, stream_lines(self.log_dir, flt))
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import argparse
 
+from .._help import DefaultsHelpFormatter
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``probe``, ``logs`` (``fetch``, ``query``) and ``collect`` to ``subparsers``."""
     probe = subparsers.add_parser(
         "probe", help="dial tone: probe a metadata endpoint like a VM would",
+        formatter_class=DefaultsHelpFormatter,
         description="Send real metadata requests (with 'Metadata: true'), check status and "
-        "body, report success, latency and uptime ratio. Exit status 1 when the last probe "
-        "failed (the service is down), 0 otherwise.")
+        "body, report success, latency and uptime ratio.\n\nExit status: 0 when the last "
+        "probe succeeded, 1 when it failed (the service is down), 2 on bad arguments "
+        "(including a URL that is not an http(s) URL).")
     probe.add_argument("url", help="e.g. http://169.254.169.254/metadata/instance?api-version="
                        "2021-02-01")
     probe.add_argument("--interval", type=float, default=10.0, help="seconds between probes")
@@ -28,18 +32,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     probe.add_argument("--json", action="store_true", help="one JSON object per probe")
     probe.set_defaults(func=_run_probe)
 
-    logs = subparsers.add_parser("logs", help="fetch or query service logs")
+    logs = subparsers.add_parser("logs", help="fetch or query service logs",
+                                 description="Fetch log lines from a running server's admin "
+                                 "API, or query collected log files with DuckDB.")
     logs_sub = logs.add_subparsers(dest="logs_command", required=True)
     fetch = logs_sub.add_parser(
-        "fetch", help="stream matching log lines from a server's admin /logs")
+        "fetch", help="stream matching log lines from a server's admin /logs",
+        description="Stream matching log lines from a server's admin GET /logs.",
+        formatter_class=DefaultsHelpFormatter)
     fetch.add_argument("--from", dest="admin_url", required=True, metavar="ADMIN_URL",
                        help="e.g. http://127.0.0.1:8081")
     _add_filters(fetch)
-    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for lines")
     fetch.set_defaults(func=_run_fetch)
 
     query = logs_sub.add_parser(
-        "query", help="query collected (and local) log files with DuckDB")
+        "query", help="query collected (and local) log files with DuckDB",
+        description="Query collected (and local) log files with DuckDB: canned reports "
+        "(--list) or free SQL over the view 'logs'. Needs the optional 'query' extra: "
+        "pip install 'imds-replica[query]'.", formatter_class=DefaultsHelpFormatter)
     query.add_argument("--store", action="append", default=[], metavar="DIR",
                        help="a collector store (cluster=/machine=/date= partitions)")
     query.add_argument("--local", action="append", default=[], metavar="LOG_DIR",
@@ -56,9 +67,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     query.set_defaults(func=_run_query)
 
     collect = subparsers.add_parser(
-        "collect", help="warm-path collector: receive log batches and store them")
-    collect.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
-    collect.add_argument("--store", required=True, metavar="DIR")
+        "collect", help="warm-path collector: receive log batches and store them",
+        formatter_class=DefaultsHelpFormatter,
+        description="Receive the warm path's log batches from servers (POST /v1/batches) "
+        "and store each once, partitioned by cluster, machine and date, for "
+        "'imds-server logs query --store DIR'.")
+    collect.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT",
+                         help="address to receive batches on")
+    collect.add_argument("--store", required=True, metavar="DIR",
+                         help="the store directory (created if missing)")
     collect.set_defaults(func=_run_collect)
 
 

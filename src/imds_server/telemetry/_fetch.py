@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import httpx
@@ -17,7 +18,7 @@ def fetch_main(args: argparse.Namespace) -> int:
             if response.status_code != 200:
                 response.read()
                 print(f"logs fetch: {url}: HTTP {response.status_code}: "
-                      f"{response.text.strip()}", file=sys.stderr)
+                      f"{_reason(response.text)}", file=sys.stderr)
                 return 2 if 400 <= response.status_code < 500 else 1
             out = sys.stdout.buffer
             for chunk in response.iter_bytes():
@@ -27,3 +28,13 @@ def fetch_main(args: argparse.Namespace) -> int:
         print(f"logs fetch: {url}: {error or type(error).__name__}", file=sys.stderr)
         return 1
     return 0
+
+
+def _reason(body: str) -> str:
+    """The ``error`` of an admin JSON error body (else the body as it came)."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return body.strip()
+    return str(value["error"]) if isinstance(value, dict) and "error" in value \
+        else body.strip()

@@ -78,6 +78,10 @@ def probe_main(args: argparse.Namespace) -> int:
     if args.interval < 0 or args.count < 0 or args.timeout <= 0:
         print("probe: --interval, --count must be >= 0 and --timeout > 0", file=sys.stderr)
         return 2
+    problem = url_problem(args.url)
+    if problem:  # a usage error (exit 2), not a service that is down (exit 1)
+        print(f"probe: {problem}", file=sys.stderr)
+        return 2
     metrics = _ProbeMetrics()
     server: Any = None
     stop = threading.Event()
@@ -114,6 +118,18 @@ def probe_main(args: argparse.Namespace) -> int:
     return 0 if results[-1].success else 1
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be probed (not ``http(s)://HOST[:PORT]/...``), or None."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError) as error:
+        return f"{url!r} is not a URL: {error}"
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        return (f"{url!r} is not an http:// or https:// URL with a host (e.g. "
+                "http://169.254.169.254/metadata/instance?api-version=2021-02-01)")
+    return None
+
+
 def _report(result: ProbeResult, as_json: bool) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if as_json:
@@ -127,8 +143,9 @@ def _report(result: ProbeResult, as_json: bool) -> None:
 def _summary(results: list[ProbeResult]) -> None:
     ok = [r for r in results if r.success]
     latencies = sorted(r.seconds for r in ok)
-    p50 = latencies[len(latencies) // 2] * 1000 if latencies else float("nan")
-    worst = latencies[-1] * 1000 if latencies else float("nan")
+    # Latency is of the probes that succeeded; with none, there is no figure to give.
+    latency = (f"latency p50 {latencies[len(latencies) // 2] * 1000:.2f} ms "
+               f"max {latencies[-1] * 1000:.2f} ms") if latencies \
+        else "latency n/a (no probe succeeded)"
     print(f"probe: {len(ok)}/{len(results)} succeeded, uptime {len(ok) / len(results):.1%}, "
-          f"latency p50 {p50:.2f} ms max {worst:.2f} ms, last "
-          f"{'up' if results[-1].success else 'DOWN'}", flush=True)
+          f"{latency}, last {'up' if results[-1].success else 'DOWN'}", flush=True)
