@@ -41,14 +41,17 @@ from imds_replica import Event, View
 from imds_replica._log import FileLog
 from imds_replica._log._frame import (
     FILE_HEADER_SIZE,
+    GROUP_SIZE,
     HEADER,
     HEADER_SIZE,
     RecordType,
     batch_payload,
     crc32c,
     frame,
+    group_header,
     unpack,
 )
+from imds_replica._log._segment import read_meta
 
 from ._common import write_results
 
@@ -191,11 +194,16 @@ def _build_log(directory: Path, keys: int) -> None:
     """A one-segment log of REPLAY_EVENTS events in batches of 100, framed like FileLog's."""
     trio.run(_open_close, directory, False)
     value = msgpack.packb({"v": 1, "tag": "abcdefghij"})
+    salt = read_meta(directory).salt
     with open(directory / "00000001-00000001.seg", "ab") as f:
+        offset = f.tell()
         for start in range(0, REPLAY_EVENTS, 100):
             events = [["fabric", ["vms", f"vm{(i % keys) // 10}", "compute", f"f{i % 10}"],
                        i, False, value, None] for i in range(start, start + 100)]
-            f.write(frame(RecordType.BATCH, msgpack.packb([events, None])))
+            record = frame(RecordType.BATCH, msgpack.packb([events, None]))
+            data = group_header(salt, 1, offset, len(record), 1) + record  # one write each
+            f.write(data)
+            offset += len(data)
 
 
 async def _open_close(directory: Path, snapshot: bool) -> Any:
@@ -212,6 +220,7 @@ def _raw_replay(path: Path) -> int:
     buf = memoryview(path.read_bytes())
     offset, events = FILE_HEADER_SIZE, 0
     while offset < len(buf):
+        offset += GROUP_SIZE  # each group holds one record (see _build_log)
         crc, length, _ = HEADER.unpack_from(buf, offset)
         end = offset + HEADER_SIZE + length
         if crc32c(buf[offset + 4:end]) != crc:

@@ -12,6 +12,7 @@ from ._errors import (
     ConfigError,
     CorruptLogError,
     ImdsError,
+    LogUnavailable,
     ServerError,
     StorageError,
     Unavailable,
@@ -43,7 +44,7 @@ from ._stream import (
 )
 from ._view import DocumentInfo, View, ViewStatistics
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
@@ -66,6 +67,7 @@ __all__ = [
     "Key",
     "LivelinessPolicy",
     "LivelinessTracker",
+    "LogUnavailable",
     "MemoryLog",
     "PollResult",
     "PollSource",

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     helps = {
         "verify": "check every segment and snapshot; exit 1 on corruption",
         "dump": "print every stored event once, one JSON object per line",
-        "stats": "records, segments, bytes, live keys, tombstones, version range",
+        "stats": "format version, records, segments, bytes, live keys, tombstones, version "
+                 "range",
         "compact": "rewrite the log as its winning events (needs the replica stopped)",
         "repair": "move a damaged suffix aside into DIR/damaged/ and say what was lost",
     }
@@ -95,6 +96,8 @@ def _dump(directory: str) -> int:
 def _stats(directory: str, as_json: bool) -> int:
     report = stats_log(directory)
     fields: dict[str, Any] = {
+        "format_version": report.format_version,
+        "segment_format_versions": list(report.segment_versions),
         "records": report.records, "segments": report.segments, "bytes": report.bytes,
         "live_keys": report.live_keys, "tombstones": report.tombstones,
         "oldest_version": report.oldest_version, "newest_version": report.newest_version,

@@ -80,3 +80,20 @@ class Unavailable(ServerError):
     def __init__(self, message: str, *, retry_after: int = 1, status: int | None = None):
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+class LogUnavailable(StorageError):
+    """The durable log refuses writes for now; reads are still served from the view.
+
+    ``reason`` is ``"full"`` (the disk or a quota ran out: the log retries by itself and
+    takes writes again once space is back) or ``"failed"`` (a failed fsync or an I/O error:
+    the log stays read-only until the process restarts). The batch was not applied and is
+    not durable: retry after ``retry_after`` seconds. Answered as 503 with Retry-After.
+    """
+
+    status = 503
+
+    def __init__(self, message: str, *, reason: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after

@@ -25,6 +25,8 @@ import attrs
 import trio
 from outcome import Error, Value
 
+from ._codec import encode, normalize
+from ._errors import ValidationError
 from ._event import Event
 from ._view import View
 
@@ -32,6 +34,9 @@ from ._view import View
 @attrs.frozen
 class Checkpoint:
     """A source's resume cursor (any JSON value), persisted with the batch it follows.
+
+    ``Replica.submit`` validates the cursor like an event value (``validate_checkpoint``):
+    what it accepts comes back equal after a restart.
 
     ``contact``: when the source last made contact (the replica's clock, seconds), persisted
     with the data it confirms so that liveliness survives a restart (``Recovery.contacts``);
@@ -41,6 +46,30 @@ class Checkpoint:
     source: str
     cursor: Any
     contact: float | None = None
+
+
+def validate_checkpoint(checkpoint: object, *, max_bytes: int) -> Checkpoint:
+    """The checkpoint with its cursor normalised like an event value (tuples become lists,
+    ``str``/``int`` subclasses their plain type), or ``ValidationError`` saying what is
+    wrong: a cursor must be JSON (string object keys, finite numbers, no bytes or sets),
+    encodable, and at most ``max_bytes`` encoded."""
+    if not isinstance(checkpoint, Checkpoint):
+        raise ValidationError(f"checkpoint: expected a Checkpoint, got "
+                              f"{type(checkpoint).__name__}")
+    if not isinstance(checkpoint.source, str) or not checkpoint.source:
+        raise ValidationError("checkpoint source: must be a non-empty string")
+    cursor = normalize(checkpoint.cursor, what="checkpoint cursor")
+    try:
+        size = len(encode(cursor))
+    except (ValueError, TypeError) as exc:  # e.g. a lone surrogate in a string
+        raise ValidationError(f"checkpoint cursor: not encodable ({exc})") from None
+    if size > max_bytes:
+        raise ValidationError(f"checkpoint cursor: {size} bytes encoded, at most "
+                              f"{max_bytes} allowed")
+    if cursor is checkpoint.cursor or (type(cursor) is type(checkpoint.cursor)
+                                       and cursor == checkpoint.cursor):
+        return checkpoint
+    return attrs.evolve(checkpoint, cursor=cursor)  # every other field (contact) kept
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ import trio
 from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
 from ._liveliness import LivelinessPolicy, LivelinessTracker, newest_versions
-from ._logport import Checkpoint, EventLog, MemoryLog, Recovery
+from ._logport import Checkpoint, EventLog, MemoryLog, Recovery, validate_checkpoint
 from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
 
@@ -77,9 +77,12 @@ class Replica:
                      checkpoint: Checkpoint | None = None,
                      source: str | None = None) -> SubmitResult:
         """Validate, log durably, apply. A bad batch raises ``ValidationError`` (naming the
-        event's index and the reason) and nothing of it is applied or logged."""
+        event's index and the reason) and nothing of it is applied or logged; so does a
+        checkpoint whose cursor is not a JSON value (see ``validate_checkpoint``)."""
         try:
             batch = validate_batch(events, max_value_bytes=self._max_value_bytes)
+            if checkpoint is not None:
+                checkpoint = validate_checkpoint(checkpoint, max_bytes=self._max_value_bytes)
         except ValidationError:
             self._rejected += 1
             # ``events`` may be anything a caller passed (validation rejected it): count
@@ -179,16 +182,33 @@ async def open_replica(
     for source in sources:
         if policies is None or source.name not in policies:
             tracker.set_policy(source.name, source.policy)
-    async with trio.open_nursery() as nursery:
-        recovery: Recovery = await nursery.start(log.run, view)
-        tracker.recover(newest=newest_versions(view.registers()),
-                        contacts=recovery.contacts)
-        replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
-                          clock=clock, max_value_bytes=max_value_bytes)
-        replica.source_names = tuple(source.name for source in sources)
-        for source in sources:
-            await nursery.start(source.run, SourceSink(replica, source.name))
-        try:
-            yield replica
-        finally:
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            recovery: Recovery = await nursery.start(log.run, view)
+            tracker.recover(newest=newest_versions(view.registers()),
+                            contacts=recovery.contacts)
+            replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
+                              clock=clock, max_value_bytes=max_value_bytes)
+            replica.source_names = tuple(source.name for source in sources)
+            for source in sources:
+                await nursery.start(source.run, SourceSink(replica, source.name))
+            try:
+                yield replica
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # One thing failed (a locked or foreign data directory, a source's start, the
+        # caller's block): raise that error itself, so ``except StorageError`` works.
+        # Several at once stay a group: none of them is "the" error.
+        leaves = _leaves(group)
+        if len(leaves) != 1:
+            raise
+        leaf = leaves[0]
+        raise leaf from leaf.__cause__
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

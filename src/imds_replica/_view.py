@@ -11,6 +11,7 @@ changed (``subscribe``/``changed_since``) and how fresh it is without rescanning
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -22,6 +23,8 @@ from sortedcontainers import SortedList
 
 from . import _codec
 from ._event import Event, Key
+
+logger = logging.getLogger(__name__)
 
 _MISSING: Any = object()
 #: How many (change, document) entries ``changed_since`` remembers.
@@ -92,9 +95,10 @@ class View:
         merge order is inlined (it is ``order_key`` of ``_merge``, compared version first:
         most events are decided by the version alone) and per-call lookups are hoisted out
         of the loop. A new key goes into the register dict only; the sorted index learns it
-        at the next ordered read (see ``_index_keys``). Listeners are called after each
-        change, with the register, document, ``change_seq`` and history already updated
-        (the apply and no-op counts of ``statistics`` are added at the end of the batch).
+        at the next ordered read (see ``_index_keys``). Listeners are called once the whole
+        batch is applied, once per change in order (the apply and no-op counts of
+        ``statistics`` are added first); a listener that raises is logged and the others
+        still run (``_notify``): a bug in one cannot half-apply a group commit.
         """
         registers = self._registers
         get = registers.get
@@ -102,7 +106,8 @@ class View:
         account = self._account
         depth = self.document_depth
         history = self._history
-        listeners = self._listeners
+        changed: list[Key] = []
+        note = changed.append
         flags: list[bool] = []
         flag = flags.append
         noops = 0
@@ -124,11 +129,22 @@ class View:
             self._seq += 1
             history.append((self._seq, doc_key))
             flag(True)
-            for listener in listeners:
-                listener(doc_key)
+            note(doc_key)
         self._applies += len(flags)
         self._noops += noops
+        if changed and self._listeners:
+            self._notify(changed)
         return tuple(flags)
+
+    def _notify(self, doc_keys: list[Key]) -> None:
+        """Tell every listener about each change; one that raises is logged, not fatal."""
+        for doc_key in doc_keys:
+            for listener in self._listeners:
+                try:
+                    listener(doc_key)
+                except Exception:
+                    logger.exception("view listener %r failed on a change to %s; the "
+                                     "change is applied", listener, "/".join(doc_key))
 
     def load(self, events: Iterable[Event]) -> int:
         """Merge many events (recovery); returns how many changed the view. Ends in exactly
@@ -169,8 +185,7 @@ class View:
             doc.etag = None
         self._seq += 1
         self._history.append((self._seq, doc_key))
-        for listener in self._listeners:
-            listener(doc_key)
+        self._notify([doc_key])
 
     def forget_tombstones(self, horizon_version: int) -> int:
         """Drop tombstones older than ``horizon_version`` (compaction); returns how many.

@@ -87,6 +87,8 @@ class AdminApi:
 
     def _healthz(self) -> Response:
         ready = self.replica is not None
+        # ``status`` may say "degraded" (the log refuses writes; reads are served): still
+        # 200, the process is up and answering.
         body = {"status": "ok" if ready else "starting", **self.status()}
         return _json(200 if ready else 503, body, "/healthz")
 

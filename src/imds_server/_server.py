@@ -160,9 +160,16 @@ class Server:
         )
 
     def _health(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "draining": self.draining,
-                "parked_watchers": self.api.parked,
-                "uptime_seconds": round(self.clock() - self.api.started, 3)}
+        health: dict[str, Any] = {
+            "pid": os.getpid(), "draining": self.draining, "parked_watchers": self.api.parked,
+            "uptime_seconds": round(self.clock() - self.api.started, 3)}
+        log = self.replica.log.statistics() if self.replica is not None else None
+        if log is not None and hasattr(log, "writable"):
+            # A log that refuses writes (disk full, failed fsync) still serves every read.
+            health["log"] = {"writable": log.writable, "state": log.state, "error": log.error}
+            if not log.writable:
+                health["status"] = "degraded"
+        return health
 
     # -- running -----------------------------------------------------------------------
     async def wait_ready(self) -> Replica:

@@ -26,6 +26,7 @@ PUBLIC = [
     "Key",
     "LivelinessPolicy",
     "LivelinessTracker",
+    "LogUnavailable",
     "MemoryLog",
     "PollResult",
     "PollSource",

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
-from imds_replica._errors import ValidationError
+from imds_replica._errors import StorageError, ValidationError
 from imds_replica._event import DEFAULT_MAX_VALUE_BYTES, Event
 from imds_replica._liveliness import LivelinessPolicy, SourceState
+from imds_replica._log import FileLog
+from imds_replica._log._segment import lock_directory
 from imds_replica._logport import Checkpoint, MemoryLog
 from imds_replica._push import PushSource
 from imds_replica._replica import SubmitResult, open_replica
@@ -166,6 +170,28 @@ async def test_sink_refuses_wire_form_events_of_another_source() -> None:
             await sink.submit([{"source": "tags", "key": ["a"], "version": 1, "value": 1}])
         await sink.submit([{"source": "fabric", "key": ["a"], "version": 1, "value": 1}])
         assert replica.view.document(("a",)) == 1
+
+
+async def test_start_up_failures_raise_the_error_itself(tmp_path: Path) -> None:
+    """Finding 16: ``except StorageError`` catches a locked or foreign data directory."""
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(StorageError, match="not an imds-replica log directory"):
+        async with open_replica(FileLog(tmp_path / "foreign")):
+            pass
+    async with open_replica(FileLog(tmp_path / "log", fsync="none")):
+        pass
+    fd = lock_directory(tmp_path / "log")
+    try:
+        with pytest.raises(StorageError, match="in use by another process"):
+            async with open_replica(FileLog(tmp_path / "log", fsync="none")):
+                pass
+    finally:
+        os.close(fd)
+    # An error raised inside the block comes out as itself too.
+    with pytest.raises(KeyError):
+        async with open_replica():
+            raise KeyError("mine")
 
 
 # -- 11.15: liveliness after a restart ----------------------------------------------------

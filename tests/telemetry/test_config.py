@@ -12,10 +12,11 @@ from imds_server.telemetry import TelemetryConfig
 def test_public_surface_is_pinned() -> None:
     assert telemetry.__all__ == [
         "KNOWN_API_VERSIONS", "REPORTS", "AdminResponse", "ColdConfig", "ColdFileHandler",
-        "JsonFormatter", "LogFilter", "LogPipeline", "ReplicaCollector", "ServerCollector",
+        "CompactionResult", "JsonFormatter", "LogFilter", "LogPipeline", "ReplicaCollector",
+        "ServerCollector",
         "Spool", "SpoolStatistics", "SpooledBatch", "Telemetry", "TelemetryConfig",
         "TelemetryMetrics", "TelemetryObserver", "TelemetryRoutes", "Uploader", "WarmBuffer",
-        "WarmConfig", "bound_api_version", "log_files", "read_lines",
+        "WarmConfig", "bound_api_version", "compact_store", "log_files", "read_lines",
         "render_access", "run_query", "store_batch",
     ]
 

@@ -25,10 +25,10 @@ pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def collector(store: Path, port: int = 0) -> AsyncIterator[int]:
+async def collector(store: Path, port: int = 0, *extra: str) -> AsyncIterator[int]:
     """A real ``collect`` subprocess; yields its port, terminates it on exit."""
     process = await trio.lowlevel.open_process(
-        [*COMMAND, "collect", "--listen", f"127.0.0.1:{port}", "--store", str(store)],
+        [*COMMAND, "collect", "--listen", f"127.0.0.1:{port}", "--store", str(store), *extra],
         stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert process.stdout is not None
@@ -44,7 +44,8 @@ async def collector(store: Path, port: int = 0) -> AsyncIterator[int]:
 def warm_setup(tmp_path: Path, url: str, **warm: object
                ) -> tuple[LogPipeline, Uploader, TelemetryMetrics]:
     config = TelemetryConfig.from_mapping(
-        {"warm": {"collector_url": url, "attempts": 2, "timeout": 0.5, **warm}},
+        {"warm": {"collector_url": url, "attempts": 2, "timeout": 0.5,
+                  "sample_rate": 1.0, **warm}},  # delivery, not the budget, under test
         cluster="c1", machine="m1")
     metrics = TelemetryMetrics(process=False)
     pipeline = LogPipeline(config, tmp_path / "logs", metrics)
@@ -191,3 +192,26 @@ async def test_collector_refuses_invalid_batches(tmp_path: Path) -> None:
     files, _ = stored(tmp_path / "store")
     assert [f.relative_to(tmp_path / "store").as_posix() for f in files] == [
         "cluster=c1/machine=m1/date=2024-05-01/01714557600000000000-0123456789abcdef.jsonl.gz"]
+
+
+async def test_collector_compacts_on_its_schedule(tmp_path: Path) -> None:
+    from imds_server.telemetry import run_query
+
+    store = tmp_path / "store"
+    async with httpx.AsyncClient(timeout=2) as client, collector(
+            store, 0, "--compact-every", "0.5", "--compact-min-age", "0") as port:
+        pipeline, uploader, _ = warm_setup(tmp_path, f"http://127.0.0.1:{port}")
+        pipeline.start()
+        try:
+            produce(pipeline, 0, 30)
+            assert await uploader.cycle(client) == 1
+        finally:
+            pipeline.stop()
+        for _ in range(300):
+            if list(store.glob("compacted/date=*/cluster=c1/part-*.parquet")):
+                break
+            await trio.sleep(0.1)
+    assert stored(store)[0] == []
+    _, rows = run_query([store], [], sql="SELECT count(DISTINCT request_id), "
+                        "any_value(machine) FROM logs")
+    assert rows == [(30, "m1")]

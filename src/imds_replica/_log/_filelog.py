@@ -7,13 +7,25 @@ meanwhile form the next group), then applies the group to the view in log order 
 completes the receipts. Snapshots and compaction run in the same task between groups, so
 they see a view that equals the log exactly.
 
-Any storage error (a failed write, fdatasync, rotation, snapshot or compaction) is fatal:
-Linux may have dropped the dirty pages, so an fsync is never retried. The log refuses every
-later append and ``run`` raises ``StorageError``; a restart recovers what was durable.
+A storage error never takes the log task (or the process) down: reads are the view's and
+go on. The batches of the failed write get ``LogUnavailable`` (a 503), and the log refuses
+writes until it can write safely again:
+
+* the disk or a quota is full (ENOSPC, EDQUOT, EFBIG): the partial group is cut off at once
+  (a truncation needs no space), and the log takes writes again once the file system has
+  room (checked every ``retry_seconds``);
+* an fsync failed, or any other I/O error: read-only until the process restarts. Linux may
+  have dropped the dirty pages, so an fsync is never retried (fsyncgate); a restart
+  recovers whatever was durable.
+
+``statistics()`` (``writable``, ``state``, ``error``) and a log line say which.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,25 +35,38 @@ from typing import Any
 import attrs
 import trio
 
-from .._errors import ConfigError, StorageError, ValidationError
+from .._errors import ConfigError, LogUnavailable, StorageError, ValidationError
 from .._event import Event
-from .._logport import Checkpoint, Receipt, Recovery, keep_checkpoint, split_checkpoints
+from .._logport import (
+    CONTACT_PREFIX,
+    Checkpoint,
+    Receipt,
+    Recovery,
+    keep_checkpoint,
+    split_checkpoints,
+)
 from .._view import View
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
     FILE_HEADER_SIZE,
+    FORMAT_VERSION,
+    GROUP_SIZE,
     RecordType,
     batch_payload,
+    cursor_pair,
     frame,
     pack,
 )
 from ._replay import Recovered, gc_paused, recover_directory
 from ._segment import (
+    FsyncError,
     SegmentWriter,
     ensure_ours,
     fsync_dir,
+    list_directory,
     lock_directory,
+    read_meta,
     snapshot_name,
     storage_error,
 )
@@ -52,7 +77,16 @@ from ._snapshot import Counters, encode_snapshot, write_snapshot
 #: fewer times, and 50,000 registers still load in well under 100 ms.
 APPLY_CHUNK = 50_000
 
+logger = logging.getLogger("imds_replica.log")
+
+#: The errors that mean "no room": the log waits for space instead of going read-only.
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Free bytes the file system must have again before a full log takes writes: this much,
+#: or twice the write that failed, whichever is more.
+MIN_FREE_BYTES = 64 * 1024
+
 _BATCH = int(RecordType.BATCH)  # struct packs a plain int faster than an IntEnum member
+_CHECKPOINT = int(RecordType.CHECKPOINT)
 
 
 @attrs.frozen
@@ -69,20 +103,25 @@ class FileLogStatistics:
     fsync_seconds: float  # total time spent in fdatasync since open
     snapshots: int  # snapshots written since open
     compactions: int  # compactions since open
-    failed: bool  # a storage error made the log refuse appends
+    failed: bool  # a storage error made the log refuse appends (for now: see ``state``)
+    writable: bool = True  # False while the log refuses appends
+    state: str = "ok"  # "ok", "full" (until space is back) or "failed" (until a restart)
+    error: str | None = None  # why the log refuses appends
+    write_failures: int = 0  # failed writes (group commits, snapshots, compactions)
 
 
 class _Pending(Receipt):
     """One queued batch (or maintenance request): its record and the receipt's state."""
 
-    __slots__ = ("checkpoint", "events", "frame")
+    __slots__ = ("checkpoint", "events", "frame", "noop")
 
     def __init__(self, data: bytes, events: tuple[Event, ...],
-                 checkpoint: Checkpoint | None) -> None:
+                 checkpoint: Checkpoint | None, noop: bool = False) -> None:
         Receipt.__init__(self)
-        self.frame = data
+        self.frame = data  # b"": nothing to write
         self.events = events
         self.checkpoint = checkpoint
+        self.noop = noop  # the events are not written (they change nothing)
 
 
 class FileLog:
@@ -104,7 +143,7 @@ class FileLog:
                  snapshot_every: int | None = 100_000, compact_ratio: float | None = 8.0,
                  tombstone_horizon: Callable[[], int] | None = None,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-                 max_queued_bytes: int = 64 * 2**20) -> None:
+                 max_queued_bytes: int = 64 * 2**20, retry_seconds: float = 1.0) -> None:
         if fsync not in ("always", "none"):
             raise ConfigError(f"{fsync!r} is not one of 'always', 'none'", key="fsync")
         if segment_bytes < 4096:
@@ -124,12 +163,17 @@ class FileLog:
         self._max_queued = max_queued_bytes
         self._queued_bytes = 0  # framed bytes in ``_queue``: what append_nowait bounds
         self._view: View | None = None
+        self._registers_get: Callable[[Any], Event | None] = lambda key: None
         self._writer: SegmentWriter | None = None
         self._queue: list[_Pending] = []
         self._inflight: list[_Pending] = []  # taken from the queue, not yet answered
         self._requests: list[tuple[str, _Pending]] = []
         self._wake = trio.Event()
-        self._failure: StorageError | None = None
+        #: Set while the log refuses appends (``_storage_failed``); None when writable.
+        self._failure: LogUnavailable | None = None
+        self._retry = retry_seconds
+        self._need_free = MIN_FREE_BYTES
+        self._write_failures = 0
         self._closed = False
         self._checkpoints: dict[str, Any] = {}
         self._generation = 0
@@ -158,6 +202,7 @@ class FileLog:
                     view.load(winners[i:i + APPLY_CHUNK])
                     await trio.lowlevel.checkpoint()  # let a server answer "starting"
             self._view = view
+            self._registers_get = view.get
             cursors, contacts = split_checkpoints(rec.reducer.checkpoints)
             task_status.started(Recovery(cursors, rec.reducer.batches,
                                          rec.reducer.events, time.perf_counter() - started,
@@ -197,6 +242,27 @@ class FileLog:
         if self._view is None:
             raise RuntimeError("FileLog.append before run() recovered")
         batch = tuple(events)
+        if self._changes_nothing(batch):
+            # A re-sent (or empty) batch: every event loses to a register the view already
+            # holds, and the view only moves forward, so writing it would change nothing.
+            # Only a new cursor is written, as a small CHECKPOINT record.
+            data = b""
+            known = self._checkpoints
+            if checkpoint is not None and (
+                    checkpoint.source not in known
+                    or known[checkpoint.source] != checkpoint.cursor
+                    or (checkpoint.contact is not None
+                        and known.get(CONTACT_PREFIX + checkpoint.source)
+                        != checkpoint.contact)):
+                data = frame(_CHECKPOINT, pack(cursor_pair(checkpoint)))
+            pending = _Pending(data, batch, checkpoint, noop=True)
+            if not data and not self._queue and not self._inflight and not self._requests:
+                pending._finish((False,) * len(batch))  # nothing ahead of it to wait for
+                return pending
+            self._queue.append(pending)
+            self._queued_bytes += len(data)
+            self._wake.set()
+            return pending
         data = frame(_BATCH, batch_payload(batch, checkpoint))
         if len(data) > self._max_record:
             raise ValidationError(f"batch: {len(data)} bytes encoded, at most "
@@ -207,6 +273,20 @@ class FileLog:
         self._wake.set()
         return pending
 
+    def _changes_nothing(self, batch: tuple[Event, ...]) -> bool:
+        """Every event loses the merge against the view's current register (the test of
+        ``View.apply_batch``; stops at the first event that may win, usually the first)."""
+        get = self._registers_get
+        for event in batch:
+            old = get(event.key)
+            if old is None:
+                return False
+            version, old_version = event.version, old.version
+            if version > old_version or (version == old_version and (
+                    event.source, event.digest) > (old.source, old.digest)):
+                return False
+        return True
+
     def statistics(self) -> FileLogStatistics:
         writer = self._writer
         segments = 0 if writer is None else writer.seq - self._first_segment + 1
@@ -214,7 +294,9 @@ class FileLog:
             self._generation, segments, self._bytes, self._counters.records,
             self._counters.batches, self._counters.events, self._commits, self._last_group,
             self._fsyncs, self._fsync_seconds, self._snapshots, self._compactions,
-            self._failure is not None)
+            self._failure is not None, self._failure is None,
+            "ok" if self._failure is None else self._failure.reason,
+            None if self._failure is None else self._failure.message, self._write_failures)
 
     # -- maintenance on request ------------------------------------------------------------
     async def snapshot(self) -> None:
@@ -249,7 +331,11 @@ class FileLog:
             rec = recover_directory(self.directory, writable=True, fsync=self._fsync,
                                     max_record=self._max_record)
             self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
-                                         fsync=self._fsync)
+                                         salt=rec.meta.salt, fsync=self._fsync)
+            if rec.last_version != FORMAT_VERSION:  # never append format 2 to a v1 file
+                self._writer.rotate()
+                rec = attrs.evolve(rec, bytes=rec.bytes + FILE_HEADER_SIZE,
+                                   segments=[*rec.segments, self._writer.seq])
             winners = rec.reducer.winners()
         except BaseException:
             os.close(lock_fd)
@@ -262,47 +348,114 @@ class FileLog:
         return lock_fd, rec, winners
 
     async def _serve(self) -> None:
+        while True:
+            if self._failure is not None:
+                if self._failure.reason == "full":
+                    await trio.sleep(self._retry)
+                    await trio.to_thread.run_sync(self._check_space)
+                else:  # read-only until a restart: nothing left to do here
+                    await trio.sleep_forever()
+                continue
+            while not self._queue and not self._requests:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            requests, self._requests = self._requests, []
+            self._inflight = [p for _, p in requests]
+            for what, request in requests:
+                try:
+                    result = await self._maintain(what)
+                except LogUnavailable as exc:
+                    request._finish(error=exc)
+                else:
+                    request._finish(result)
+            if self._queue and self._failure is None:
+                self._inflight, self._queue = self._queue, []
+                self._queued_bytes = 0
+                await self._commit(self._inflight)
+            self._inflight = []
+
+    def _storage_failed(self, exc: OSError, what: str, size: int = 0) -> LogUnavailable:
+        """Stop taking writes after ``exc``; fail whatever is queued; return the error."""
+        self._write_failures += 1
+        reason = "full" if exc.errno in NO_SPACE and not isinstance(exc, FsyncError) \
+            else "failed"
+        if reason == "full" and self._writer is not None:
+            try:  # cut the partial group off now: a truncation needs no space
+                self._writer.truncate()
+            except OSError as cut:
+                exc, reason = cut, "failed"
+        cause = exc.strerror or str(exc)
+        if reason == "full":
+            self._need_free = max(MIN_FREE_BYTES, 2 * size)
+            message = (f"the log in {self.directory} cannot write ({what}: {cause}); it "
+                       f"refuses writes until the file system has space again (reads are "
+                       f"served)")
+            logger.error("%s", message)
+        else:
+            message = (f"the log in {self.directory} failed ({what}: {cause}); it is "
+                       f"read-only until the process restarts (reads are served; an "
+                       f"fsync is never retried)")
+            logger.critical("%s", message)
+        self._failure = LogUnavailable(message, reason=reason,
+                                       retry_after=max(1, round(self._retry)) * 5)
+        queued, self._queue = self._queue, []
+        self._queued_bytes = 0
+        for p in queued:
+            p._finish(error=self._failure)
+        return self._failure
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.directory)
+        return st.f_bavail * st.f_frsize
+
+    def _check_space(self) -> None:
+        """A full log takes writes again once the file system has room."""
         try:
-            while True:
-                while not self._queue and not self._requests:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                requests, self._requests = self._requests, []
-                self._inflight = [p for _, p in requests]
-                for what, request in requests:
-                    request._finish(await self._maintain(what))
-                if self._queue:
-                    self._inflight, self._queue = self._queue, []
-                    self._queued_bytes = 0
-                    await self._commit(self._inflight)
-                self._inflight = []
-        except StorageError as exc:
-            self._failure = exc
-            raise
-        except OSError as exc:
-            self._failure = storage_error(f"log {self.directory} failed; it refuses every "
-                                          f"later append", exc)
-            raise self._failure from exc
+            free = self._free_bytes()
+        except OSError:
+            return
+        if free >= self._need_free:
+            logger.warning("the log in %s takes writes again (%d bytes free)",
+                           self.directory, free)
+            self._failure = None
 
     async def _commit(self, group: list[_Pending]) -> None:
-        data = b"".join([p.frame for p in group])
-        seconds = await trio.to_thread.run_sync(self._write_sync, data)
+        frames = [p.frame for p in group if p.frame]
+        if not frames:  # only batches that change nothing (see ``_enqueue``): no write
+            for p in group:
+                p._finish((False,) * len(p.events))
+            return
+        data = b"".join(frames)
+        try:
+            seconds = await trio.to_thread.run_sync(self._write_sync, data, len(frames))
+        except OSError as exc:
+            # Not durable, not applied: this group's batches fail (and what is queued).
+            error = self._storage_failed(exc, "writing a group commit", len(data))
+            for p in group:
+                p._finish(error=error)
+            return
         # Durable: apply in log order. Nothing below awaits, so no other group can
         # interleave and the view stays equal to a replay of the log.
         assert self._view is not None
         # One ``apply_batch`` for the whole group (its set-up is per call, and groups of
-        # one-event batches are common), then each waiter gets its batch's slice.
-        flags = self._view.apply_batch([e for p in group for e in p.events])
+        # one-event batches are common), then each waiter gets its batch's slice. A batch
+        # that was not written (it changed nothing) is not applied either: the view stays
+        # exactly a replay of the log.
+        flags = self._view.apply_batch([e for p in group if not p.noop for e in p.events])
         checkpoints = self._checkpoints
-        events = 0
+        events = batches = 0
         for p in group:
-            n = len(p.events)
             if p.checkpoint is not None:
                 keep_checkpoint(checkpoints, p.checkpoint)
+            if p.noop:
+                p._finish((False,) * len(p.events))
+                continue
+            n = len(p.events)
             p._finish_slice(flags, events, events + n)
             events += n
+            batches += 1
         c = self._counters
-        self._counters = Counters(c.records + len(group), c.batches + len(group),
+        self._counters = Counters(c.records + len(frames), c.batches + batches,
                                   c.events + events)
         self._commits += 1
         self._last_group = len(group)
@@ -313,14 +466,18 @@ class FileLog:
         if self._on_commit is not None:
             self._on_commit(len(group), seconds)
         if self._snapshot_every is not None and self._since_snapshot >= self._snapshot_every:
-            await self._maintain("auto")
+            with contextlib.suppress(LogUnavailable):  # the group is durable all the same
+                await self._maintain("auto")
 
-    def _write_sync(self, data: bytes) -> float:
+    def _write_sync(self, records: bytes, count: int) -> float:
+        """Write ``count`` framed records as one group, durably (rotating first if due)."""
         writer = self._writer
         assert writer is not None
-        if writer.offset > FILE_HEADER_SIZE and writer.offset + len(data) > self._segment_bytes:
+        if writer.offset > FILE_HEADER_SIZE and \
+                writer.offset + GROUP_SIZE + len(records) > self._segment_bytes:
             writer.rotate()
             self._bytes += FILE_HEADER_SIZE
+        data = writer.group(records, count)
         seconds = writer.write(data)
         self._bytes += len(data)
         return seconds
@@ -334,10 +491,15 @@ class FileLog:
                 self._bytes > max(self._segment_bytes, self._live_bytes * ratio))
             what = "compact" if grown else "snapshot"
         self._since_snapshot = 0
-        if what == "snapshot":
-            await self._snapshot()
-            return None
-        return await self._compact()
+        if self._failure is not None:
+            raise self._failure
+        try:
+            if what == "snapshot":
+                await self._snapshot()
+                return None
+            return await self._compact()
+        except OSError as exc:
+            raise self._storage_failed(exc, f"writing a {what}") from exc
 
     async def _snapshot(self) -> None:
         writer, view = self._writer, self._view
@@ -351,13 +513,18 @@ class FileLog:
         def write() -> int:
             data = encode_snapshot(generation, seq, offset, counters, events, checkpoints)
             name = snapshot_name(generation, seq, offset)
-            write_snapshot(self.directory / name, data, fsync=self._fsync)
+            try:
+                write_snapshot(self.directory / name, data, fsync=self._fsync)
+            except OSError:
+                with contextlib.suppress(OSError):  # a snapshot is optional: drop it
+                    os.unlink(self.directory / f"{name}.tmp")
+                raise
             for old in os.listdir(self.directory):  # the newest snapshot is all we need
                 if old.endswith(".snap") and old != name:
                     os.unlink(self.directory / old)
             if self._fsync:
                 fsync_dir(self.directory)
-            self._write_sync(frame(RecordType.SNAPSHOT, pack([name])))
+            self._write_sync(frame(RecordType.SNAPSHOT, pack([name])), 1)
             return len(data)
 
         self._live_bytes = await trio.to_thread.run_sync(write)
@@ -376,11 +543,15 @@ class FileLog:
 
         def rewrite() -> CompactionResult:
             writer.close()
-            result, written = compact_directory(
-                self.directory, self._generation, self._bytes, events, checkpoints, dropped,
-                segment_bytes=self._segment_bytes, fsync=self._fsync)
+            try:
+                result, written = compact_directory(
+                    self.directory, self._generation, self._bytes, events, checkpoints,
+                    dropped, segment_bytes=self._segment_bytes, fsync=self._fsync)
+            except OSError as exc:
+                self._compaction_failed(writer, exc)
+                raise
             self._writer = SegmentWriter(self.directory, result.generation, written.segments,
-                                         fsync=self._fsync)
+                                         salt=written.salt, fsync=self._fsync)
             self._generation, self._first_segment = result.generation, 1
             self._bytes, self._counters = written.bytes, written.counters
             self._live_bytes = written.bytes
@@ -389,6 +560,25 @@ class FileLog:
         result = await trio.to_thread.run_sync(rewrite)
         self._compactions += 1
         return result
+
+    def _compaction_failed(self, writer: SegmentWriter, exc: OSError) -> None:
+        """Back to the old generation if the switch did not happen (its half-written
+        successor removed); past the switch the log is the new one: read-only until a
+        restart opens it."""
+        try:
+            switched = read_meta(self.directory).generation != self._generation
+            if not switched:
+                for name in list_directory(self.directory, self._generation).leftovers:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self.directory / name)
+                self._writer = SegmentWriter(self.directory, self._generation, writer.seq,
+                                             salt=writer.salt, fsync=self._fsync)
+        except (OSError, StorageError):
+            switched = True
+        if switched:
+            self._writer = None
+            raise FsyncError(exc.errno or errno.EIO,
+                             f"compaction failed after the switch: {exc.strerror or exc}")
 
     def _fail_waiters(self, error: StorageError) -> None:
         waiting = self._inflight + self._queue + [p for _, p in self._requests]

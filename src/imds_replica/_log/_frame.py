@@ -9,6 +9,13 @@ or re-encodes a value.
 
 File headers (segments, snapshots) are 16 bytes: an 8-byte magic, u16 format version,
 u16 zero, and the CRC32C of the first 12 bytes.
+
+Format version 2 (segments) wraps each write in a group: a ``GROUP`` record whose payload
+is ``segment u32 | offset u64 | body length u32 | records u32`` (where the group starts,
+how many bytes of records follow, how many records) and whose CRC is *salted* with the
+generation's secret salt (kept in the marker file), then the group's records. A tenant
+string can hold bytes that look like a record, but not a group header: that needs the
+salt, and it names the exact position it sits at. See ``_recovery`` for what this buys.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ from .._codec import encode as encode_value
 from .._event import Event
 from .._logport import Checkpoint
 
-#: The on-disk format version this build writes and reads (segments, snapshots, metadata).
-FORMAT_VERSION = 1
+#: The on-disk format version this build writes (segments, snapshots, metadata).
+FORMAT_VERSION = 2
+#: Every format version this build reads (version 1 segments are read as they are).
+READ_VERSIONS = (1, 2)
 HEADER = struct.Struct("<IIB")
 HEADER_SIZE = HEADER.size  # 9
 FILE_HEADER = struct.Struct("<8sHHI")
@@ -54,9 +63,16 @@ class RecordType(enum.IntEnum):
     SNAPSHOT = 3  # [snapshot file name]: a snapshot of the view up to here became durable
     SNAPSHOT_HEAD = 4  # snapshot files only: [generation, segment, offset, counters]
     SNAPSHOT_END = 5  # snapshot files only: [events, checkpoints]: the file is whole
+    GROUP = 6  # format 2 segments: the header of one group commit (salted CRC; see above)
 
 
 KNOWN_TYPES = frozenset(int(t) for t in RecordType)
+#: The record types that may stand inside a group (or anywhere in a format 1 file).
+RECORD_TYPES = KNOWN_TYPES - {int(RecordType.GROUP)}
+GROUP_PAYLOAD = struct.Struct("<IQII")  # segment, offset, body length, records
+GROUP_SIZE = HEADER_SIZE + GROUP_PAYLOAD.size  # 29: a group header on disk
+#: Bytes 4..9 of every group header (its length and type): what a search looks for first.
+GROUP_TAG = struct.pack("<IB", GROUP_PAYLOAD.size, int(RecordType.GROUP))
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -70,9 +86,29 @@ def frame(rtype: int, payload: bytes) -> bytes:
     return _CRC.pack(crc32c(body)) + body
 
 
-def file_header(magic: bytes) -> bytes:
-    head = struct.pack("<8sHH", magic, FORMAT_VERSION, 0)
+def file_header(magic: bytes, version: int = FORMAT_VERSION) -> bytes:
+    head = struct.pack("<8sHH", magic, version, 0)
     return head + struct.pack("<I", crc32c(head))
+
+
+def group_header(salt: int, segment: int, offset: int, body: int, records: int) -> bytes:
+    """The header of a group of ``records`` records (``body`` bytes) at ``offset``."""
+    rest = _LENGTH_TYPE.pack(GROUP_PAYLOAD.size, int(RecordType.GROUP)) + \
+        GROUP_PAYLOAD.pack(segment, offset, body, records)
+    return _CRC.pack(crc32c(rest, salt)) + rest
+
+
+def read_group_header(buf: bytes | memoryview, offset: int, salt: int,
+                      segment: int) -> tuple[int, int] | None:
+    """(body length, records) if a valid group header for this place starts at ``offset``."""
+    if offset + GROUP_SIZE > len(buf) or bytes(buf[offset + 4:offset + HEADER_SIZE]) != GROUP_TAG:
+        return None
+    if crc32c(buf[offset + 4:offset + GROUP_SIZE], salt) != _CRC.unpack_from(buf, offset)[0]:
+        return None
+    seg, where, body, records = GROUP_PAYLOAD.unpack_from(buf, offset + HEADER_SIZE)
+    if (seg, where) != (segment, offset):
+        return None
+    return body, records
 
 
 def event_tuple(event: Event) -> list[Any]:
@@ -144,6 +180,8 @@ def check_file_header(buf: bytes | memoryview, magic: bytes) -> tuple[FileHeader
         return FileHeader.FOREIGN, 0
     if version > FORMAT_VERSION:
         return FileHeader.FUTURE, version
+    if version not in READ_VERSIONS:
+        return FileHeader.DAMAGED, 0
     return FileHeader.OK, version
 
 
@@ -152,8 +190,14 @@ def unpack(payload: bytes | memoryview) -> Any:
 
 
 def decode_cursor(pair: Sequence[Any]) -> tuple[str, Any]:
-    source, raw = pair[0], pair[1]  # a third element is the contact: see decode_checkpoint
-    return source, decode_value(raw)
+    """``[source, cursor bytes, ...]``: elements a later release appends are ignored (the
+    third is the contact: see ``decode_checkpoint``).
+
+    Map keys may be any msgpack key: 0.1.0 accepted (and acknowledged) cursors such as
+    ``{1: "a"}``, and such a log must still open with the cursor as it was written.
+    """
+    source, raw = pair[0], pair[1]
+    return source, msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
 
 
 def decode_checkpoint(pair: Sequence[Any]) -> Checkpoint:

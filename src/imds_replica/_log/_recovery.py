@@ -2,24 +2,34 @@
 
 Theory of operation
 -------------------
-The appender writes whole records at the end of the last segment, fdatasyncs, and only then
-acknowledges. It rotates to a new segment only after the old one is durable. So a crash
-(kill -9, power loss) can damage only the *end* of the *last* segment: the bytes of the
-group commit that was being written, which nobody was told are durable. Everything before
-that was acknowledged and must come back exactly.
+The appender writes whole groups at the end of the last segment, fdatasyncs, and only then
+acknowledges. It starts the next write only after that fdatasync, and rotates to a new
+segment only after the old one is durable. So a crash (kill -9, power loss) can damage only
+the *last group* of the *last* segment: the write that was in flight, which nobody was told
+is durable. Everything before it was acknowledged and must come back exactly.
 
-Hence three cases, told apart by what follows a record that fails its checks:
+Format 2 (``scan_groups``) knows where each write begins and ends: every group commit is
+one group, a header (salted CRC, the position it sits at, the length and count of its
+records) then its records. Told apart by what follows a group that is not whole:
 
-* **whole record** — checksum, length and type are fine: replay it.
-* **torn tail** — a bad or incomplete record in the last segment with *no* whole record
-  anywhere after it: the remains of an unacknowledged write. Truncate there (and say so).
-* **mid-log corruption** — a bad record with a whole record after it, or a bad record in a
-  segment that is not the last: storage damaged acknowledged data. Refuse to open, naming
-  segment and offset; ``imds-replica log repair`` moves the damaged suffix aside.
+* **whole group** — header and every record check out and tile its body: replay it.
+* **torn tail** — a group in the last segment that is not whole, with *no* valid group
+  header anywhere after it, at or past the marker's ``sealed`` position: the remains of an
+  unacknowledged write. Cut the whole group (whatever its bytes hold: a torn write can
+  leave some of its records whole, or tenant bytes that look like records) and say so.
+* **mid-log corruption** — anything else: a later group header proves this group was
+  written and fsynced before it (the next write starts only after the fdatasync), and a
+  generation compaction sealed is durable by construction. Refuse to open, naming segment
+  and offset; ``imds-replica log repair`` moves the damage aside.
 
-"Whole record after it" is decided by trying every later byte offset as a frame start: a
-random match needs a 32-bit CRC to agree by chance. A record with a good checksum but a
-type this build does not know was written by something newer: always refuse.
+Only a group header can prove a later write, and a header needs the generation's secret
+salt and names its own position: no value a tenant can store is mistaken for one, and a
+random match needs a 32-bit CRC to agree by chance.
+
+Format 1 segments (``scan_records``, written by release 0.1.0 and read as they are) have no
+groups: there, "something follows" means a whole record at any later byte offset, so a
+torn tail that holds bytes looking like a record reads as corruption. A record with a good
+checksum but a type this build does not know was written by something newer: always refuse.
 """
 
 from __future__ import annotations
@@ -28,7 +38,16 @@ import enum
 
 import attrs
 
-from ._frame import HEADER, HEADER_SIZE, KNOWN_TYPES, crc32c
+from ._frame import (
+    GROUP_PAYLOAD,
+    GROUP_SIZE,
+    GROUP_TAG,
+    HEADER,
+    HEADER_SIZE,
+    RECORD_TYPES,
+    crc32c,
+    read_group_header,
+)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -46,30 +65,26 @@ class Outcome(enum.Enum):
     REFUSE = "mid-log corruption"
 
 
-_W, _I, _D, _U = FrameState
-#: (state of the frame, a whole record follows it, it is in the last segment) -> outcome
-DECISIONS: dict[tuple[FrameState, bool, bool], Outcome] = {
-    (_W, False, True): Outcome.ACCEPT,
-    (_W, False, False): Outcome.ACCEPT,
-    (_W, True, True): Outcome.ACCEPT,
-    (_W, True, False): Outcome.ACCEPT,
-    (_I, False, True): Outcome.TRUNCATE,  # the write the crash interrupted
-    (_D, False, True): Outcome.TRUNCATE,  # ditto, with garbage or zeros after a power loss
-    (_I, True, True): Outcome.REFUSE,
-    (_D, True, True): Outcome.REFUSE,
-    (_I, False, False): Outcome.REFUSE,  # rotation happens after fsync: not a crash artifact
-    (_D, False, False): Outcome.REFUSE,
-    (_I, True, False): Outcome.REFUSE,
-    (_D, True, False): Outcome.REFUSE,
-    (_U, False, True): Outcome.REFUSE,
-    (_U, False, False): Outcome.REFUSE,
-    (_U, True, True): Outcome.REFUSE,
-    (_U, True, False): Outcome.REFUSE,
-}
+def _decision(state: FrameState, follows: bool, last: bool, sealed: bool) -> Outcome:
+    if state is FrameState.WHOLE:
+        return Outcome.ACCEPT
+    if state is FrameState.UNKNOWN_TYPE or follows or not last or sealed:
+        return Outcome.REFUSE
+    return Outcome.TRUNCATE  # the write the crash interrupted (garbage or zeros included)
 
 
-def decide(state: FrameState, whole_after: bool, last_segment: bool) -> Outcome:
-    return DECISIONS[state, whole_after, last_segment]
+#: (state of the frame or group, a later write follows it, it is in the last segment, it
+#: lies before the sealed position) -> outcome. Rotation happens after fsync, so damage
+#: outside the last segment is no crash artifact; nor is damage a later write follows.
+DECISIONS: dict[tuple[FrameState, bool, bool, bool], Outcome] = {
+    (state, follows, last, sealed): _decision(state, follows, last, sealed)
+    for state in FrameState for follows in (False, True) for last in (False, True)
+    for sealed in (False, True)}
+
+
+def decide(state: FrameState, whole_after: bool, last_segment: bool,
+           sealed: bool = False) -> Outcome:
+    return DECISIONS[state, whole_after, last_segment, sealed]
 
 
 def frame_at(buf: Buffer, offset: int, max_record: int) -> tuple[FrameState, int, int, str]:
@@ -89,7 +104,7 @@ def frame_at(buf: Buffer, offset: int, max_record: int) -> tuple[FrameState, int
             f"{end - offset} bytes)")
     if crc32c(buf[offset + 4:end]) != crc:
         return FrameState.DAMAGED, rtype, end, f"checksum mismatch in record at offset {offset}"
-    if rtype not in KNOWN_TYPES:
+    if rtype not in RECORD_TYPES:
         return FrameState.UNKNOWN_TYPE, rtype, end, (
             f"record at offset {offset} has unknown type {rtype} (written by a newer version?)")
     return FrameState.WHOLE, rtype, end, ""
@@ -102,7 +117,7 @@ def find_whole_record(buf: Buffer, start: int, max_record: int) -> int | None:
     for offset in range(start, size - HEADER_SIZE + 1):
         crc, length, rtype = unpack(buf, offset)
         end = offset + HEADER_SIZE + length
-        if rtype in KNOWN_TYPES and length <= max_record and end <= size \
+        if rtype in RECORD_TYPES and length <= max_record and end <= size \
                 and crc32c(buf[offset + 4:end]) == crc:
             return offset
     return None
@@ -137,7 +152,7 @@ def scan_records(buf: Buffer, start: int, *, last_segment: bool,
         if offset + HEADER_SIZE <= size:
             crc, length, rtype = unpack(view, offset)
             end = offset + HEADER_SIZE + length
-            if (length <= max_record and end <= size and rtype in KNOWN_TYPES
+            if (length <= max_record and end <= size and rtype in RECORD_TYPES
                     and crc32c(view[offset + 4:end]) == crc):
                 records.append((offset, rtype, view[offset + HEADER_SIZE:end]))
                 offset = end
@@ -147,5 +162,100 @@ def scan_records(buf: Buffer, start: int, *, last_segment: bool,
         outcome = decide(state, after, last_segment)
         if after and outcome is Outcome.REFUSE:
             detail += "; whole records follow it"
+        return SegmentScan(records, offset, size, outcome, detail, state)
+    return SegmentScan(records, offset, size, Outcome.ACCEPT, "")
+
+
+def find_group_header(buf: Buffer, start: int, salt: int, segment: int) -> int | None:
+    """The first offset >= ``start`` where a valid group header of this segment begins."""
+    data = buf if isinstance(buf, bytes) else bytes(buf)
+    at = data.find(GROUP_TAG, start + 4)
+    while at >= 0:
+        if read_group_header(data, at - 4, salt, segment) is not None:
+            return at - 4
+        at = data.find(GROUP_TAG, at + 1)
+    return None
+
+
+def check_group(buf: Buffer, offset: int, salt: int, segment: int, max_record: int
+                ) -> tuple[FrameState, int, list[tuple[int, int, memoryview]], str]:
+    """Check the group at ``offset``: (state, end offset, its records, what is wrong)."""
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    size = len(view)
+    if offset + GROUP_SIZE > size:
+        return FrameState.INCOMPLETE, size, [], (
+            f"group header at offset {offset} cut short ({size - offset} of {GROUP_SIZE} "
+            f"bytes)")
+    head = read_group_header(view, offset, salt, segment)
+    if head is None:
+        return FrameState.DAMAGED, offset, [], f"damaged group header at offset {offset}"
+    body, count = head
+    end = offset + GROUP_SIZE + body
+    if end > size:
+        return FrameState.INCOMPLETE, size, [], (
+            f"group at offset {offset} runs past the end ({size - offset} of "
+            f"{end - offset} bytes)")
+    records: list[tuple[int, int, memoryview]] = []
+    at = offset + GROUP_SIZE
+    inner = view[:end]
+    while at < end:
+        state, rtype, stop, detail = frame_at(inner, at, max_record)
+        if state is not FrameState.WHOLE:
+            return state, end, [], f"group at offset {offset}: {detail}"
+        records.append((at, rtype, view[at + HEADER_SIZE:stop]))
+        at = stop
+    if len(records) != count:
+        return FrameState.DAMAGED, end, [], (
+            f"group at offset {offset} holds {len(records)} records, its header says {count}")
+    return FrameState.WHOLE, end, records, ""
+
+
+def scan_groups(buf: Buffer, start: int, *, salt: int, segment: int, last_segment: bool,
+                sealed: int, max_record: int) -> SegmentScan:
+    """Scan whole groups from ``start`` (format 2) and decide what the first bad one means.
+
+    ``sealed`` is the offset in this segment before which everything was durable before
+    the marker named the generation (0: nothing sealed here). Pure, like ``scan_records``;
+    ``records`` holds the records of the whole groups (not the group headers).
+    """
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    size = len(view)
+    records: list[tuple[int, int, memoryview]] = []
+    offset = start
+    unpack, unpack_group = HEADER.unpack_from, GROUP_PAYLOAD.unpack_from
+    while offset < size:
+        # Fast path for a whole group (the checks of check_group, inlined); check_group
+        # explains anything unusual.
+        if offset + GROUP_SIZE <= size and view[offset + 4:offset + HEADER_SIZE] == GROUP_TAG \
+                and crc32c(view[offset + 4:offset + GROUP_SIZE], salt) == unpack(view, offset)[0]:
+            seg, where, body, count = unpack_group(view, offset + HEADER_SIZE)
+            end = offset + GROUP_SIZE + body
+            if (seg, where) == (segment, offset) and end <= size:
+                at, found = offset + GROUP_SIZE, []
+                while at + HEADER_SIZE <= end:
+                    crc, length, rtype = unpack(view, at)
+                    stop = at + HEADER_SIZE + length
+                    if length > max_record or stop > end or rtype not in RECORD_TYPES \
+                            or crc32c(view[at + 4:stop]) != crc:
+                        break
+                    found.append((at, rtype, view[at + HEADER_SIZE:stop]))
+                    at = stop
+                if at == end and len(found) == count:
+                    records.extend(found)
+                    offset = end
+                    continue
+        state, end, found, detail = check_group(view, offset, salt, segment, max_record)
+        if state is FrameState.WHOLE:  # (unreachable: the fast path took it)
+            records.extend(found)
+            offset = end
+            continue
+        follows = find_group_header(buf if isinstance(buf, bytes) else view, offset + 1, salt,
+                                    segment) is not None
+        outcome = decide(state, follows, last_segment, offset < sealed)
+        if outcome is Outcome.REFUSE:
+            if follows:
+                detail += "; later writes follow it"
+            elif offset < sealed:
+                detail += "; it was sealed by compaction, so it is no torn write"
         return SegmentScan(records, offset, size, outcome, detail, state)
     return SegmentScan(records, offset, size, Outcome.ACCEPT, "")

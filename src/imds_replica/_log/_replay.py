@@ -28,9 +28,12 @@ from .._logport import keep_checkpoint
 from ._frame import (
     FILE_HEADER_SIZE,
     FORMAT_VERSION,
+    GROUP_PAYLOAD,
+    GROUP_SIZE,
+    GROUP_TAG,
     HEADER,
     HEADER_SIZE,
-    KNOWN_TYPES,
+    RECORD_TYPES,
     SEGMENT_MAGIC,
     EventTuple,
     FileHeader,
@@ -43,15 +46,19 @@ from ._frame import (
     trusted_event,
     unpack,
 )
-from ._recovery import Outcome, find_whole_record, scan_records
+from ._recovery import Outcome, find_group_header, find_whole_record, scan_groups, scan_records
 from ._segment import (
     Listing,
+    Meta,
     fsync_dir,
     init_directory,
     list_directory,
+    new_salt,
     read_meta,
     segment_name,
     storage_error,
+    versions_read,
+    write_meta,
 )
 from ._snapshot import Counters, SnapshotDamaged, load_snapshot
 
@@ -140,7 +147,8 @@ class Reducer:
         """
         self.records += 1
         if rtype == _BATCH:
-            events, checkpoint = unpack(payload)
+            batch = unpack(payload)  # [events, checkpoint, ...later fields, ignored]
+            events, checkpoint = batch[0], batch[1]
             self.add_events(events)
             self.batches += 1
             self.events += len(events)
@@ -200,6 +208,9 @@ class Recovered:
     notes: tuple[str, ...]
     snapshot: str | None  # the snapshot replay started from
     listing: Listing
+    meta: Meta  # the marker (after an upgrade: the new one)
+    found_version: int  # the format version the marker had when recovery read it
+    last_version: int  # the format version of the last segment (the writer's next file)
 
 
 def recover_directory(directory: Path, *, writable: bool, fsync: bool, max_record: int,
@@ -229,16 +240,28 @@ def _recover(directory: Path, notes: list[str], *, writable: bool, fsync: bool,
                 fsync_dir(directory)
             notes.append(f"removed {len(listing.leftovers)} leftover file(s) of an "
                          f"interrupted compaction or snapshot: {', '.join(listing.leftovers)}")
-        return _replay(directory, meta.generation, listing, notes, reducer or Reducer(),
-                       writable=writable, fsync=fsync, max_record=max_record,
-                       use_snapshots=use_snapshots)
+        rec = _replay(directory, meta, listing, notes, reducer or Reducer(),
+                      writable=writable, fsync=fsync, max_record=max_record,
+                      use_snapshots=use_snapshots)
+        if writable and meta.version == 1:
+            # Upgrade in place: the marker names format 2 (from now on a 0.1.0 build
+            # refuses the directory, cleanly); format 1 segments stay and are read as they
+            # are until a compaction rewrites them; the writer starts a format 2 segment.
+            # Everything there now was durable before the new marker: sealed.
+            meta = Meta(meta.generation, FORMAT_VERSION, new_salt(), (rec.last_segment, rec.end))
+            write_meta(directory, meta, fsync=fsync)
+            notes.append(f"upgraded the log from format version 1 to {FORMAT_VERSION}; format "
+                         f"1 segments are kept and read until the next compaction")
+            rec = attrs.evolve(rec, meta=meta, notes=tuple(notes))
+        return rec
     except OSError as exc:
         raise storage_error(f"recovering {directory}", exc)
 
 
-def _replay(directory: Path, generation: int, listing: Listing, notes: list[str],
+def _replay(directory: Path, meta: Meta, listing: Listing, notes: list[str],
             reducer: Reducer, *, writable: bool, fsync: bool, max_record: int,
             use_snapshots: bool) -> Recovered:
+    generation = meta.generation
     segments = listing.segments
     if not segments:
         raise CorruptLogError(f"{directory}: the marker names generation {generation} but "
@@ -265,19 +288,23 @@ def _replay(directory: Path, generation: int, listing: Listing, notes: list[str]
         start_seq, start_off, used = seq, off, name
         notes.append(f"started from snapshot {name} ({len(snap.events)} registers)")
         break
-    end = start_off
+    end, version = start_off, meta.version
     for seq in segments[segments.index(start_seq):]:
-        end = _replay_segment(directory, generation, seq, start_off if seq == start_seq
-                              else FILE_HEADER_SIZE, reducer, notes, last=seq == segments[-1],
-                              writable=writable, fsync=fsync, max_record=max_record)
+        sealed = meta.sealed[1] if seq == meta.sealed[0] else (
+            2**63 if seq < meta.sealed[0] else 0)
+        end, version = _replay_segment(
+            directory, generation, seq, start_off if seq == start_seq else FILE_HEADER_SIZE,
+            reducer, notes, last=seq == segments[-1], writable=writable, fsync=fsync,
+            max_record=max_record, salt=meta.salt, sealed=sealed)
         sizes[seq] = end if seq == segments[-1] else sizes[seq]
     return Recovered(generation, reducer, segments, segments[-1], end, sum(sizes.values()),
-                     tuple(notes), used, listing)
+                     tuple(notes), used, listing, meta, meta.version, version)
 
 
 def _replay_segment(directory: Path, generation: int, seq: int, start: int,
                     reducer: Reducer, notes: list[str], *, last: bool, writable: bool,
-                    fsync: bool, max_record: int) -> int:
+                    fsync: bool, max_record: int, salt: int, sealed: int) -> tuple[int, int]:
+    """Fold one segment; returns (where valid data ends, the segment's format version)."""
     name = segment_name(generation, seq)
     path = directory / name
     # The usual case, a good header and whole records up to the end, streams through one
@@ -285,26 +312,34 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
     # back to reading the whole segment and the decision table, from where streaming
     # stopped (every record before it was already checked and folded).
     with open(path, "rb", buffering=0) as f:
-        header, _ = check_file_header(f.read(FILE_HEADER_SIZE), SEGMENT_MAGIC)
+        header, version = check_file_header(f.read(FILE_HEADER_SIZE), SEGMENT_MAGIC)
         if header is FileHeader.OK:
-            start, clean = _fold_stream(f, start, reducer, name, max_record)
+            fold = _fold_stream if version == 1 else _fold_groups
+            start, clean = fold(f, start, reducer, name, max_record, salt, seq)
             if clean:
-                return start
+                return start, version
     buf = path.read_bytes()
     header, version = check_file_header(buf, SEGMENT_MAGIC)
     if header is FileHeader.FUTURE:
         raise StorageError(f"segment {name} has log format version {version}; this build "
-                           f"reads version {FORMAT_VERSION} (upgrade imds-replica)")
+                           f"reads version{'s' if ' and ' in versions_read() else ''} "
+                           f"{versions_read()} (upgrade imds-replica)")
     if header is FileHeader.FOREIGN:
         raise CorruptLogError("not an imds-replica segment", segment=name, offset=0)
     if header is not FileHeader.OK:
-        if not last or find_whole_record(buf, 0, max_record) is not None:
+        follows = find_whole_record(buf, 0, max_record) is not None or (
+            salt != 0 and find_group_header(buf, 0, salt, seq) is not None)
+        if not last or follows or sealed > 0:
             raise CorruptLogError(f"segment header {header.value}", segment=name, offset=0)
         notes.append(f"rewrote the torn header of {name} ({len(buf)} bytes)")
         if writable:
             _truncate(path, 0, fsync, rewrite_header=True)
-        return FILE_HEADER_SIZE
-    scan = scan_records(buf, start, last_segment=last, max_record=max_record)
+        return FILE_HEADER_SIZE, FORMAT_VERSION
+    if version == 1:
+        scan = scan_records(buf, start, last_segment=last, max_record=max_record)
+    else:
+        scan = scan_groups(buf, start, salt=salt, segment=seq, last_segment=last,
+                           sealed=sealed, max_record=max_record)
     for offset, rtype, payload in scan.records:
         try:
             reducer.add_record(rtype, payload)
@@ -318,11 +353,75 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
                      f"offset {scan.end} ({scan.detail})")
         if writable:
             _truncate(path, scan.end, fsync, rewrite_header=False)
-    return scan.end
+    return scan.end, version
+
+
+def _fold_groups(f: io.FileIO, start: int, reducer: Reducer, segment: str,
+                 max_record: int, salt: int, seq: int) -> tuple[int, bool]:
+    """``_fold_stream`` for format 2: a group's records are folded only once the whole
+    group (header, every record, the count) has checked out, so a torn group is never
+    half-replayed. Returns like ``_fold_stream``."""
+    f.seek(start)
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    base = start
+    have = f.readinto(buf)
+    pos = 0
+    add = reducer.add_record
+    unpack_header = HEADER.unpack_from
+    unpack_group = GROUP_PAYLOAD.unpack_from
+    known = RECORD_TYPES
+    crc32c_ = crc32c
+    tag = GROUP_TAG
+    while True:
+        need = GROUP_SIZE
+        while pos + GROUP_SIZE <= have:
+            crc = unpack_header(view, pos)[0]
+            if view[pos + 4:pos + HEADER_SIZE] != tag or \
+                    crc32c_(view[pos + 4:pos + GROUP_SIZE], salt) != crc:
+                return base + pos, False
+            where_seg, where, body, count = unpack_group(view, pos + HEADER_SIZE)
+            if (where_seg, where) != (seq, base + pos):
+                return base + pos, False
+            end = pos + GROUP_SIZE + body
+            if end > have:
+                need = GROUP_SIZE + body
+                break
+            at, found = pos + GROUP_SIZE, []
+            while at < end:
+                if at + HEADER_SIZE > end:
+                    return base + pos, False
+                crc, length, rtype = unpack_header(view, at)
+                stop = at + HEADER_SIZE + length
+                if length > max_record or stop > end or rtype not in known \
+                        or crc32c_(view[at + 4:stop]) != crc:
+                    return base + pos, False
+                found.append((at, rtype, stop))
+                at = stop
+            if len(found) != count:
+                return base + pos, False
+            for at, rtype, stop in found:
+                try:
+                    add(rtype, view[at + HEADER_SIZE:stop])
+                except (ValueError, TypeError) as exc:
+                    raise unreadable_payload(exc, segment, base + at) from None
+            pos = end
+        rest = have - pos
+        if need > len(buf):
+            grown = bytearray(need)
+            grown[:rest] = view[pos:have]
+            buf, view = grown, memoryview(grown)
+        elif pos:
+            buf[:rest] = bytes(view[pos:have])
+        base, have, pos = base + pos, rest, 0
+        got = f.readinto(view[have:])
+        if not got:
+            return base, rest == 0
+        have += got
 
 
 def _fold_stream(f: io.FileIO, start: int, reducer: Reducer, segment: str,
-                 max_record: int) -> tuple[int, bool]:
+                 max_record: int, salt: int = 0, seq: int = 0) -> tuple[int, bool]:
     """Check (length, type, CRC) and fold whole records from ``start``, a chunk at a time.
 
     Returns ``(offset, True)`` when whole records run exactly to the end of the file, or
@@ -338,7 +437,7 @@ def _fold_stream(f: io.FileIO, start: int, reducer: Reducer, segment: str,
     pos = 0  # next frame, relative to base
     add = reducer.add_record
     unpack_header = HEADER.unpack_from
-    known = KNOWN_TYPES
+    known = RECORD_TYPES
     crc32c_ = crc32c
     while True:
         need = HEADER_SIZE

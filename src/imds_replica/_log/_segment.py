@@ -2,8 +2,9 @@
 
 Layout of a log directory::
 
-    imds-log.json                 marker: {"format": "imds-replica-log", "version": 1,
-                                  "generation": G}; replaced atomically by compaction
+    imds-log.json                 marker: {"format": "imds-replica-log", "version": 2,
+                                  "generation": G, "salt": S, "sealed": [segment, offset]};
+                                  replaced atomically by compaction and by the upgrade
     LOCK                          flock()ed by the one process writing the log
     GGGGGGGG-SSSSSSSS.seg         segment S of generation G (only generation G is live)
     GGGGGGGG-SSSSSSSS-OOOOOOOOOOOO.snap   snapshot of the view up to segment S, offset O
@@ -21,13 +22,21 @@ import fcntl
 import json
 import os
 import re
+import secrets
 import time
 from pathlib import Path
 
 import attrs
 
 from .._errors import StorageError
-from ._frame import FILE_HEADER_SIZE, FORMAT_VERSION, SEGMENT_MAGIC, file_header
+from ._frame import (
+    FILE_HEADER_SIZE,
+    FORMAT_VERSION,
+    READ_VERSIONS,
+    SEGMENT_MAGIC,
+    file_header,
+    group_header,
+)
 
 META_NAME = "imds-log.json"
 LOCK_NAME = "LOCK"
@@ -67,6 +76,11 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
+class FsyncError(OSError):
+    """An fsync/fdatasync failed: Linux may have dropped the dirty pages (fsyncgate), so
+    whatever they held is not known to be on disk and the fsync must not be retried."""
+
+
 def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until all of ``data`` is written (a write may be partial)."""
     view = memoryview(data)
@@ -89,7 +103,22 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
 
 @attrs.frozen
 class Meta:
+    """The marker. ``salt`` keys the group headers of format 2 segments (0 in format 1);
+    ``sealed`` is (segment, offset) up to which the generation was made durable before
+    the marker named it: damage before it is never a torn write."""
+
     generation: int
+    version: int = FORMAT_VERSION
+    salt: int = 0
+    sealed: tuple[int, int] = (0, 0)
+
+
+def new_salt() -> int:
+    return secrets.randbits(32) or 1
+
+
+def versions_read() -> str:
+    return " and ".join(str(v) for v in READ_VERSIONS)
 
 
 def read_meta(directory: Path) -> Meta:
@@ -115,14 +144,24 @@ def read_meta(directory: Path) -> Meta:
     version, generation = doc.get("version"), doc.get("generation")
     if type(version) is not int or type(generation) is not int or generation < 1:
         raise StorageError(f"{path} is damaged: {raw[:200]!r}")
-    if version > FORMAT_VERSION:
+    if version not in READ_VERSIONS:
+        # Never touch a format we do not know: not a truncation, not a rewrite.
         raise StorageError(f"{directory} uses log format version {version}; this build of "
-                           f"imds-replica reads version {FORMAT_VERSION} (upgrade it)")
-    return Meta(generation)
+                           f"imds-replica reads version{'s' if len(READ_VERSIONS) > 1 else ''} "
+                           f"{versions_read()} (upgrade it)")
+    if version == 1:
+        return Meta(generation, 1)
+    salt, sealed = doc.get("salt"), doc.get("sealed")
+    if type(salt) is not int or not (isinstance(sealed, list) and len(sealed) == 2
+                                     and all(type(x) is int for x in sealed)):
+        raise StorageError(f"{path} is damaged: {raw[:200]!r}")
+    return Meta(generation, version, salt, (sealed[0], sealed[1]))
 
 
 def write_meta(directory: Path, meta: Meta, *, fsync: bool) -> None:
-    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "generation": meta.generation}
+    """Write the marker (always in the current format: a v1 marker is only ever read)."""
+    doc = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "generation": meta.generation,
+           "salt": meta.salt, "sealed": list(meta.sealed)}
     write_atomic(directory / META_NAME, json.dumps(doc).encode() + b"\n", fsync=fsync)
 
 
@@ -148,8 +187,9 @@ def init_directory(directory: Path, *, fsync: bool) -> Meta:
     directory.mkdir(parents=True, exist_ok=True)
     # The first segment exists before the marker, so a marked directory always has one.
     create_segment(directory, 1, 1, fsync=fsync)
-    write_meta(directory, Meta(1), fsync=fsync)
-    return Meta(1)
+    meta = Meta(1, salt=new_salt())
+    write_meta(directory, meta, fsync=fsync)
+    return meta
 
 
 def lock_directory(directory: Path) -> int:
@@ -203,30 +243,62 @@ def create_segment(directory: Path, generation: int, seq: int, *, fsync: bool) -
 
 
 class SegmentWriter:
-    """Appends to the live segment. Only the appender uses it, one call at a time."""
+    """Appends groups to the live segment (format 2). Only the appender uses it, one call
+    at a time."""
 
-    def __init__(self, directory: Path, generation: int, seq: int, *, fsync: bool) -> None:
+    def __init__(self, directory: Path, generation: int, seq: int, *, salt: int,
+                 fsync: bool) -> None:
         self.directory = directory
         self.generation = generation
         self.seq = seq
+        self.salt = salt
         self.fsync = fsync
         self.path = directory / segment_name(generation, seq)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
         self.offset = os.fstat(self._fd).st_size
 
+    def group(self, records: bytes, count: int) -> bytes:
+        """``records`` (``count`` framed records) as the group that goes at ``offset``."""
+        return group_header(self.salt, self.seq, self.offset, len(records), count) + records
+
     def write(self, data: bytes) -> float:
-        """Write and fdatasync; returns the seconds fdatasync took. OSError propagates."""
+        """Write and fdatasync; returns the seconds fdatasync took. OSError propagates.
+
+        A failed write leaves ``offset`` where the group began, so the caller can cut off
+        what part of it reached the file (``truncate``) before trying again.
+        """
         write_all(self._fd, data)
         self.offset += len(data)
         if not self.fsync:
             return 0.0
         started = time.perf_counter()
-        os.fdatasync(self._fd)
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            raise FsyncError(exc.errno, exc.strerror) from exc
         return time.perf_counter() - started
 
+    def truncate(self) -> None:
+        """Cut the file back to ``offset`` (a failed write's partial group), durably."""
+        os.ftruncate(self._fd, self.offset)
+        if self.fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise FsyncError(exc.errno, exc.strerror) from exc
+
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
     def rotate(self) -> None:
-        """Start the next segment (the current one is already durable)."""
-        create_segment(self.directory, self.generation, self.seq + 1, fsync=self.fsync)
+        """Start the next segment (the current one is already durable). On failure the
+        writer stays on the current segment and no half-made next one is left behind."""
+        try:
+            create_segment(self.directory, self.generation, self.seq + 1, fsync=self.fsync)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.directory / segment_name(self.generation, self.seq + 1))
+            raise
         os.close(self._fd)
         self.seq += 1
         self.path = self.directory / segment_name(self.generation, self.seq)

@@ -29,10 +29,18 @@ from ._frame import (
     check_file_header,
     unpack,
 )
-from ._recovery import Outcome, find_whole_record, scan_records
+from ._recovery import (
+    Outcome,
+    SegmentScan,
+    find_group_header,
+    find_whole_record,
+    scan_groups,
+    scan_records,
+)
 from ._replay import Reducer, recover_directory, unreadable_payload
 from ._segment import (
     DAMAGED_DIR,
+    Meta,
     create_segment,
     fsync_dir,
     fsync_file,
@@ -40,6 +48,7 @@ from ._segment import (
     lock_directory,
     read_meta,
     segment_name,
+    write_meta,
 )
 from ._snapshot import SnapshotDamaged, load_snapshot
 
@@ -84,6 +93,17 @@ def verify_log(directory: str | os.PathLike[str], *,
                         r.records, r.events, rec.bytes)
 
 
+def scan_segment(buf: bytes, meta: Meta, seq: int, *, last: bool, start: int,
+                 max_record: int) -> SegmentScan:
+    """Scan a segment's bytes from ``start`` by the rules of its format version."""
+    _, version = check_file_header(buf, SEGMENT_MAGIC)
+    if version == 1:
+        return scan_records(buf, start, last_segment=last, max_record=max_record)
+    sealed = meta.sealed[1] if seq == meta.sealed[0] else (2**63 if seq < meta.sealed[0] else 0)
+    return scan_groups(buf, start, salt=meta.salt, segment=seq, last_segment=last,
+                       sealed=sealed, max_record=max_record)
+
+
 def _segment_scans(path: Path, max_record: int) -> Iterator[tuple[str, Any]]:
     """(segment name, scan) in log order, read-only; raises on the first damage."""
     meta = read_meta(path)
@@ -98,10 +118,10 @@ def _segment_scans(path: Path, max_record: int) -> Iterator[tuple[str, Any]]:
         buf = (path / name).read_bytes()
         header, _ = check_file_header(buf, SEGMENT_MAGIC)
         if header is not FileHeader.OK:
-            if seq == segments[-1] and header is FileHeader.SHORT:
+            if seq == segments[-1] and header is FileHeader.SHORT and seq != meta.sealed[0]:
                 return
             raise CorruptLogError(f"segment header: {header.value}", segment=name, offset=0)
-        scan = scan_records(buf, FILE_HEADER_SIZE, last_segment=seq == segments[-1],
+        scan = scan_segment(buf, meta, seq, last=seq == segments[-1], start=FILE_HEADER_SIZE,
                             max_record=max_record)
         yield name, scan
         if scan.outcome is Outcome.REFUSE:
@@ -143,6 +163,8 @@ def dump_log(directory: str | os.PathLike[str], *,
 
 @attrs.frozen
 class StatsReport:
+    format_version: int  # of the marker (a format 1 log is upgraded when a replica opens it)
+    segment_versions: tuple[int, ...]  # the format versions of the live segments, distinct
     generation: int
     segments: int
     bytes: int
@@ -177,8 +199,15 @@ def stats_log(directory: str | os.PathLike[str], *,
     rec = recover_directory(Path(directory), writable=False, fsync=False,
                             max_record=max_record, use_snapshots=False, reducer=reducer)
     tombstones = sum(1 for t in reducer.best.values() if t[3])
-    return StatsReport(rec.generation, len(rec.segments), rec.bytes, reducer.records,
-                       reducer.batches, reducer.events, len(reducer.best) - tombstones,
+    versions = set()
+    for seq in rec.segments:
+        with open(Path(directory) / segment_name(rec.generation, seq), "rb") as f:
+            header, version = check_file_header(f.read(FILE_HEADER_SIZE), SEGMENT_MAGIC)
+        if header is FileHeader.OK:
+            versions.add(version)
+    return StatsReport(rec.found_version, tuple(sorted(versions)), rec.generation,
+                       len(rec.segments), rec.bytes, reducer.records, reducer.batches,
+                       reducer.events, len(reducer.best) - tombstones,
                        tombstones, reducer.oldest, reducer.newest, dict(reducer.checkpoints),
                        tuple(name for _, _, name in rec.listing.snapshots))
 
@@ -230,12 +259,14 @@ class RepairReport:
     cursors: dict[str, Any]  # where each source resumes: it redelivers what follows
 
 
-def _count_readable(buf: bytes, start: int, max_record: int) -> tuple[int, int]:
+def _count_readable(buf: bytes, start: int, max_record: int, meta: Meta,
+                    seq: int) -> tuple[int, int]:
     """Records and events that can still be read after damage (resyncing past it)."""
     records = events = 0
     offset: int | None = start
+    v1 = check_file_header(buf, SEGMENT_MAGIC)[1] == 1
     while offset is not None and offset < len(buf):
-        scan = scan_records(buf, offset, last_segment=False, max_record=max_record)
+        scan = scan_segment(buf, meta, seq, last=False, start=offset, max_record=max_record)
         for _, rtype, payload in scan.records:
             records += 1
             if rtype == RecordType.BATCH:
@@ -243,8 +274,12 @@ def _count_readable(buf: bytes, start: int, max_record: int) -> tuple[int, int]:
                     events += len(unpack(payload)[0])
                 except (ValueError, TypeError):
                     pass
-        offset = find_whole_record(buf, scan.end + 1, max_record) \
-            if scan.outcome is not Outcome.ACCEPT else None
+        if scan.outcome is Outcome.ACCEPT:
+            offset = None
+        elif v1:
+            offset = find_whole_record(buf, scan.end + 1, max_record)
+        else:
+            offset = find_group_header(buf, scan.end + 1, meta.salt, seq)
     return records, events
 
 
@@ -275,8 +310,8 @@ def repair_log(directory: str | os.PathLike[str], *,
         aside.mkdir(parents=True, exist_ok=True)
         moved, lost = [], [0, 0, 0]
         if damage is not None:
-            moved = _move_suffix(path, aside, meta.generation, listing.segments, damage,
-                                 max_record, lost)
+            moved = _move_suffix(path, aside, meta, listing.segments, damage, max_record,
+                                 lost)
             for seq, offset, name in listing.snapshots:  # now ahead of the log
                 seg = segment_name(meta.generation, seq)
                 if name not in bad_snaps and (seg in moved or (
@@ -288,6 +323,11 @@ def repair_log(directory: str | os.PathLike[str], *,
         fsync_dir(aside)
         fsync_dir(path)
         rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
+        if damage is not None:
+            # What is left was checked whole and is durable: sealed up to its end (an older
+            # seal may point past the cut, where the next writes now go).
+            write_meta(path, attrs.evolve(rec.meta, sealed=(rec.last_segment, rec.end)),
+                       fsync=True)
         what = damage.message if damage is not None else "damaged snapshot(s)"
         return RepairReport(what, str(aside), tuple(moved), lost[0], lost[1], lost[2],
                             dict(rec.reducer.checkpoints))
@@ -295,9 +335,10 @@ def repair_log(directory: str | os.PathLike[str], *,
         os.close(lock)
 
 
-def _move_suffix(path: Path, aside: Path, generation: int, segments: list[int],
+def _move_suffix(path: Path, aside: Path, meta: Meta, segments: list[int],
                  damage: CorruptLogError, max_record: int, lost: list[int]) -> list[str]:
     """Copy the damaged segment's tail aside and truncate it; move later segments aside."""
+    generation = meta.generation
     names = [segment_name(generation, s) for s in segments]
     if damage.segment in names:
         first = names.index(damage.segment)
@@ -320,7 +361,8 @@ def _move_suffix(path: Path, aside: Path, generation: int, segments: list[int],
             os.rename(path / names[i], aside / names[i])
             moved.append(names[i])
         lost[0] += len(buf) - start
-        records, events = _count_readable(buf, max(start, FILE_HEADER_SIZE), max_record)
+        records, events = _count_readable(buf, max(start, FILE_HEADER_SIZE), max_record, meta,
+                                          segments[i])
         lost[1] += records
         lost[2] += events
     if first == 0 and moved and moved[0] == names[0]:

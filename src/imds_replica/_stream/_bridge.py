@@ -334,6 +334,14 @@ class Connection:
                 msgs = await psub.fetch(batch, timeout=expires, heartbeat=heartbeat)
             except nats.js.errors.FetchTimeoutError:
                 return Fetched(idle=True)  # heartbeats came, no message: alive and idle
+            except nats.js.errors.APIError as exc:
+                # nats-py's lingering pull (sent only after its no-wait probe found nothing
+                # pending) asks for the time left; on a slow machine that can fall below
+                # twice the heartbeat, which the server refuses: it answered, nothing was
+                # pending, so this is an idle fetch, not a failure.
+                if exc.code == 400 and "heartbeat" in (exc.description or ""):
+                    return Fetched(idle=True)
+                raise
             except nats.errors.TimeoutError:
                 return Fetched()  # not even a heartbeat
             except TimeoutError:

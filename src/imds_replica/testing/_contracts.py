@@ -155,17 +155,22 @@ class EventLogContract:
         log = self.new_log(tmp_path)
         view = View()
         seen: list[Any] = []
-        view.subscribe(lambda doc_key: seen.append(view.document(doc_key)))
+        # Listeners run once the whole group commit is applied (so a listener sees the
+        # group's end state, and hears of each change in log order).
+        view.subscribe(lambda doc_key: seen.append((doc_key, view.document(doc_key))))
         async with trio.open_nursery() as nursery:
             await _started(nursery, log, view)
             first = log.append_nowait([Event("s", ("k",), 1, "a")])
             assert await log.append([Event("s", ("k",), 2, "b")]) == (True,)
             assert first.done  # queued before the append that returned
+            assert view.document(("k",)) == "b"
             third = log.append_nowait([Event("s", ("k",), 3, "c")])
             assert await third.wait() == (True,)
             nursery.cancel_scope.cancel()
         assert first.result() == (True,)
-        assert seen == ["a", "b", "c"]
+        assert [doc for doc, _ in seen] == [("k",)] * 3
+        assert seen[-1] == (("k",), "c")
+        assert [value for _, value in seen] in (["a", "b", "c"], ["b", "b", "c"])
 
     async def test_append_nowait_keeps_what_was_queued(self, tmp_path: Path) -> None:
         """The caller's list may change after the call: the log keeps what it was given."""

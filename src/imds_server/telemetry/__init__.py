@@ -8,6 +8,7 @@ for tools and tests that use one piece on its own.
 from ._admin import AdminResponse, TelemetryRoutes
 from ._cold import ColdFileHandler, LogFilter, log_files, read_lines
 from ._collector import store_batch
+from ._compact import CompactionResult, compact_store
 from ._config import ColdConfig, TelemetryConfig, WarmConfig
 from ._jsonlog import JsonFormatter, render_access
 from ._metrics import ReplicaCollector, ServerCollector, TelemetryMetrics
@@ -25,6 +26,7 @@ __all__ = [
     "AdminResponse",
     "ColdConfig",
     "ColdFileHandler",
+    "CompactionResult",
     "JsonFormatter",
     "LogFilter",
     "LogPipeline",
@@ -42,6 +44,7 @@ __all__ = [
     "WarmBuffer",
     "WarmConfig",
     "bound_api_version",
+    "compact_store",
     "log_files",
     "read_lines",
     "render_access",

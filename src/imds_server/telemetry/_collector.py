@@ -146,6 +146,22 @@ class _CollectorServer(ThreadingHTTPServer):
         self.store = store
 
 
+def _compact_forever(store: Path, every: float, min_age: float, stop: threading.Event) -> None:
+    """The collector's schedule: compact every ``every`` seconds until ``stop``."""
+    from ._compact import CompactionBusy, compact_store
+
+    while not stop.wait(every):
+        try:
+            result = compact_store(store, min_age=min_age)
+        except CompactionBusy:
+            continue  # someone runs ``logs compact`` by hand right now
+        except Exception as error:  # the collector keeps receiving
+            sys.stderr.write(f"collect: compaction failed: {error!r}\n")
+            continue
+        if result.batches or result.failed:
+            sys.stderr.write(f"collect: compacted {result.as_dict()}\n")
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
@@ -169,10 +185,18 @@ def collect_main(args: argparse.Namespace) -> int:
     thread.start()
     host, port = server.server_address[:2]
     print(f"collect: listening on http://{host!s}:{port} storing in {store}", flush=True)
+    compactor = None
+    if getattr(args, "compact_every", 0) > 0:
+        compactor = threading.Thread(
+            target=_compact_forever, args=(store, args.compact_every, args.compact_min_age, stop),
+            name="collect-compact", daemon=True)
+        compactor.start()
     try:
         while not stop.wait(0.5):  # wakes for signals on every platform
             pass
     finally:
+        if compactor is not None:
+            compactor.join()  # a compaction in progress finishes (or a kill leaves it safe)
         server.shutdown()
         server.server_close()
         thread.join()

@@ -1,4 +1,5 @@
-"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query``, ``collect``.
+"""The telemetry subcommands of ``imds-server``: ``probe``, ``logs fetch|query|report|compact``,
+``collect``.
 
 ``register(subparsers)`` is called by the server's CLI. Each command's implementation is
 imported only when it runs, so ``imds-server serve`` does not pay for DuckDB.
@@ -60,11 +61,36 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     what.add_argument("--sql", default=None,
                       help="free SQL over the view 'logs' (see docs/telemetry.md)")
     what.add_argument("--list", action="store_true", help="list the canned reports")
+    _add_scope(query)
     query.add_argument("--regex", default=None, help="pattern for the 'grep' report")
     query.add_argument("--bucket", default="1 hour", help="time bucket for time reports")
     query.add_argument("--limit", type=int, default=20, help="rows for top-N reports")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     query.set_defaults(func=_run_query)
+
+    report = logs_sub.add_parser(
+        "report", help="charts per cluster as one self-contained HTML file",
+        description="p90 latency over time, answers by status, requests by route, the "
+        "api-version distribution and (with probe lines) uptime, per cluster, as inline "
+        "SVG in one HTML file that opens without network. Needs the 'charts' extra.")
+    report.add_argument("--store", action="append", default=[], metavar="DIR",
+                        help="a collector store")
+    report.add_argument("--local", action="append", default=[], metavar="LOG_DIR",
+                        help="a server's local (cold path) log directory")
+    _add_scope(report)
+    report.add_argument("--html", required=True, metavar="OUT", help="the HTML file to write")
+    report.set_defaults(func=_run_report)
+
+    compact = logs_sub.add_parser(
+        "compact", help="turn a collector store's batch files into Parquet parts",
+        description="Compact every date=/cluster= partition's batch files into one Parquet "
+        "part (idempotent, crash-safe; queries see each line once at every instant). "
+        "'imds-server collect' runs this on a schedule.")
+    compact.add_argument("--store", required=True, metavar="DIR")
+    compact.add_argument("--min-age", type=float, default=0.0, metavar="SECONDS",
+                         help="only batch files at least this old (default 0: all)")
+    compact.add_argument("--json", action="store_true", help="print the summary as JSON")
+    compact.set_defaults(func=_run_compact)
 
     collect = subparsers.add_parser(
         "collect", help="warm-path collector: receive log batches and store them",
@@ -76,7 +102,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                          help="address to receive batches on")
     collect.add_argument("--store", required=True, metavar="DIR",
                          help="the store directory (created if missing)")
+    collect.add_argument("--compact-every", type=float, default=900.0, metavar="S",
+                         help="compact the store every S seconds (0: never)")
+    collect.add_argument("--compact-min-age", type=float, default=600.0, metavar="S",
+                         help="compact batch files at least S seconds old")
     collect.set_defaults(func=_run_collect)
+
+
+def _add_scope(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster", default=None, help="only this cluster")
+    parser.add_argument("--machine", default=None, help="only this machine")
+    parser.add_argument("--since", default=None,
+                        help="ISO-8601 time, unix seconds or -2h/-30m/-1d (inclusive)")
+    parser.add_argument("--until", default=None,
+                        help="ISO-8601 time, unix seconds or -2h/-30m/-1d (exclusive)")
 
 
 def _add_filters(parser: argparse.ArgumentParser) -> None:
@@ -103,6 +142,18 @@ def _run_query(args: argparse.Namespace) -> int:
     from ._query import query_main
 
     return query_main(args)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from ._report import report_main
+
+    return report_main(args)
+
+
+def _run_compact(args: argparse.Namespace) -> int:
+    from ._compact import compact_main
+
+    return compact_main(args)
 
 
 def _run_collect(args: argparse.Namespace) -> int:

@@ -43,6 +43,13 @@ class WarmConfig:
     timeout: float = 10.0  # per upload request
     attempts: int = 4  # per batch and cycle; the batch stays spooled for the next cycle
     level: str = "info"
+    # The volume budget (``_budget.py``): what is uploaded of what is kept locally.
+    sample_rate: float = 0.01  # of successful, fast access lines (errors etc.: all)
+    slow_seconds: float = 0.005  # an answer at least this slow is always uploaded
+    logger_rate: float = 10.0  # component lines a second per logger ...
+    logger_burst: float = 200.0  # ... in bursts of at most this many
+    max_line_bytes: int = 16 * 1024  # longer lines are truncated, not dropped
+    budget_lines: int = 100_000  # at most this many lines per interval from this host
 
 
 @attrs.frozen
@@ -89,7 +96,15 @@ class TelemetryConfig:
             timeout=_num(w, ws, "timeout", _WARM.timeout, 0.01),
             attempts=_int(w, ws, "attempts", _WARM.attempts, 1),
             level=_level(w, ws, "level"),
+            sample_rate=_num(w, ws, "sample_rate", _WARM.sample_rate, 0.0),
+            slow_seconds=_num(w, ws, "slow_seconds", _WARM.slow_seconds, 0.0),
+            logger_rate=_num(w, ws, "logger_rate", _WARM.logger_rate, 0.0),
+            logger_burst=_num(w, ws, "logger_burst", _WARM.logger_burst, 1.0),
+            max_line_bytes=_int(w, ws, "max_line_bytes", _WARM.max_line_bytes, 512),
+            budget_lines=_int(w, ws, "budget_lines", _WARM.budget_lines, 1),
         )
+        if warm.sample_rate > 1:
+            raise ConfigError("must be a number between 0 and 1", key=f"{ws}.sample_rate")
         _no_extra(warm_t, "telemetry.warm")
         config = cls(
             cluster=cluster_v, machine=machine_v,

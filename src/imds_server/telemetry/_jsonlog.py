@@ -102,6 +102,7 @@ class Line(NamedTuple):
 
     level: int
     text: str  # ends with a newline
+    logger: str = ""  # the warm path throttles per logger
 
 
 #: Rendered line segments kept by ``AccessRenderer`` (a VM's requests repeat them), and the

@@ -64,6 +64,20 @@ class TelemetryMetrics:
         self.upload_last_success = Gauge(
             "imds_telemetry_upload_last_success_timestamp_seconds",
             "Unix time of the last batch the collector acknowledged.", registry=r)
+        # The warm path's volume budget (every line is still in the cold file).
+        self.warm_sampled_out = Counter(
+            "imds_telemetry_warm_sampled_out_lines",
+            "Successful access lines not uploaded: outside the sample (kept locally).",
+            registry=r)
+        self.warm_dropped = Counter(
+            "imds_telemetry_warm_dropped_lines",
+            "Lines not uploaded, by reason: throttled (per logger), over-budget (per host).",
+            ["reason"], registry=r)
+        self.warm_truncated = Counter(
+            "imds_telemetry_warm_truncated_lines",
+            "Uploaded lines cut to warm.max_line_bytes.", registry=r)
+        for reason in ("throttled", "over-budget"):
+            self.warm_dropped.labels(reason)
         self.spool_dropped_batches = Counter(
             "imds_telemetry_spool_dropped_batches",
             "Spooled batches deleted unsent because the spool was full (oldest first).",
@@ -194,6 +208,20 @@ class ReplicaCollector(Collector):
                                 value=stats.recovery.seconds)
         yield GaugeMetricFamily("imds_replay_events", "Events replayed at start.",
                                 value=stats.recovery.events)
+        log = stats.log
+        if hasattr(log, "writable"):  # the durable log: does it take writes right now?
+            yield GaugeMetricFamily("imds_log_writable",
+                                    "1 while the log takes writes; 0 while it refuses them "
+                                    "(disk full, failed fsync). Reads are served either way.",
+                                    value=1.0 if log.writable else 0.0)
+            state = GaugeMetricFamily("imds_log_state", "1 for the log's current state.",
+                                      labels=["state"])
+            for name in ("ok", "full", "failed"):
+                state.add_metric([name], 1.0 if log.state == name else 0.0)
+            yield state
+            yield CounterMetricFamily("imds_log_write_failures",
+                                      "Failed log writes (group commits, snapshots, "
+                                      "compactions).", value=log.write_failures)
         yield from _liveliness(replica)
 
 

@@ -35,6 +35,7 @@ from typing import Protocol
 
 from imds_server._observe import AccessRecord
 
+from ._budget import WarmBudget
 from ._cold import LEVELS, ColdFileHandler
 from ._config import TelemetryConfig
 from ._jsonlog import AccessRenderer, JsonFormatter, Line, QueuedAccess
@@ -87,7 +88,7 @@ class _QueueHandler(logging.Handler):
         except Exception:
             self.handleError(record)
             return
-        if self._pipeline.put(record.levelno, line):
+        if self._pipeline.put(record.levelno, line, record.name):
             child = self._lines.get(record.levelname.lower())
             if child is not None:
                 child.inc()
@@ -120,6 +121,7 @@ class LogPipeline:
         else:
             sinks.append(_StderrSink())
         self.warm: WarmBuffer | None = None
+        self.budget: WarmBudget | None = None
         use_warm = warm if warm is not None else config.warm.collector_url is not None
         if use_warm and log_dir is not None:
             spool = Spool(log_dir / "spool", config.warm.spool_max_bytes,
@@ -129,6 +131,12 @@ class LogPipeline:
                                    max_records=config.warm.batch_max_records,
                                    level=LEVELS[config.warm.level], metrics=metrics)
             sinks.append(self.warm)
+            w = config.warm
+            self.budget = WarmBudget(
+                level=LEVELS[w.level], sample_rate=w.sample_rate, slow_seconds=w.slow_seconds,
+                logger_rate=w.logger_rate, logger_burst=w.logger_burst,
+                max_line_bytes=w.max_line_bytes, budget_lines=w.budget_lines,
+                interval=w.interval)
         self.sinks: tuple[LineSink, ...] = tuple(sinks)
         self._installed: list[logging.Logger] = []
         self._access_lines = metrics.log_lines.labels("info")
@@ -165,12 +173,12 @@ class LogPipeline:
                 logger.setLevel(LEVELS[self.config.level])
             self._installed.append(logger)
 
-    def put(self, level: int, line: str) -> bool:
+    def put(self, level: int, line: str, logger: str = "") -> bool:
         """Queue one rendered line (no newline); False (and counted) when the queue is full."""
         if len(self.queue) >= self._limit:
             self._dropped.inc()
             return False
-        self.queue.append(Line(level, line + "\n"))
+        self.queue.append(Line(level, line + "\n", logger))
         return True
 
     def access(self, r: AccessRecord) -> None:
@@ -211,13 +219,16 @@ class LogPipeline:
             self._busy = False
 
     def _write(self, batch: list[QueuedAccess | Line]) -> None:
-        lines, levels, accessed = self._render(batch)
+        lines, levels, accessed, batch = self._render(batch)
         if accessed:
             self._access_lines.inc(accessed)
         if not lines:
             return
         lowest = _INFO if levels is None else min(levels)
         for sink in self.sinks:
+            if sink is self.warm and self.budget is not None:
+                self._write_warm(self.warm, self.budget, batch, lines, levels)
+                continue
             level = sink.level
             if level <= lowest:
                 chosen = lines
@@ -227,18 +238,35 @@ class LogPipeline:
             if chosen:
                 sink.write_lines(chosen)
 
+    def _write_warm(self, warm: WarmBuffer, budget: WarmBudget,
+                    batch: list[QueuedAccess | Line], lines: list[str],
+                    levels: list[int] | None) -> None:
+        chosen, counts = budget.choose(batch, lines, levels, time.monotonic())
+        m = self.metrics
+        if counts.sampled_out:
+            m.warm_sampled_out.inc(counts.sampled_out)
+        if counts.throttled:
+            m.warm_dropped.labels("throttled").inc(counts.throttled)
+        if counts.over_budget:
+            m.warm_dropped.labels("over-budget").inc(counts.over_budget)
+        if counts.truncated:
+            m.warm_truncated.inc(counts.truncated)
+        if chosen:
+            warm.write_lines(chosen)
+
     def _render(self, batch: list[QueuedAccess | Line]
-                ) -> tuple[list[str], list[int] | None, int]:
+                ) -> tuple[list[str], list[int] | None, int, list[QueuedAccess | Line]]:
         """(lines, each line's level or None when all are access lines (info), access
-        lines rendered)."""
+        lines rendered, the items rendered: ``lines[i]`` is of ``items[i]``)."""
         try:
-            return self._renderer.render(batch)
+            return (*self._renderer.render(batch), batch)
         except Exception:
             pass
         # A record that does not render (a server bug) must neither stop the writer nor
         # take its batch with it: render one by one, drop and count the bad ones.
         lines: list[str] = []
         levels: list[int] = []
+        rendered: list[QueuedAccess | Line] = []
         accessed = 0
         for item in batch:
             try:
@@ -252,8 +280,9 @@ class LogPipeline:
                 continue
             lines += line
             levels.append(item.level if isinstance(item, Line) else _INFO)
+            rendered.append(item)
             accessed += count
-        return lines, levels, accessed
+        return lines, levels, accessed, rendered
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the writer has written every queued line (tests, shutdown)."""

@@ -133,7 +133,9 @@ def url_problem(url: str) -> str | None:
 def _report(result: ProbeResult, as_json: bool) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if as_json:
-        print(json.dumps({"time": stamp, **attrs.asdict(result)}), flush=True)
+        # level/logger make it a log line the store and ``logs report`` (uptime) read.
+        print(json.dumps({"time": stamp, "level": "info" if result.success else "warning",
+                          "logger": "imds_server.probe", **attrs.asdict(result)}), flush=True)
     else:
         state = "up" if result.success else "DOWN"
         detail = f" ({result.error})" if result.error else ""

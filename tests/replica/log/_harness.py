@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from imds_replica._log import verify_log
 from imds_replica._log._frame import DEFAULT_MAX_RECORD_BYTES, EventTuple
 from imds_replica._log._replay import Reducer, recover_directory
 from imds_replica._log._segment import META_NAME
@@ -93,6 +94,10 @@ def check_log(directory: Path, acked: set[int], last_ack: dict[int, int],
     if not (directory / META_NAME).exists():  # killed while creating the directory
         assert not acked
         return {"batches": 0, "notes": ()}
+    # The offline check agrees: a kill leaves at most a torn final group, never damage
+    # (compacted generations and every earlier group are sealed).
+    report = verify_log(directory)
+    assert report.ok, report.problems
     # The path the next start takes (snapshot + tail)...
     rec = recover_directory(directory, writable=False, fsync=False, max_record=MAX)
     best = rec.reducer.best
@@ -139,6 +144,11 @@ def kill_loop(directory: Path, kills: int, *, mode: str, seed: int,
             start = (cycle + 1) * 1_000_000  # batch ids never repeat across restarts
             zygote.send(f"spawn {directory} {mode} {start} {rng.randrange(2**32)}")
             pid = int(zygote.until("pid ", seen).split()[1])
+            if rng.random() < 0.5:
+                # Half the kills land while appending (after recovery), so that the writers
+                # get work done however slow start-up is on a busy machine; the other half
+                # land anywhere, recovery included.
+                zygote.until("ready ", seen)
             time.sleep(rng.random() * max_delay)
             try:
                 os.kill(pid, signal.SIGKILL)

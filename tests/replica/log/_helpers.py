@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,8 @@ import trio
 
 from imds_replica import Checkpoint, Event, Recovery, View
 from imds_replica._log import FileLog
+from imds_replica._log._frame import group_header
+from imds_replica._log._segment import read_meta
 
 from .._helpers import view_of
 
@@ -66,6 +68,42 @@ async def reopen(directory: Path, **kwargs: Any) -> tuple[View, Recovery]:
     return view, recovery
 
 
+def stored(batches: Sequence[Batch]) -> tuple[int, list[Event]]:
+    """What a FileLog writes for ``batches`` appended one by one: (records, stored events)."""
+    records = stored_records(batches)
+    return len(records), [e for r in records for e in r]
+
+
+def stored_records(batches: Sequence[Batch]) -> list[list[Event]]:
+    """The events of each record a FileLog writes for ``batches`` appended one by one.
+
+    A batch whose every event loses to the view is not written; its new cursor, if any,
+    is a checkpoint record of its own (no events).
+    """
+    view = View()
+    cursors: dict[str, Any] = {}
+    records: list[list[Event]] = []
+    for batch, cp in batches:
+        if all(not _wins(view, e) for e in batch):
+            if cp is not None and cursors.get(cp.source, _NONE) != cp.cursor:
+                records.append([])
+        else:
+            view.apply_batch(batch)
+            records.append(list(batch))
+        if cp is not None:
+            cursors[cp.source] = cp.cursor
+    return records
+
+
+_NONE = object()
+
+
+def _wins(view: View, e: Event) -> bool:
+    old = view.get(e.key)
+    return old is None or e.version > old.version or (
+        e.version == old.version and (e.source, e.digest) > (old.source, old.digest))
+
+
 def replay_view(batches: Sequence[Batch]) -> View:
     """The view of applying every event of ``batches`` in order (no log involved)."""
     return view_of(*(event for events, _ in batches for event in events))
@@ -96,3 +134,24 @@ class FailingFdatasync:
 
     def restore(self) -> None:
         self._monkeypatch.setattr(os, "fdatasync", self._real)
+
+
+def append_group(segment: Path, *records: bytes) -> int:
+    """Append ``records`` to ``segment`` as one format-2 group, as the appender would;
+    returns the offset where the group starts."""
+    meta = read_meta(segment.parent)
+    offset = segment.stat().st_size
+    seq = int(segment.name.split("-")[1].split(".")[0])
+    body = b"".join(records)
+    with open(segment, "ab") as f:
+        f.write(group_header(meta.salt, seq, offset, len(body), len(records)) + body)
+    return offset
+
+
+async def eventually(predicate: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll a condition the log reaches by itself (e.g. writable again once space is back)."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("condition not reached in time")

@@ -94,18 +94,15 @@ def child(directory: str, mode: str, start: int, seed: int) -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (12_000, 12_000))
     try:
         trio.run(writer, directory, mode, start, seed)
-    except BaseExceptionGroup as group:
-        storage, rest = group.split(StorageError)
-        if storage is None or rest is not None:
-            for line in traceback.format_exc().splitlines():
-                say(f"error {line}")
-            os._exit(1)
-        leaf: BaseException = storage
-        while isinstance(leaf, BaseExceptionGroup):
+    except BaseException as exc:
+        # A storage failure fails the batch that hit it (a StorageError out of submit:
+        # the log itself lives on); report it and stop. Anything else is a bug.
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
             leaf = leaf.exceptions[0]
-        say(f"storage-error {leaf}")
-        os._exit(0)
-    except BaseException:
+        if isinstance(leaf, StorageError):
+            say(f"storage-error {leaf}")
+            os._exit(0)
         for line in traceback.format_exc().splitlines():
             say(f"error {line}")
         os._exit(1)

@@ -45,9 +45,13 @@ async def test_future_format_version(tmp_path: Path) -> None:
     meta = tmp_path / "log" / "imds-log.json"
     doc = json.loads(meta.read_text())
     meta.write_text(json.dumps({**doc, "version": 7}))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir() if p.name != "LOCK"}
     with pytest.raises(StorageError, match="format version 7; this build of imds-replica reads "
-                                           "version 1"):
+                                           "versions 1 and 2"):
         await _open(tmp_path / "log")
+    # Never truncated or rewritten: a format we do not know is not ours to touch.
+    assert {p.name: p.read_bytes() for p in (tmp_path / "log").iterdir()
+            if p.name != "LOCK"} == before
     meta.write_text(json.dumps(doc))
     segment = only_segment(tmp_path / "log")
     raw = bytearray(segment.read_bytes())

@@ -12,10 +12,18 @@ import pytest
 import trio
 
 from imds_replica import Event
-from imds_replica._log._frame import FILE_HEADER_SIZE, RecordType, frame
+from imds_replica._log._frame import FILE_HEADER_SIZE, GROUP_SIZE, RecordType, frame
 from imds_replica._log._segment import lock_directory
 
-from ._helpers import Batch, make_batches, only_segment, reopen, write_log
+from ._helpers import (
+    Batch,
+    append_group,
+    make_batches,
+    only_segment,
+    reopen,
+    stored,
+    write_log,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +60,7 @@ def test_verify_valid_torn_and_corrupt(tmp_path: Path) -> None:
     assert torn.returncode == 0
     assert "torn tail of 3 bytes" in torn.stdout
     raw = bytearray(segment.read_bytes())
-    raw[FILE_HEADER_SIZE + 12] ^= 1
+    raw[FILE_HEADER_SIZE + GROUP_SIZE + 12] ^= 1  # inside the first group's first record
     segment.write_bytes(bytes(raw))
     bad = cli("log", "verify", log)
     assert bad.returncode == 1
@@ -88,9 +96,8 @@ def test_dump_prints_each_stored_event_once(tmp_path: Path) -> None:
 def test_dump_reports_an_unreadable_payload_as_corruption(tmp_path: Path) -> None:
     _write(tmp_path / "log", make_batches(20))
     segment = only_segment(tmp_path / "log")
-    offset = segment.stat().st_size
-    with open(segment, "ab") as f:  # a whole record (good checksum) that is not msgpack
-        f.write(frame(RecordType.BATCH, b"\xc1"))
+    # A whole record (good checksum) that is not msgpack, in a whole group.
+    offset = append_group(segment, frame(RecordType.BATCH, b"\xc1")) + GROUP_SIZE
     result = cli("log", "dump", tmp_path / "log")
     assert result.returncode == 1, result.stderr
     assert "unreadable payload" in result.stderr
@@ -103,17 +110,21 @@ def test_stats_and_compact(tmp_path: Path) -> None:
     _write(log, batches, snapshot_every=None)
     live_before, _ = trio.run(reopen, log)
     stats = json.loads(cli("log", "stats", "--json", log).stdout)
-    versions = [e.version for b, _ in batches for e in b]
+    records, events = stored(batches)
+    versions = [e.version for e in events]
     registers = list(live_before.registers())
     assert stats["events"] == len(versions)
-    assert stats["records"] == len(batches)
+    assert stats["records"] == records
     assert stats["segments"] == 1
     assert stats["oldest_version"] == min(versions)
     assert stats["newest_version"] == max(versions)
     assert stats["tombstones"] == sum(e.deleted for e in registers)
     assert stats["live_keys"] == sum(not e.deleted for e in registers)
+    assert stats["format_version"] == 2
+    assert stats["segment_format_versions"] == [2]
     plain = cli("log", "stats", log)
     assert "live_keys: " in plain.stdout
+    assert plain.stdout.startswith("format_version: 2\n")
     result = cli("log", "compact", "--tombstones-before", "1000", log)
     assert result.returncode == 0, result.stderr
     assert f"{stats['bytes']} -> " in result.stdout

@@ -1,4 +1,4 @@
-"""FileLog behaviour: group commit, rotation, snapshots, compaction, fatal storage errors."""
+"""FileLog behaviour: group commit, rotation, snapshots, compaction, storage errors."""
 
 from __future__ import annotations
 
@@ -11,13 +11,23 @@ from typing import Any
 import pytest
 import trio
 
-from imds_replica import Checkpoint, Event, StorageError, ValidationError, View
+from imds_replica import Checkpoint, Event, LogUnavailable, StorageError, ValidationError, View
 from imds_replica._log import FileLog
 from imds_replica._log._compact import write_generation
 from imds_replica._log._replay import recover_directory
 from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 
-from ._helpers import FailingFdatasync, make_batches, reopen, replay_view, write_log
+from ._helpers import (
+    FailingFdatasync,
+    append_group,
+    eventually,
+    make_batches,
+    only_segment,
+    reopen,
+    replay_view,
+    stored,
+    write_log,
+)
 
 
 async def test_group_commit_gathers_concurrent_batches(tmp_path: Path) -> None:
@@ -49,7 +59,7 @@ async def test_rotation_snapshots_and_restart(tmp_path: Path) -> None:
     view, recovery = await reopen(tmp_path / "log", segment_bytes=4096)
     assert view.digest() == live.digest() == replay_view(batches).digest()
     assert any("started from snapshot" in note for note in recovery.notes)
-    assert recovery.events == 2000
+    assert recovery.events == len(stored(batches)[1])
     expected = {}
     for _, cp in batches:
         if cp is not None:
@@ -115,57 +125,84 @@ async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_fsync_error_is_fatal_and_never_retried(
+async def test_fsync_error_makes_the_log_read_only_until_restart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14.1, fsyncgate: a failed fsync is never retried; that batch fails (503), the
+    log refuses writes until a restart, and the log task (and so the server) lives on."""
     failing = FailingFdatasync(monkeypatch)
     log = FileLog(tmp_path / "log", snapshot_every=None)
     view = View()
-    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="Input/output error")):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run, view)
-            await log.append([Event("s", ("a",), 1, 1)])
-            await log.append([Event("s", ("b",), 1, 2)])
-            digest = view.digest()
-            failing.armed = True
-            with pytest.raises(StorageError, match="refuses every later append"):
-                await log.append([Event("s", ("c",), 1, 3)])
-            assert view.digest() == digest  # the failed batch was never applied
-            with pytest.raises(StorageError):
-                await log.append([Event("s", ("d",), 1, 4)])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        await log.append([Event("s", ("a",), 1, 1)])
+        await log.append([Event("s", ("b",), 1, 2)])
+        digest = view.digest()
+        failing.armed = True
+        with pytest.raises(LogUnavailable, match="Input/output error") as info:
+            await log.append([Event("s", ("c",), 1, 3)])
+        assert (info.value.status, info.value.reason) == (503, "failed")
+        assert info.value.retry_after > 0
+        assert view.digest() == digest  # the failed batch was never applied
+        failing.restore()  # even once the disk "works" again: read-only until restart
+        await trio.sleep(0.2)
+        with pytest.raises(LogUnavailable, match="until the process restarts"):
+            await log.append([Event("s", ("d",), 1, 4)])
+        stats = log.statistics()
+        assert (stats.failed, stats.writable, stats.state) == (True, False, "failed")
+        assert view.document(("a",)) == 1  # reads are the view's: served throughout
+        nursery.cancel_scope.cancel()
     assert failing.calls == 1  # no retry, no further fsync
-    assert log.statistics().failed
-    failing.restore()
     recovered, _ = await reopen(tmp_path / "log")
     assert recovered.document(("a",)) == 1
     assert recovered.document(("b",)) == 2
     assert recovered.document(("d",)) is None
 
 
-async def test_torn_write_is_fatal_and_truncated_on_restart(
+async def test_partial_write_on_a_full_disk_is_cut_and_writes_resume(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A write that fails half-way (disk full) leaves a torn record; restart cuts it."""
+    """A write that fails half-way (ENOSPC) fails its batch and is cut off at once; the
+    log refuses writes while the disk is full and takes them again once space is back."""
     real = SegmentWriter.write
+    full = True
 
     def half(self: SegmentWriter, data: bytes) -> float:
-        if b"boom" in data:
+        if full:
             os.write(self._fd, data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, data)
 
+    spaces = [0]
     monkeypatch.setattr(SegmentWriter, "write", half)
-    log = FileLog(tmp_path / "log", fsync="none")
+    monkeypatch.setattr(FileLog, "_free_bytes", lambda self: spaces[-1])
+    log = FileLog(tmp_path / "log", fsync="none", retry_seconds=0.01)
     view = View()
-    with pytest.RaisesGroup(pytest.RaisesExc(StorageError, match="No space left")):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(log.run, view)
-            await log.append([Event("s", ("a",), 1, "fine")])
-            with pytest.raises(StorageError):
-                await log.append([Event("s", ("b",), 1, "boom"), Event("s", ("c",), 1, 2)])
-    assert view.document(("b",)) is None
+    segment = None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        full = False
+        await log.append([Event("s", ("a",), 1, "fine")])
+        segment = only_segment(tmp_path / "log")
+        size = segment.stat().st_size
+        full = True
+        with pytest.raises(LogUnavailable, match="No space left") as info:
+            await log.append([Event("s", ("b",), 1, "boom"), Event("s", ("c",), 1, 2)])
+        assert (info.value.status, info.value.reason) == (503, "full")
+        assert segment.stat().st_size == size  # the partial group is already cut off
+        assert view.document(("b",)) is None
+        await trio.sleep(0.1)  # no space yet: still refused, without touching the disk
+        with pytest.raises(LogUnavailable, match="No space left"):
+            log.append_nowait([Event("s", ("d",), 1, 4)])
+        assert log.statistics().state == "full"
+        full = False
+        spaces.append(10**9)
+        await eventually(lambda: log.statistics().writable)
+        assert await log.append([Event("s", ("e",), 1, 5)]) == (True,)
+        nursery.cancel_scope.cancel()
     monkeypatch.setattr(SegmentWriter, "write", real)
     recovered, recovery = await reopen(tmp_path / "log")
     assert recovered.digest() == view.digest()
-    assert any("torn tail" in note for note in recovery.notes)
+    assert recovered.document(("e",)) == 5
+    assert not any("torn tail" in note for note in recovery.notes), recovery.notes
 
 
 async def test_oversized_batch_is_refused_and_log_carries_on(tmp_path: Path) -> None:
@@ -215,10 +252,11 @@ async def test_compaction_interrupted_after_each_step(tmp_path: Path, step: str)
     live = await write_log(directory, make_batches(1000), snapshot_every=200,
                            compact_ratio=None, segment_bytes=4096)
     rec = recover_directory(directory, writable=False, fsync=False, max_record=2**26)
-    write_generation(directory, 2, rec.reducer.winners(), rec.reducer.checkpoints,
-                     segment_bytes=4096, fsync=False)
+    written = write_generation(directory, 2, rec.reducer.winners(), rec.reducer.checkpoints,
+                               segment_bytes=4096, fsync=False)
     if step == "switched":
-        write_meta(directory, Meta(2), fsync=False)
+        write_meta(directory, Meta(2, salt=written.salt, sealed=(written.segments, written.end)),
+                   fsync=False)
     (directory / "00000001-00000003-000000000016.snap.tmp").write_bytes(b"half a snapshot")
     view, recovery = await reopen(directory)
     assert view.digest() == live.digest()
@@ -226,3 +264,81 @@ async def test_compaction_interrupted_after_each_step(tmp_path: Path, step: str)
     generations = {p.name[:8] for p in directory.iterdir() if p.suffix in (".seg", ".snap")}
     assert generations == {"00000002" if step == "switched" else "00000001"}
     assert not list(directory.glob("*.tmp"))
+
+
+async def test_a_raising_listener_is_contained_and_the_batch_is_not_reported_lost(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Finding 10: listeners run after the whole group is applied; one that raises is
+    logged, the others still hear every change, and the durable batch is acknowledged."""
+    view = View()
+    heard: list[tuple[str, ...]] = []
+    seen_state: list[int] = []
+
+    def bad(doc_key: tuple[str, ...]) -> None:
+        seen_state.append(len(view))  # runs after the whole group: every register is there
+        raise RuntimeError("listener bug")
+
+    view.subscribe(bad)
+    view.subscribe(heard.append)
+    log = FileLog(tmp_path / "log", fsync="none")
+    batch = [Event("s", ("vms", name, "compute", "name"), 1, name) for name in "abc"]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, view)
+        assert await log.append(batch) == (True, True, True)
+        assert await log.append([Event("s", ("vms", "d", "compute", "name"), 1, "d")]) == (True,)
+        nursery.cancel_scope.cancel()
+    assert heard == [("vms", "a"), ("vms", "b"), ("vms", "c"), ("vms", "d")]
+    assert seen_state[:3] == [3, 3, 3]
+    assert "listener bug" in caplog.text
+    again, _ = await reopen(tmp_path / "log")
+    assert again.digest() == view.digest()
+
+
+async def test_an_empty_or_no_change_batch_appends_nothing(tmp_path: Path) -> None:
+    """Issue 17: an agent that re-pushes its full state must not grow the log; a cursor
+    advance alone is one small checkpoint record."""
+    batch = [Event("agent", ("vms", "a", "compute", f"f{i}"), 5, {"i": i, "pad": "x" * 200})
+             for i in range(20)]
+    log = FileLog(tmp_path / "log", fsync="none")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        await log.append(batch, Checkpoint("agent", 1))
+        before = log.statistics()
+        assert await log.append(batch, Checkpoint("agent", 1)) == (False,) * 20
+        assert await log.append([]) == ()
+        older = [Event("agent", e.key, 4, "stale") for e in batch]
+        assert await log.append(older) == (False,) * 20
+        same = log.statistics()
+        assert (same.bytes, same.records, same.fsyncs) == \
+            (before.bytes, before.records, before.fsyncs)
+        await log.append(batch, Checkpoint("agent", 2))
+        after = log.statistics()
+        assert after.records == before.records + 1
+        assert after.bytes - before.bytes < 64  # the cursor, not the 20 events again
+        receipts = [log.append_nowait(batch) for _ in range(3)]
+        receipts.append(log.append_nowait([Event("agent", ("vms", "b"), 9, 1)]))
+        receipts.append(log.append_nowait(batch))
+        await receipts[-1].wait()
+        assert [r.done for r in receipts] == [True] * 5
+        assert receipts[3].result() == (True,)
+        nursery.cancel_scope.cancel()
+    _, recovery = await reopen(tmp_path / "log")
+    assert recovery.checkpoints == {"agent": 2}
+
+
+async def test_records_with_fields_a_later_release_appends_still_read(tmp_path: Path) -> None:
+    """Payloads are read by position: a BATCH, its checkpoint pair and a CHECKPOINT with
+    extra trailing elements (e.g. a last-contact time next to a cursor) still replay."""
+    from imds_replica._codec import encode
+    from imds_replica._log._frame import RecordType, frame, pack
+
+    await write_log(tmp_path / "log", [([Event("s", ("a",), 1, 1)], Checkpoint("s", 1))])
+    event = ["s", ["b"], 2, False, encode(2), None]
+    append_group(only_segment(tmp_path / "log"),
+                 frame(RecordType.BATCH, pack([[event], ["s", encode({"at": 2}), 12.5, "later"],
+                                               {"new": 1}])),
+                 frame(RecordType.CHECKPOINT, pack(["t", encode([3]), None, {"later": 9}])))
+    view, recovery = await reopen(tmp_path / "log")
+    assert view.document(("b",)) == 2
+    assert recovery.checkpoints == {"s": {"at": 2}, "t": [3]}
+    assert recovery.contacts == {"s": 12.5}
