@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         "stats": "format version, records, segments, bytes, live keys, tombstones, version "
                  "range",
         "compact": "rewrite the log as its winning events (needs the replica stopped)",
-        "repair": "move a damaged suffix aside into DIR/damaged/ and say what was lost",
+        "repair": "move a damaged suffix aside into DIR/damaged/, keep its readable events, "
+                  "roll back later cursors, say what was lost",
     }
     for name, text in helps.items():
         p = sub.add_parser(name, help=text, description=text, epilog=_EPILOG,
@@ -162,10 +163,12 @@ def _repair(directory: str) -> int:
     _out(f"moved aside (kept) into {report.moved_to}:")
     for name in report.moved:
         _out(f"  {name}")
-    _out(f"lost from the log: {report.lost_bytes} bytes, of which {report.lost_records} "
-         f"records ({report.lost_events} events) were still readable; they stay in the "
-         f"moved files")
-    _out("sources resume from these cursors and redeliver what followed:")
+    _out(f"cut from the log: {report.lost_bytes} bytes; {report.salvaged_events} readable "
+         f"events after the damage were written back (the merge does not depend on order)")
+    _out(f"lost from the log: {report.lost_records} records ({report.lost_events} events) "
+         f"still readable but not written back; everything stays in the moved files")
+    _out(f"{report.cursors_rolled_back} cursor(s) recorded after the damage were rolled back; "
+         f"sources resume from these cursors and redeliver what followed:")
     cursors = {s: c for s, c in report.cursors.items() if s != STATE_SOURCE}  # not a source
     for source, cursor in sorted(cursors.items()):
         _out(f"  {source}: {json.dumps(cursor)}")

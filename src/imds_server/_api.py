@@ -17,7 +17,7 @@ import attrs
 
 from imds_replica import ClientError, ConfigError, LivelinessTracker, View
 
-from . import _render, _schedule, _versions
+from . import _attested, _render, _schedule, _versions
 from ._cache import Answer, AnswerCache
 from ._freshness import HEADER as FRESHNESS_HEADER
 from ._freshness import freshness
@@ -34,11 +34,21 @@ from ._request import (
     parse_query,
     split_path,
 )
+from .identity._endpoint import PREFIX as IDENTITY_PREFIX
+from .identity._endpoint import IdentityEndpoint, IdentityPolicy, Issue
 
 METADATA_HEADER_MESSAGE = "Bad request. Required metadata header not specified"
-#: Paths Azure has that this host cannot answer (they need a signer, an identity provider
-#: or a load balancer): a 404 saying so, rather than a fake.
-UNAVAILABLE = {("attested", "document"), ("identity",), ("loadbalancer",)}
+ATTESTED = "/metadata/attested/document"
+LOADBALANCER = "/metadata/loadbalancer"
+REPROVISION = "/metadata/reprovisiondata"
+LOADBALANCER_SINCE = "2020-10-01"
+EXTENDED_SINCE = "2021-03-01"
+NO_LOADBALANCER = ("No load balancer metadata is found. Check if your virtual machine is "
+                   "using any nonbasic SKU load balancer and retry later.")
+#: Routes answered only from some api-version on (older ones: the bad-version 400).
+SINCE = {ATTESTED: _attested.SINCE, LOADBALANCER: LOADBALANCER_SINCE}
+#: Seconds an ``extended=true`` refusal (a contributing source expired) asks guests to wait.
+RETRY_EXTENDED = 10
 
 
 @attrs.frozen
@@ -73,8 +83,12 @@ class ApiStatistics:
 class VmApi:
     """Sans-I/O VM-facing request handling over a view and a liveliness tracker."""
 
-    def __init__(self, policy: ApiPolicy | None = None, *, started: float = 0.0) -> None:
+    def __init__(self, policy: ApiPolicy | None = None, *, started: float = 0.0,
+                 identity: IdentityPolicy | None = None) -> None:
         self.policy = policy or ApiPolicy()
+        #: ``/metadata/identity/...``: its own limits and error shape (the server sets
+        #: ``identity.tokens``, the cache over the token issuer).
+        self.identity = IdentityEndpoint(identity)
         self.started = started
         self.view: View | None = None
         self.liveliness: LivelinessTracker | None = None
@@ -86,12 +100,15 @@ class VmApi:
                           tuple[tuple[int, int], tuple[tuple[str, str], ...]]] = {}
         self._versions_body = _render.to_json({"apiVersions": list(_versions.VERSIONS)})
         self._targets: dict[str, _Target] = {}
+        #: Signs ``/metadata/attested/document``; None: that path answers 404.
+        self.attested: _attested.AttestedSigner | None = None
         self._refusals = _Refusals()
 
     # -- lifecycle -------------------------------------------------------------------------
     def attach(self, view: View, liveliness: LivelinessTracker) -> None:
         """Start answering from ``view`` (until then every request gets 410)."""
         self.view, self.liveliness = view, liveliness
+        self.identity.view = view
         self.cache = AnswerCache(view, max_per_vm=self.policy.max_cache_entries_per_vm)
 
     @property
@@ -107,7 +124,8 @@ class VmApi:
         return event.value
 
     # -- the handler -----------------------------------------------------------------------
-    def handle(self, request: Request, caller: str, now: float) -> Response | Park | Submit:
+    def handle(self, request: Request, caller: str,
+               now: float) -> Response | Park | Submit | Issue:
         self.stats.requests += 1
         if self.view is None:
             retry = str(self.policy.retry_after_starting)
@@ -117,6 +135,8 @@ class VmApi:
         if vm is None:
             self.stats.refused_callers += 1
             return self._refusals.forbidden(self._target(request.target))
+        if request.target.startswith(IDENTITY_PREFIX):  # identity has its own limits
+            return self.identity.handle(request, vm, now)
         wait = self.buckets.take(vm, now)
         if wait:
             self.stats.rate_limited += 1
@@ -162,14 +182,14 @@ class VmApi:
         if route == "/metadata/versions":
             return self._answer_versions(request, vm)
         if not _versions.is_known(api_version,
-                                  scheduled_events=route == "/metadata/scheduledevents"):
+                                  scheduled_events=route == "/metadata/scheduledevents") \
+                or (route in SINCE and str(api_version) < SINCE[route]):
             return Response(400, _render.to_json(_versions.bad_version_body()), JSON,
                             refused="bad-api-version", route=route, vm=vm,
                             api_version=api_version)
         assert api_version is not None
-        if route == "unavailable":
-            return attrs.evolve(error(404, "Not available on this host", route=route),
-                                vm=vm, api_version=api_version)
+        if route == ATTESTED:
+            return self._attested_document(params, vm, api_version, now)
         fmt = params.get("format", "json")
         if fmt not in ("json", "text") or (fmt == "text" and route != "/metadata/instance"):
             return _bad(f"Bad request. format={fmt} is not supported here", vm,
@@ -190,7 +210,13 @@ class VmApi:
                             api_version=api_version, route=route)
             # Clamped as an int: a huge value is valid, and too large for a float.
             timeout = float(min(seconds, timeout))
-        answer = self._render(vm, route, segments, api_version, fmt, target.path_key)
+        extended = _extended(params, api_version, route)
+        answer = self._render(vm, route, segments, api_version, fmt, target.path_key,
+                              extended=extended)
+        if extended and answer.status == 200:
+            refusal = self._refuse_partial(answer, vm, api_version, now)
+            if refusal is not None:
+                return refusal
         if watch == "true" and answer.status == 200:
             last = _unquote_etag(params.get("last_etag")) or answer.etag
             if last == answer.etag and timeout > 0:
@@ -218,8 +244,13 @@ class VmApi:
         assert route is not None
         assert segments is not None
         version = params["api-version"]
+        extended = _extended(params, version, route)
         answer = self._render(park.vm, route, segments, version, params.get("format", "json"),
-                              target.path_key)
+                              target.path_key, extended=extended)
+        if extended and answer.status == 200:
+            refusal = self._refuse_partial(answer, park.vm, version, now)
+            if refusal is not None:
+                return attrs.evolve(refusal, watch=True)
         if answer.status == 200 and answer.etag == park.last_etag and not timed_out:
             return park
         return self._respond(req, park.vm, route, version, answer, now, watch=True)
@@ -289,29 +320,35 @@ class VmApi:
         return headers
 
     def _render(self, vm: str, route: str, segments: list[str], version: str,
-                fmt: str, path_key: str | None = None) -> Answer:
+                fmt: str, path_key: str | None = None, *, extended: bool = False) -> Answer:
         assert self.cache is not None
-        key = ("/".join(segments) if path_key is None else path_key, version, fmt)
+        path = "/".join(segments) if path_key is None else path_key
+        key = (f"{path}?extended" if extended else path, version, fmt)
         answer = self.cache.get(vm, key)
         if answer is None:
-            answer = self._render_uncached(vm, route, segments, version, fmt)
+            answer = self._render_uncached(vm, route, segments, version, fmt, extended)
             self.cache.put(vm, key, answer)
         return answer
 
     def _render_uncached(self, vm: str, route: str, segments: list[str], version: str,
-                         fmt: str) -> Answer:
+                         fmt: str, extended: bool = False) -> Answer:
         assert self.view is not None
         doc_key = ("vms", vm)
+        if route in (LOADBALANCER, REPROVISION):
+            return self._render_register(vm, route)
         if route == "/metadata/scheduledevents":
             prefix = _schedule.events_prefix(vm)
             sources = tuple(sorted({e.source for e in self.view.registers(prefix)}))
             body = _render.to_json(_schedule.render_events(self.view, vm))
             return Answer(200, body, JSON, _etag(body), sources)
+        parts = ("compute", "network", "extended") if extended else ("compute", "network")
         sources = tuple(sorted({e.source for e in self.view.registers(doc_key)
-                                if len(e.key) < 3 or e.key[2] in ("compute", "network")}))
+                                if len(e.key) < 3 or e.key[2] in parts}))
         document = self.view.document(doc_key)
         rendered = _render.render_instance(document, version,
                                            tags_from_list=self._tags_from_list(vm), vm_id=vm)
+        if extended:
+            rendered["extended"] = _render.render_extended(document)
         value = _render.walk(rendered, segments[2:])
         if value is _render.MISSING:
             return _failed(404, "Not found", sources)
@@ -326,6 +363,65 @@ class VmApi:
                            sources)
         body = _render.to_json(value)
         return Answer(200, body, JSON, _etag(body), sources)
+
+    def _render_register(self, vm: str, route: str) -> Answer:
+        """``/metadata/loadbalancer`` and ``/metadata/reprovisiondata``: one register each
+        (``("vms", VM, "loadbalancer")``, ``("vms", VM, "reprovisiondata")``), 404 when
+        absent."""
+        assert self.view is not None
+        name = route.rsplit("/", 1)[1]
+        prefix = ("vms", vm, name)
+        sources = tuple(sorted({e.source for e in self.view.registers(prefix)}))
+        value = self.view.document(prefix)
+        if route == LOADBALANCER:
+            if not isinstance(value, dict):
+                return _failed(404, NO_LOADBALANCER, sources)
+            body = _render.to_json({"loadbalancer": _render.render_loadbalancer(value)})
+            return Answer(200, body, JSON, _etag(body), sources)
+        if value is None:
+            return _failed(404, "Not found", sources)
+        if isinstance(value, str):  # as published (cloud-init reads an OVF document)
+            body = value.encode()
+            return Answer(200, body, TEXT, _etag(body), sources)
+        body = _render.to_json(value)
+        return Answer(200, body, JSON, _etag(body), sources)
+
+    def _refuse_partial(self, answer: Answer, vm: str, version: str,
+                        now: float) -> Response | None:
+        """``extended=true`` promises no partial data: a contributing source that is
+        expired, or (not pushed) never heard from since start, makes it a 503."""
+        assert self.liveliness is not None
+        missing = []
+        for source in answer.sources:
+            status = self.liveliness.status(source, now)
+            if status.state.value == "expired" or (
+                    status.state.value == "unknown" and not status.policy.always_live):
+                missing.append(f"{source} ({status.state.value})")
+        if not missing:
+            return None
+        message = (f"Service temporarily unavailable: extended=true refuses partial data; "
+                   f"source {', '.join(missing)} is not current")
+        headers = (("Retry-After", str(RETRY_EXTENDED)), *self._freshness(answer.sources, now))
+        return attrs.evolve(error(503, message, refused="partial-data",
+                                  route="/metadata/instance", headers=headers),
+                            vm=vm, api_version=version)
+
+    def _attested_document(self, params: dict[str, str], vm: str, version: str,
+                           now: float) -> Response:
+        route = ATTESTED
+        nonce = params.get("nonce")
+        problem = _attested.nonce_error(nonce)
+        if problem is not None:
+            return _bad(f"Bad request. {problem}", vm, api_version=version, route=route)
+        if self.attested is None:
+            return attrs.evolve(error(404, "Attested data is not configured on this host",
+                                      route=route), vm=vm, api_version=version)
+        assert self.view is not None
+        compute = self.view.document(("vms", vm, "compute"))
+        body = self.attested.document(compute if isinstance(compute, dict) else {}, version,
+                                      nonce, now)
+        return Response(200, body, JSON, (("Cache-Control", "no-store"),), route=route,
+                        vm=vm, api_version=version)
 
     def _tags_from_list(self, vm: str) -> bool:
         """Which published tag form is newer: the deepest register at or above each."""
@@ -434,9 +530,19 @@ def _route(segments: list[str] | None) -> str | None:
         return "/metadata/versions"
     if len(segments) == 2 and head == "scheduledevents":
         return "/metadata/scheduledevents"
-    if tuple(segments[1:3]) in UNAVAILABLE or (head,) in UNAVAILABLE:
-        return "unavailable"
+    if len(segments) == 3 and head == "attested" and segments[2] == "document":
+        return ATTESTED
+    if len(segments) == 2 and head == "loadbalancer":
+        return LOADBALANCER
+    if len(segments) == 2 and head == "reprovisiondata":
+        return REPROVISION
     return None
+
+
+def _extended(params: dict[str, str], version: str, route: str) -> bool:
+    """``extended=true`` on the instance document, from the version that has it."""
+    return route == "/metadata/instance" and version >= EXTENDED_SINCE and \
+        params.get("extended", "").lower() == "true"
 
 
 def _etag(body: bytes) -> str:

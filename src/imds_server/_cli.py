@@ -23,6 +23,7 @@ from imds_replica import ConfigError, ImdsError
 
 from ._config import ServerConfig, config_to_toml, load_config
 from ._server import Server
+from .identity import _commands as identity_commands
 
 TELEMETRY_COMMANDS = "imds_server.telemetry._commands"
 DISTRIBUTION = "imds-replica"
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="let test mode listen on 169.254.169.254 (refused otherwise)")
     serve.set_defaults(func=_serve)
     _register_admin_commands(sub)
+    identity_commands.register(sub)  # token-service
     if importlib.util.find_spec(TELEMETRY_COMMANDS.rpartition(".")[0]) is not None \
             and importlib.util.find_spec(TELEMETRY_COMMANDS) is not None:
         importlib.import_module(TELEMETRY_COMMANDS).register(sub)

@@ -71,15 +71,42 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "cluster": ("cluster", (str,), "telemetry label"),
     "machine": ("machine", (str,), "telemetry label"),
     "telemetry": ("telemetry", (dict,), "passed to telemetry untouched"),
+    # Guest surface: managed identity and the attested document (docs/server.md).
+    "identity-issuer": ("identity_issuer", (str,),
+                        '"local" (sign here) or "remote" (ask a token service)'),
+    "identity-signing-key": ("identity_signing_key", (str,),
+                             "RSA key PEM (default DATA/identity/signing-key.pem)"),
+    "identity-issuer-url": ("identity_issuer_url", (str,),
+                            "the tokens' iss (default http://ADMIN-LISTEN/identity)"),
+    "identity-token-lifetime": ("identity_token_lifetime", (int,),
+                                "token lifetime in seconds (local issuer)"),
+    "identity-token-service": ("identity_token_service", (str,),
+                               "URL of the token service (remote issuer)"),
+    "identity-token-service-credential": ("identity_token_service_credential", (str,),
+                                          "file holding this host's secret"),
+    "identity-token-service-ca": ("identity_token_service_ca", (str,),
+                                  "CA bundle for an https token service"),
+    "identity-rate-limit": ("identity_rate_limit", (int, float),
+                            "identity requests/s per VM; 0 disables"),
+    "identity-max-concurrent": ("identity_max_concurrent", (int,),
+                                "identity requests waiting for the issuer per VM; 0 = any"),
+    "attested-key": ("attested_key", (str,), "attested document signing key (PEM)"),
+    "attested-cert": ("attested_cert", (str,), "its certificate (PEM)"),
+    "attested-ca": ("attested_ca", (str,), "CA certificate(s) published at /attested/ca.pem"),
+    "attested-lifetime": ("attested_lifetime", (int,), "seconds from createdOn to expiresOn"),
     "source": ("sources", (list,), "[[source]] tables: the sources serve runs"),
 }
+#: Settings that name files (read as paths).
+_PATHS = {"identity_signing_key", "identity_token_service_credential",
+          "identity_token_service_ca", "attested_key", "attested_cert", "attested_ca"}
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
              "admin_max_body_bytes", "max_watch_timeout", "max_unknown_connections",
              "unknown_rate_burst", "refusals_before_close", "refusal_log_interval",
-             "send_timeout", "admin_body_timeout"}
+             "send_timeout", "admin_body_timeout", "attested_lifetime"}
 _NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
-                 "startup_hold", "unknown_rate_limit"}
+                 "startup_hold", "unknown_rate_limit", "identity_rate_limit",
+                 "identity_max_concurrent"}
 
 
 @attrs.frozen
@@ -114,6 +141,19 @@ class ServerConfig:
     cluster: str = ""
     machine: str = ""
     telemetry: Mapping[str, Any] = attrs.field(factory=dict)
+    identity_issuer: str = "local"
+    identity_signing_key: Path | None = None
+    identity_issuer_url: str | None = None
+    identity_token_lifetime: int = 24 * 3600
+    identity_token_service: str | None = None
+    identity_token_service_credential: Path | None = None
+    identity_token_service_ca: Path | None = None
+    identity_rate_limit: float = 20.0
+    identity_max_concurrent: int = 5
+    attested_key: Path | None = None
+    attested_cert: Path | None = None
+    attested_ca: Path | None = None
+    attested_lifetime: int = 6 * 3600
     #: The checked ``[[source]]`` tables (``imds_server._sources``).
     sources: tuple[SourceSpec, ...] = ()
 
@@ -135,6 +175,22 @@ class ServerConfig:
         if self.max_request_line > self.max_header_bytes:
             raise ConfigError("must not exceed max-header-bytes", key="max-request-line")
         check_separate(self.listen, self.admin_listen)
+        self._check_guest_surface()
+
+    def _check_guest_surface(self) -> None:
+        if self.identity_issuer not in ("local", "remote"):
+            raise ConfigError('must be "local" or "remote"', key="identity-issuer")
+        if self.identity_issuer == "remote":
+            for name in ("identity_token_service", "identity_token_service_credential"):
+                if getattr(self, name) is None:
+                    raise ConfigError('needed with identity-issuer = "remote"',
+                                      key=name.replace("_", "-"))
+        if self.identity_token_lifetime < 600:
+            raise ConfigError("must be >= 600 seconds", key="identity-token-lifetime")
+        if (self.attested_key is None) != (self.attested_cert is None):
+            raise ConfigError("attested-key and attested-cert go together",
+                              key="attested-key" if self.attested_key is None
+                              else "attested-cert")
 
 
 def load_config(path: Path | str | None = None,
@@ -177,7 +233,7 @@ def config_from_mapping(values: Mapping[str, Any]) -> ServerConfig:
             raise ConfigError(f"must be {wanted}, not {type(value).__name__}", key=name)
         if field in ("listen", "admin_listen"):
             value = Address.parse(str(value), key=name)
-        elif field == "data_dir":
+        elif field == "data_dir" or field in _PATHS:
             value = Path(str(value))
         elif field == "sources":
             value = parse_sources(value, reserved=tuple(SERVER_SOURCES))

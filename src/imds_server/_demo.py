@@ -1,5 +1,7 @@
 """The demo fleet ``--demo`` seeds: two VMs with full documents, tags, user data and one
-scheduled event; callers 127.0.0.1 -> the first VM, 127.0.0.2 -> the second.
+scheduled event; callers 127.0.0.1 -> the first VM, 127.0.0.2 -> the second. The first VM
+also has a system-assigned and one user-assigned managed identity and a load balancer; the
+second has neither (its token requests answer 400 "Identity not found").
 
 Seeded once: if the first caller mapping already exists (a data directory seeded before)
 nothing is submitted, so edits made through the admin API survive restarts.
@@ -17,6 +19,15 @@ VM1 = "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
 VM2 = "13f1a6a8-8e8f-4f1b-9c7a-5b3c2d1e0f91"
 EVENT_ID = "C7061BAC-AFDC-4513-B24B-AA5F13A16123"
 CALLERS = {"127.0.0.1": VM1, "127.0.0.2": VM2}
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+SUBSCRIPTION = "8d10da13-8125-4ba9-a717-bf7490507b3d"
+#: The first VM's identities (ids are fixed so docs and tests can name them).
+SYSTEM_IDENTITY = {"clientId": "5a3b2f44-1c7e-4b3a-9d47-0c1f2e3d4a51",
+                   "objectId": "0f4c9a2e-7b1d-4e36-8a5f-3c2d1b0e9f71", "tenantId": TENANT}
+USER_IDENTITY_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/demo-rg/providers/"
+                    "Microsoft.ManagedIdentity/userAssignedIdentities/demo-app")
+USER_IDENTITY = {"clientId": "9e1d7c3b-2a4f-4c8e-b6d1-7f0a5e3c2b19",
+                 "objectId": "3c7e1a9f-5d2b-4f80-9e4a-1b6c8d2f0a37", "tenantId": TENANT}
 VERSION = 1
 
 
@@ -65,6 +76,18 @@ def network(index: int) -> dict[str, Any]:
         "macAddress": f"000D3AF806E{index}"}]}
 
 
+def loadbalancer(index: int) -> dict[str, Any]:
+    """A Standard load balancer in front of the VM, in the published shape."""
+    private = f"10.0.0.{4 + index}"
+    return {"publicIpAddresses": [{"frontendIpAddress": "51.105.220.10",
+                                   "privateIpAddress": private}],
+            "inboundRules": [{"frontendIpAddress": "51.105.220.10", "protocol": "tcp",
+                              "frontendPort": 443, "backendPort": 8443,
+                              "privateIpAddress": private}],
+            "outboundRules": [{"frontendIpAddress": "51.105.220.11",
+                               "privateIpAddress": private}]}
+
+
 def events(now: float) -> list[dict[str, Any]]:
     """The demo fleet as wire-form events (fixed versions: re-seeding changes nothing)."""
     out: list[dict[str, Any]] = []
@@ -74,6 +97,10 @@ def events(now: float) -> list[dict[str, Any]]:
         out.append(_event("tags", ("vms", vm, "compute", "tagsList"), [
             {"name": "env", "value": "demo"}, {"name": "owner", "value": "team:imds"},
             {"name": "vm", "value": name}]))
+    out.append(_event("fabric", ("vms", VM1, "identity", "systemAssigned"), SYSTEM_IDENTITY))
+    out.append(_event("fabric", ("vms", VM1, "identity", "userAssigned", USER_IDENTITY_ID),
+                      USER_IDENTITY))
+    out.append(_event("fabric", ("vms", VM1, "loadbalancer"), loadbalancer(0)))
     out.append(_event("fabric", ("vms", VM1, "scheduledevents", EVENT_ID), {
         "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["demo-vm-1"],
         "EventStatus": "Scheduled",

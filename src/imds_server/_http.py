@@ -19,6 +19,20 @@ import httptools
 from ._request import REASONS, Request, Response
 
 
+def _server_line() -> str:
+    """``Server: imds-replica/<version>`` (real IMDS sends ``Server: IMDS/<build>``, and
+    MSAL's newer identity flows look for a ``Server`` header)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"Server: imds-replica/{version('imds-replica')}\r\n"
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "Server: imds-replica\r\n"
+
+
+SERVER_LINE = _server_line()
+
+
 @attrs.frozen
 class HttpLimits:
     max_request_line: int = 8192  # bytes of the request target
@@ -295,7 +309,7 @@ def _encode_parts(response: Response, *, keep_alive: bool, head_only: bool,
     the body unless ``head_only`` or streaming)."""
     status = response.status
     status_line = f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-    lines = []
+    lines = [SERVER_LINE]
     if status != 304:
         lines.append(f"Content-Type: {response.content_type}\r\n")
         if chunked:

@@ -122,3 +122,46 @@ def to_json(value: Any) -> bytes:
 
 def to_text(value: Any) -> bytes:
     return stringify(value).encode() if is_leaf(value) else b""
+
+
+def render_extended(document: Any) -> dict[str, Any]:
+    """``extended`` (``extended=true``, 2021-03-01+) from ``("vms", VM, "extended")``:
+    ``compute.ppsType`` a string (``None`` | ``Running`` | ``Savable``, default ``None``)
+    and ``compute.hasCustomData`` a JSON **boolean** (cloud-init tests its truthiness, so a
+    ``"false"`` string would read as true)."""
+    doc = document if isinstance(document, dict) else {}
+    ext = doc.get("extended")
+    compute = ext.get("compute") if isinstance(ext, dict) else None
+    compute = compute if isinstance(compute, dict) else {}
+    pps = compute.get("ppsType")
+    has = compute.get("hasCustomData", False)
+    if isinstance(has, str):
+        has = has.strip().lower() == "true"
+    return {"compute": {"ppsType": pps if isinstance(pps, str) and pps else "None",
+                        "hasCustomData": bool(has)}}
+
+
+_LB_LISTS = ("publicIpAddresses", "inboundRules", "outboundRules")
+_LB_PORTS = ("frontendPort", "backendPort")
+
+
+def render_loadbalancer(value: dict[str, Any]) -> dict[str, Any]:
+    """The ``loadbalancer`` object in the published shape: the three lists (present, maybe
+    empty), strings everywhere except ports, which are JSON numbers as in Azure's sample."""
+    out: dict[str, Any] = {}
+    for name in _LB_LISTS:
+        items = value.get(name)
+        rows = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            row: dict[str, Any] = {}
+            for key, val in item.items():
+                if key in _LB_PORTS and isinstance(val, (int, str)) and \
+                        not isinstance(val, bool) and str(val).isdigit():
+                    row[key] = int(val)
+                else:
+                    row[key] = stringify(val)
+            rows.append(row)
+        out[name] = rows
+    return out

@@ -22,6 +22,8 @@ REASONS: Mapping[int, str] = {
     501: "Not Implemented", 503: "Service Unavailable", 505: "HTTP Version Not Supported",
 }
 JSON = "application/json; charset=utf-8"
+#: The only statuses that may carry ``Retry-After`` (see ``failure``).
+RETRY_AFTER_STATUSES = frozenset({410, 429, 503})
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -74,12 +76,14 @@ def error(status: int, message: str, *, refused: str | None = None,
 
 def failure(exc: ImdsError, *, route: str = "other",
             extra: Mapping[str, Any] | None = None) -> Response:
-    """The answer to a library error: its status and message; a 503 or 429 carries
-    ``Retry-After`` (the error's own ``retry_after``, else 1 s) as every one of ours does."""
+    """The answer to a library error: its status and message; a 410, 429 or 503 carries
+    ``Retry-After`` (the error's own ``retry_after``, else 1 s) as every one of ours does,
+    and no other status does (azure-core retries any status >= 400 that carries it, and
+    MSAL replays such answers from its cache)."""
     retry = getattr(exc, "retry_after", None)
-    if retry is None and exc.status in (429, 503):
+    if retry is None:
         retry = 1
-    headers = (("Retry-After", str(retry)),) if retry is not None else ()
+    headers = (("Retry-After", str(retry)),) if exc.status in RETRY_AFTER_STATUSES else ()
     return error(exc.status, exc.message, extra=extra, headers=headers, route=route)
 
 

@@ -33,6 +33,7 @@ from ._admin import AdminApi, AdminHandler
 from ._api import ApiPolicy, VmApi
 from ._config import ServerConfig
 from ._connection import App, ConnectionLimits, Listener
+from ._guest import admin_routes, answer_issue, attach_guest_surface
 from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
@@ -41,6 +42,7 @@ from ._request import Park, Request, Response, Submit, error, failure
 from ._schedule import APPROVAL_SOURCE
 from ._sources import build_source
 from ._storage import open_log
+from .identity._endpoint import IdentityPolicy, Issue
 
 #: Liveliness policies of the sources this server itself writes or seeds.
 POLICIES: Mapping[str, LivelinessPolicy] = {
@@ -96,8 +98,11 @@ class Server:
         self.api = VmApi(ApiPolicy(
             rate_limit=config.rate_limit, rate_burst=config.rate_burst,
             max_watchers_per_vm=config.max_watchers_per_vm,
-            max_watch_timeout=config.max_watch_timeout), started=clock())
-        self.admin = AdminApi(clock=clock, extra_routes=extra_routes, status=self._health,
+            max_watch_timeout=config.max_watch_timeout), started=clock(),
+            identity=IdentityPolicy(rate_limit=config.identity_rate_limit,
+                                    max_concurrent=config.identity_max_concurrent))
+        routes = {**admin_routes(lambda: self.api), **(extra_routes or {})}
+        self.admin = AdminApi(clock=clock, extra_routes=routes, status=self._health,
                               owned_sources=(APPROVAL_SOURCE,),
                               allow_owned_sources=config.admin_allow_owned_sources)
         self.replica: Replica | None = None
@@ -212,6 +217,7 @@ class Server:
             self.admin_listeners.append(Listener(sock, self._admin_app(), http=admin_http,
                                                  limits=admin_limits))
         listeners = self.vm_listeners + self.admin_listeners
+        attach_guest_surface(self.api, cfg, self.admin_listeners[0].address)
         async with trio.open_nursery() as outer:
             serving = trio.CancelScope()
             started, finished = trio.Event(), trio.Event()
@@ -380,6 +386,8 @@ class _VmApp:
             return await server.park(result)
         if isinstance(result, Submit):
             return await server.submit(result)
+        if isinstance(result, Issue):
+            return await answer_issue(server.api.identity, result, server.clock)
         return result
 
     def answered(self, request: Request, peer: str, response: Response, received: float,

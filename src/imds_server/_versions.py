@@ -66,6 +66,21 @@ FIELDS: Mapping[tuple[str, ...], str] = {
     ("securityProfile", "securityType"): "2021-12-13",
     ("physicalZone",): "2023-11-15",
 }
+#: Inside ``storageProfile``: path -> version that introduced it (``*``: every element of
+#: a list). Gated fields are left out for older versions; those in ``_STORAGE_DEFAULTED``
+#: are shown as ``""`` when the data lacks them (the "present as empty" rule).
+STORAGE_FIELDS: Mapping[tuple[str, ...], str] = {
+    ("imageReference", "communityGalleryImageId"): "2023-07-01",
+    ("imageReference", "sharedGalleryImageId"): "2023-07-01",
+    ("imageReference", "exactVersion"): "2023-07-01",
+    ("resourceDisk", "size"): "2021-02-01",
+    **{("dataDisks", "*", name): "2021-05-01" for name in (
+        "bytesPerSecondThrottle", "diskCapacityBytes", "isSharedDisk", "isUltraDisk",
+        "opsPerSecondThrottle")},
+    ("osDisk", "encryptionSettings"): "2021-11-01",
+    ("dataDisks", "*", "encryptionSettings"): "2021-11-01",
+}
+_STORAGE_DEFAULTED = frozenset(p for p in STORAGE_FIELDS if p[-1] != "encryptionSettings")
 #: The shape of a field that is absent from the data: objects list their members.
 _OBJECT_MEMBERS: Mapping[str, tuple[str, ...]] = {
     "plan": ("name", "product", "publisher"),
@@ -149,6 +164,8 @@ def gate_compute(compute: Mapping[str, Any], version: str) -> dict[str, Any]:
             out[name] = _default(path, version)
         elif isinstance(value, dict):
             out[name] = _gate_object(value, path, version)
+            if name == "storageProfile":
+                out[name] = gate_storage(out[name], version)
         else:
             out[name] = value
     for name, value in compute.items():
@@ -170,4 +187,33 @@ def _gate_object(value: Mapping[str, Any], path: tuple[str, ...], version: str) 
             out[member] = ""
     if len(path) == 1 and path[0] in _SHAPES:
         out = _filled(out, _SHAPES[path[0]])
+    return out
+
+
+def gate_storage(storage: Mapping[str, Any], version: str) -> dict[str, Any]:
+    """``storageProfile`` as seen by ``version`` (see ``STORAGE_FIELDS``)."""
+    out = dict(storage)
+    for path, since in STORAGE_FIELDS.items():
+        head = path[0]
+        if path[1] == "*":
+            disks = out.get(head)
+            if isinstance(disks, list):
+                out[head] = [_gate_member(d, path[2], since, version, path)
+                             if isinstance(d, dict) else d for d in disks]
+            continue
+        member = out.get(head)
+        if member is None and since <= version and path in _STORAGE_DEFAULTED:
+            member = {}
+        if isinstance(member, dict):
+            out[head] = _gate_member(member, path[1], since, version, path)
+    return out
+
+
+def _gate_member(obj: Mapping[str, Any], name: str, since: str, version: str,
+                 path: tuple[str, ...]) -> dict[str, Any]:
+    out = dict(obj)
+    if since > version:
+        out.pop(name, None)
+    elif out.get(name) is None and path in _STORAGE_DEFAULTED:
+        out[name] = ""
     return out

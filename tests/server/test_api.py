@@ -179,12 +179,21 @@ def test_unknown_paths_404(api: VmApi, path: str) -> None:
     assert answer(api, f"{path}?api-version={V}").status == 404
 
 
-def test_unavailable_endpoints_say_so(api: VmApi) -> None:
-    for path in ("/metadata/attested/document", "/metadata/identity/oauth2/token",
-                 "/metadata/loadbalancer"):
-        resp = answer(api, f"{path}?api-version={V}")
-        assert resp.status == 404
-        assert "not available" in body(resp)["error"].lower()
+def test_guest_endpoints_without_data_answer_what_clients_expect(api: VmApi) -> None:
+    # No signer configured: 404 saying so. No identity: 400 (never 404, which SDKs retry
+    # for ~24 s). No load balancer: Azure's 404 message.
+    attested = answer(api, f"/metadata/attested/document?api-version={V}")
+    assert attested.status == 404
+    assert "not configured" in body(attested)["error"]
+    token = answer(api, "/metadata/identity/oauth2/token?api-version=2018-02-01"
+                   "&resource=https://management.azure.com/")
+    assert token.status == 400
+    assert body(token) == {"error": "invalid_request", "error_description": "Identity not found"}
+    lb = answer(api, "/metadata/loadbalancer?api-version=2020-10-01")
+    assert lb.status == 404
+    assert body(lb)["error"].startswith("No load balancer metadata is found.")
+    for resp in (attested, token, lb):
+        assert "Retry-After" not in dict(resp.headers)
 
 
 def test_field_gating_by_version(api: VmApi) -> None:

@@ -18,21 +18,27 @@ import attrs
 from .._codec import decode as decode_value
 from .._errors import CorruptLogError
 from .._horizon import STATE_SOURCE, CompactionState, Horizons
+from .._logport import split_checkpoints
 from .._view import View
 from ._compact import compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
     FILE_HEADER_SIZE,
+    FORMAT_VERSION,
     SEGMENT_MAGIC,
     EventTuple,
     FileHeader,
     RecordType,
     check_file_header,
+    frame,
+    tuples_payload,
     unpack,
 )
 from ._recovery import (
+    FrameState,
     Outcome,
     SegmentScan,
+    check_group,
     find_group_header,
     find_whole_record,
     scan_groups,
@@ -42,6 +48,7 @@ from ._replay import Reducer, recover_directory, unreadable_payload
 from ._segment import (
     DAMAGED_DIR,
     Meta,
+    SegmentWriter,
     create_segment,
     fsync_dir,
     fsync_file,
@@ -269,30 +276,91 @@ class RepairReport:
     lost_records: int  # whole records still readable in the moved part (not replayed)
     lost_events: int
     cursors: dict[str, Any]  # where each source resumes: it redelivers what follows
+    salvaged_events: int = 0  # readable events after the damage, written back (no cursor)
+    cursors_rolled_back: int = 0  # cursors recorded after the damage, dropped
 
 
-def _count_readable(buf: bytes, start: int, max_record: int, meta: Meta,
-                    seq: int) -> tuple[int, int]:
-    """Records and events that can still be read after damage (resyncing past it)."""
-    records = events = 0
+@attrs.define
+class _Readable:
+    """What can still be read after damage: counts, and the events worth keeping."""
+
+    records: int = 0  # whole, decodable records not replayed as they were
+    events: int = 0
+    salvage: list[EventTuple] = attrs.Factory(list)  # events to write back
+    cursors: int = 0  # cursor records (and batch checkpoints) dropped
+    kept: int = 0  # records whose events are written back
+
+
+def _read_after_damage(buf: bytes, start: int, max_record: int, meta: Meta, seq: int,
+                       out: _Readable) -> None:
+    """Resync past damage and collect what is readable from ``start`` on.
+
+    Only format 2 groups are salvaged: a salted group header cannot come from a stored
+    value, so what follows one is a real write. In format 1 a "record" found by resyncing
+    could be tenant bytes inside a value: those records are counted, never written back.
+    """
     offset: int | None = start
     v1 = check_file_header(buf, SEGMENT_MAGIC)[1] == 1
     while offset is not None and offset < len(buf):
         scan = scan_segment(buf, meta, seq, last=False, start=offset, max_record=max_record)
         for _, rtype, payload in scan.records:
-            records += 1
-            if rtype == RecordType.BATCH:
-                try:
-                    events += len(unpack(payload)[0])
-                except (ValueError, TypeError):
-                    pass
+            try:
+                body = unpack(payload)
+                events = list(body[0]) if rtype == RecordType.BATCH else []
+                for t in events:
+                    source, key, version, deleted, encoded, _ = t
+                    if not deleted:
+                        decode_value(encoded)  # readable, or the whole record is not
+                    if not (isinstance(source, str) and isinstance(version, int)
+                            and all(isinstance(k, str) for k in key)):
+                        raise TypeError("not an event")
+            except (ValueError, TypeError):
+                continue  # unreadable: lost (it stays in the moved files)
+            out.records += 1
+            out.events += len(events)
+            if rtype == RecordType.CHECKPOINT or (rtype == RecordType.BATCH
+                                                  and body[1] is not None):
+                out.cursors += 1
+            if not v1 and events:
+                out.salvage.extend(events)
+                out.kept += 1
         if scan.outcome is Outcome.ACCEPT:
             offset = None
         elif v1:
             offset = find_whole_record(buf, scan.end + 1, max_record)
         else:
             offset = find_group_header(buf, scan.end + 1, meta.salt, seq)
-    return records, events
+
+
+def _find_damage(path: Path, max_record: int) -> CorruptLogError | None:
+    """The first damage: a bad frame or group, or a whole record that does not decode."""
+    try:
+        for _ in _segment_scans(path, max_record):
+            pass
+        recover_directory(path, writable=False, fsync=False, max_record=max_record,
+                          use_snapshots=False)
+    except CorruptLogError as exc:
+        return exc
+    return None
+
+
+def _group_start(path: Path, meta: Meta, damage: CorruptLogError, max_record: int) -> int:
+    """Where the group holding the damaged offset starts (format 2); repair cuts there."""
+    offset = damage.offset or 0
+    name = str(damage.segment)
+    if not (path / name).exists() or offset <= FILE_HEADER_SIZE:
+        return offset
+    buf = (path / name).read_bytes()
+    if check_file_header(buf, SEGMENT_MAGIC)[1] == 1:
+        return offset
+    seq = int(name.split("-")[1].split(".")[0])
+    at = FILE_HEADER_SIZE
+    while at < offset:
+        state, end, _, _ = check_group(buf, at, meta.salt, seq, max_record)
+        if state is not FrameState.WHOLE or end > offset:
+            return at
+        at = end
+    return at
 
 
 def repair_log(directory: str | os.PathLike[str], *,
@@ -302,12 +370,10 @@ def repair_log(directory: str | os.PathLike[str], *,
     meta = read_meta(path)
     lock = lock_directory(path)
     try:
-        damage: CorruptLogError | None = None
-        try:
-            for _ in _segment_scans(path, max_record):
-                pass
-        except CorruptLogError as exc:
-            damage = exc
+        damage = _find_damage(path, max_record)
+        if damage is not None and damage.segment is not None:
+            damage = CorruptLogError(damage.message.rsplit(" (", 1)[0], segment=damage.segment,
+                                     offset=_group_start(path, meta, damage, max_record))
         listing = list_directory(path, meta.generation)
         bad_snaps = []
         for _, _, name in listing.snapshots:
@@ -317,13 +383,16 @@ def repair_log(directory: str | os.PathLike[str], *,
                 bad_snaps.append(name)
         if damage is None and not bad_snaps:
             rec = recover_directory(path, writable=False, fsync=False, max_record=max_record)
-            return RepairReport(None, None, (), 0, 0, 0, dict(rec.reducer.checkpoints))
+            return RepairReport(None, None, (), 0, 0, 0,
+                                split_checkpoints(rec.reducer.checkpoints)[0])
         aside = path / DAMAGED_DIR / time.strftime("%Y%m%dT%H%M%S")
         aside.mkdir(parents=True, exist_ok=True)
-        moved, lost = [], [0, 0, 0]
+        moved: list[str] = []
+        readable = _Readable()
+        lost = [0]
         if damage is not None:
             moved = _move_suffix(path, aside, meta, listing.segments, damage, max_record,
-                                 lost)
+                                 lost, readable)
             for seq, offset, name in listing.snapshots:  # now ahead of the log
                 seg = segment_name(meta.generation, seq)
                 if name not in bad_snaps and (seg in moved or (
@@ -335,20 +404,49 @@ def repair_log(directory: str | os.PathLike[str], *,
         fsync_dir(aside)
         fsync_dir(path)
         rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
+        if readable.salvage:
+            # The merge is order-independent: what was readable after the damage goes
+            # back at the end, as batches without a cursor. The cursors recorded after the
+            # damage are not written back: the sources resume from the last cursor before
+            # it, and so redeliver the lost batch (and, harmlessly, the salvaged ones).
+            _append_events(path, rec, readable.salvage, max_record)
+            rec = recover_directory(path, writable=True, fsync=True, max_record=max_record)
         if damage is not None:
             # What is left was checked whole and is durable: sealed up to its end (an older
             # seal may point past the cut, where the next writes now go).
             write_meta(path, attrs.evolve(rec.meta, sealed=(rec.last_segment, rec.end)),
                        fsync=True)
         what = damage.message if damage is not None else "damaged snapshot(s)"
-        return RepairReport(what, str(aside), tuple(moved), lost[0], lost[1], lost[2],
-                            dict(rec.reducer.checkpoints))
+        salvaged = len(readable.salvage)
+        return RepairReport(what, str(aside), tuple(moved), lost[0],
+                            readable.records - readable.kept, readable.events - salvaged,
+                            split_checkpoints(rec.reducer.checkpoints)[0], salvaged,
+                            readable.cursors)
     finally:
         os.close(lock)
 
 
+def _append_events(path: Path, rec: Any, events: list[EventTuple], max_record: int) -> None:
+    """Write ``events`` at the end of the log as checkpoint-less batches, in one group."""
+    writer = SegmentWriter(path, rec.generation, rec.last_segment, salt=rec.meta.salt,
+                           fsync=True)
+    try:
+        if rec.last_version != FORMAT_VERSION:
+            writer.rotate()
+        frames = []
+        for i in range(0, len(events), 1000):
+            data = frame(RecordType.BATCH, tuples_payload(events[i:i + 1000]))
+            if len(data) > max_record:  # (cannot happen: each came from a smaller record)
+                raise CorruptLogError("salvaged events do not fit a record")
+            frames.append(data)
+        writer.write(writer.group(b"".join(frames), len(frames)))
+    finally:
+        writer.close()
+
+
 def _move_suffix(path: Path, aside: Path, meta: Meta, segments: list[int],
-                 damage: CorruptLogError, max_record: int, lost: list[int]) -> list[str]:
+                 damage: CorruptLogError, max_record: int, lost: list[int],
+                 readable: _Readable) -> list[str]:
     """Copy the damaged segment's tail aside and truncate it; move later segments aside."""
     generation = meta.generation
     names = [segment_name(generation, s) for s in segments]
@@ -373,10 +471,8 @@ def _move_suffix(path: Path, aside: Path, meta: Meta, segments: list[int],
             os.rename(path / names[i], aside / names[i])
             moved.append(names[i])
         lost[0] += len(buf) - start
-        records, events = _count_readable(buf, max(start, FILE_HEADER_SIZE), max_record, meta,
-                                          segments[i])
-        lost[1] += records
-        lost[2] += events
+        _read_after_damage(buf, max(start, FILE_HEADER_SIZE), max_record, meta, segments[i],
+                           readable)
     if first == 0 and moved and moved[0] == names[0]:
         # Keep the generation non-empty: an empty first segment in place of the damaged one.
         create_segment(path, generation, segments[0], fsync=True)
