@@ -35,7 +35,7 @@ odd_cursors = st.recursive(
 async def _submit_and_restart(directory: Path, cursor: Any) -> tuple[Any, Any] | None:
     """(cursor before restart, after) if submit accepted it; None if refused (and then
     nothing of the batch is in the log)."""
-    event = Event("src", ("k",), 1, 1)
+    event = Event("src", ("k", "v"), 1, 1)
     async with open_replica(FileLog(directory, fsync="none")) as replica:
         refused = None
         try:
@@ -44,11 +44,11 @@ async def _submit_and_restart(directory: Path, cursor: Any) -> tuple[Any, Any] |
             refused = exc.message
         if refused is not None:
             assert "cursor" in refused
-            assert replica.view.get(("k",)) is None  # nothing of a refused batch
+            assert replica.view.get(("k", "v")) is None  # nothing of a refused batch
             return None
         before = replica.cursor("src")
     async with open_replica(FileLog(directory, fsync="none")) as replica:
-        assert replica.view.get(("k",)) == event
+        assert replica.view.get(("k", "v")) == event
         return before, replica.cursor("src")
 
 
@@ -74,8 +74,8 @@ async def test_bad_cursors_are_refused_with_a_clear_error(
         tmp_path: Path, cursor: Any, reason: str) -> None:
     async with open_replica(FileLog(tmp_path / "log", fsync="none")) as replica:
         with pytest.raises(ValidationError, match=f"checkpoint cursor.*{reason}"):
-            await replica.submit([Event("src", ("k",), 1, 1)], checkpoint=Checkpoint("src", cursor))
-        assert replica.view.get(("k",)) is None
+            await replica.submit([Event("src", ("k", "v"), 1, 1)], checkpoint=Checkpoint("src", cursor))
+        assert replica.view.get(("k", "v")) is None
         assert replica.cursor("src") is None
 
 
@@ -93,10 +93,10 @@ async def test_a_log_written_with_an_int_keyed_cursor_still_opens_and_repairs(
     log = FileLog(tmp_path / "log", fsync="none")
     async with trio.open_nursery() as nursery:
         await nursery.start(log.run, View())
-        await log.append([Event("src", ("k",), 1, 1)], Checkpoint("src", {1: "a", 2: [3]}))
+        await log.append([Event("src", ("k", "v"), 1, 1)], Checkpoint("src", {1: "a", 2: [3]}))
         nursery.cancel_scope.cancel()
     assert verify_log(tmp_path / "log").ok
     assert repair_log(tmp_path / "log").damage is None
     async with open_replica(FileLog(tmp_path / "log", fsync="none")) as replica:
         assert replica.cursor("src") == {1: "a", 2: [3]}
-        assert replica.view.document(("k",)) == 1
+        assert replica.view.document(("k", "v")) == 1
