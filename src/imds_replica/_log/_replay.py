@@ -423,18 +423,10 @@ def _fold_groups(f: io.FileIO, start: int, reducer: Reducer, segment: str,
                 except (ValueError, TypeError) as exc:
                     raise unreadable_payload(exc, segment, base + at) from None
             pos = end
-        rest = have - pos
-        if need > len(buf):
-            grown = bytearray(need)
-            grown[:rest] = view[pos:have]
-            buf, view = grown, memoryview(grown)
-        elif pos:
-            buf[:rest] = bytes(view[pos:have])
-        base, have, pos = base + pos, rest, 0
-        got = f.readinto(view[have:])
+        buf, view, have, got = _refill(f, buf, view, pos, have, need)
+        base, pos = base + pos, 0
         if not got:
-            return base, rest == 0
-        have += got
+            return base, have == 0
 
 
 def _fold_stream(f: io.FileIO, start: int, reducer: Reducer, segment: str,
@@ -473,19 +465,26 @@ def _fold_stream(f: io.FileIO, start: int, reducer: Reducer, segment: str,
             except (ValueError, TypeError) as exc:
                 raise unreadable_payload(exc, segment, base + pos) from None
             pos = end
-        # Keep the partial frame (if any), move it to the front, and read more after it.
-        rest = have - pos
-        if need > len(buf):  # one record bigger than the buffer
-            grown = bytearray(need)
-            grown[:rest] = view[pos:have]
-            buf, view = grown, memoryview(grown)
-        elif pos:
-            buf[:rest] = bytes(view[pos:have])
-        base, have, pos = base + pos, rest, 0
-        got = f.readinto(view[have:])
+        buf, view, have, got = _refill(f, buf, view, pos, have, need)
+        base, pos = base + pos, 0
         if not got:
-            return base, rest == 0
-        have += got
+            return base, have == 0
+
+
+def _refill(f: io.FileIO, buf: bytearray, view: memoryview, pos: int, have: int,
+            need: int) -> tuple[bytearray, memoryview, int, int]:
+    """Keep the partial frame at ``pos:have``, move it to the front (growing the buffer for
+    one frame bigger than it) and read more after it. Returns the buffer, its view, the
+    bytes it now holds and how many were read (0 at the end of the file)."""
+    rest = have - pos
+    if need > len(buf):
+        grown = bytearray(need)
+        grown[:rest] = view[pos:have]
+        buf, view = grown, memoryview(grown)
+    elif pos:
+        buf[:rest] = bytes(view[pos:have])
+    got = f.readinto(view[rest:]) or 0
+    return buf, view, rest + got, got
 
 
 def unreadable_payload(exc: Exception, segment: str, offset: int) -> CorruptLogError:
