@@ -74,7 +74,8 @@ async def test_bad_cursors_are_refused_with_a_clear_error(
         tmp_path: Path, cursor: Any, reason: str) -> None:
     async with open_replica(FileLog(tmp_path / "log", fsync="none")) as replica:
         with pytest.raises(ValidationError, match=f"checkpoint cursor.*{reason}"):
-            await replica.submit([Event("src", ("k", "v"), 1, 1)], checkpoint=Checkpoint("src", cursor))
+            await replica.submit([Event("src", ("k", "v"), 1, 1)],
+                                 checkpoint=Checkpoint("src", cursor))
         assert replica.view.get(("k", "v")) is None
         assert replica.cursor("src") is None
 
