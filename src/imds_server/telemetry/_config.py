@@ -54,6 +54,7 @@ class WarmConfig:
     logger_burst: float = 200.0  # ... in bursts of at most this many
     max_line_bytes: int = 16 * 1024  # longer lines are truncated, not dropped
     budget_lines: int = 100_000  # at most this many lines per interval from this host
+    budget_reserve: float = 0.1  # ... of which this share only errors may use
 
 
 @attrs.frozen
@@ -106,9 +107,11 @@ class TelemetryConfig:
             logger_burst=_num(w, ws, "logger_burst", _WARM.logger_burst, 1.0),
             max_line_bytes=_int(w, ws, "max_line_bytes", _WARM.max_line_bytes, 512),
             budget_lines=_int(w, ws, "budget_lines", _WARM.budget_lines, 1),
+            budget_reserve=_num(w, ws, "budget_reserve", _WARM.budget_reserve, 0.0),
         )
-        if warm.sample_rate > 1:
-            raise ConfigError("must be a number between 0 and 1", key=f"{ws}.sample_rate")
+        for name in ("sample_rate", "budget_reserve"):
+            if getattr(warm, name) > 1:
+                raise ConfigError("must be a number between 0 and 1", key=f"{ws}.{name}")
         _no_extra(warm_t, ws, attrs.fields_dict(WarmConfig))
         config = cls(
             cluster=cluster_v, machine=machine_v,
