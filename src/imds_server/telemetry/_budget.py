@@ -95,7 +95,8 @@ class WarmBudget:
         self.counts = BudgetCounts()
 
     def choose(self, batch: Sequence[QueuedAccess | RenderedAccess | Line],
-               lines: Sequence[str], levels: Sequence[int] | None, now: float) -> tuple[list[str], BudgetCounts]:
+               lines: Sequence[str], levels: Sequence[int] | None,
+               now: float) -> tuple[list[str], BudgetCounts]:
         """The lines of ``batch`` to upload (``lines[i]`` rendered from ``batch[i]``) and
         this call's counts (``counts`` keeps the totals)."""
         if now - self._window >= self.interval:
