@@ -125,6 +125,7 @@ class ListenerStatistics:
     accepted: int = 0
     refused: int = 0  # closed at accept: over the total or per-caller limit
     refused_unknown: int = 0  # of which unknown callers: over their budget or throttled
+    refused_unknown_throttled: int = 0  # of those, by the per-address accept throttle
     unknown_open: int = 0  # open connections of unknown callers
     send_timeouts: int = 0  # closed: the client did not read its answer in time
     closed_after_refusals: int = 0  # closed: kept sending after refusals_before_close 429s
@@ -304,8 +305,10 @@ class Listener:
         assert limit is not None
         if self.stats.unknown_open >= limit:
             return True
-        return bool(self._throttle is not None
-                    and self._throttle.take(peer, trio.current_time()))
+        if self._throttle is not None and self._throttle.take(peer, trio.current_time()):
+            self.stats.refused_unknown_throttled += 1
+            return True
+        return False
 
     async def _connection(self, sock: socket.socket, peer: str, unknown: bool = False
                           ) -> None:
