@@ -265,7 +265,8 @@ class Server:
             outer.start_soon(self._log_refusals, refusal_lines)
             await started.wait()
             task_status.started()
-            log = self._log if self._log is not None else open_log(cfg.data_dir)
+            log = self._log if self._log is not None else open_log(
+                cfg.data_dir, tombstone_retention=cfg.tombstone_retention)
             sources = [build_source(spec) for spec in cfg.sources]
             self.admin.source_details = lambda: _adapter_statistics(sources)
             async with open_replica(log, sources=sources, policies=POLICIES,

@@ -136,7 +136,7 @@ class LogPipeline:
                 level=LEVELS[w.level], sample_rate=w.sample_rate, slow_seconds=w.slow_seconds,
                 logger_rate=w.logger_rate, logger_burst=w.logger_burst,
                 max_line_bytes=w.max_line_bytes, budget_lines=w.budget_lines,
-                interval=w.interval)
+                interval=w.interval, budget_reserve=w.budget_reserve)
         self.sinks: tuple[LineSink, ...] = tuple(sinks)
         self._installed: list[logging.Logger] = []
         self._access_lines = metrics.log_lines.labels("info")
