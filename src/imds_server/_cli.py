@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from imds_replica import ConfigError, ImdsError
@@ -82,6 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         telemetry = _telemetry_for(config)
         if args.print_config:
+            if telemetry is not None:  # its table with every default spelled out
+                config = attrs.evolve(config, telemetry=telemetry.config.to_table())
             sys.stdout.write(config_to_toml(config))
             return 0
         check_data_dir(config.data_dir)

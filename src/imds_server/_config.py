@@ -66,6 +66,9 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "admin-allow-owned-sources": ("admin_allow_owned_sources", (bool,),
                                   "POST /events may claim the server's own sources"),
     "shutdown-grace": ("shutdown_grace", (int, float), "seconds to finish on SIGTERM"),
+    "tombstone-retention": ("tombstone_retention", (int, float),
+                            "seconds a deletion (hybrid-clock tombstone) is kept before "
+                            "compaction may drop it; 0 keeps every tombstone"),
     "startup-hold": ("startup_hold", (int, float),
                      "seconds a request waits for the log replay before 410"),
     "cluster": ("cluster", (str,), "telemetry label"),
@@ -105,7 +108,7 @@ _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "unknown_rate_burst", "refusals_before_close", "refusal_log_interval",
              "send_timeout", "admin_body_timeout", "attested_lifetime"}
 _NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
-                 "startup_hold", "unknown_rate_limit", "identity_rate_limit",
+                 "startup_hold", "tombstone_retention", "unknown_rate_limit", "identity_rate_limit",
                  "identity_max_concurrent"}
 
 
@@ -138,6 +141,10 @@ class ServerConfig:
     admin_allow_owned_sources: bool = False
     shutdown_grace: float = 10.0
     startup_hold: float = 3.0
+    #: A week, like Cassandra's gc_grace (10 days): a deletion must reach every replica of
+    #: it well within the retention; a later redelivery of an older write is a no-op (the
+    #: persisted floor), so dropping never resurrects. Counter-versioned tombstones are kept.
+    tombstone_retention: float = 7 * 24 * 3600.0
     cluster: str = ""
     machine: str = ""
     telemetry: Mapping[str, Any] = attrs.field(factory=dict)

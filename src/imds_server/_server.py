@@ -79,6 +79,23 @@ class ServerStatistics:
     unknown_connections_open: int = 0
     send_timeouts: int = 0  # closed: the client did not read its answer in time
     closed_after_refusals: int = 0  # closed: kept sending after its 429s
+    #: Of ``unknown_refused``, those refused by the per-address accept throttle (the rest:
+    #: the shared unknown budget was full).
+    unknown_refused_throttled: int = 0
+    watchers_disconnected: int = 0  # parked requests cancelled: the client hung up
+    #: ``/metadata/identity/...``: requests, token answers (of which from the cache),
+    #: 500s for want of a token (issuer failed, none cached), 4xx by refusal reason.
+    identity_requests: int = 0
+    identity_tokens: int = 0
+    identity_tokens_cached: int = 0
+    identity_issuer_errors: int = 0
+    identity_refused: Mapping[str, int] = attrs.field(factory=dict)
+    #: The token cache over the issuer: tokens issued, failed issuer calls (a usable cached
+    #: token may have been served instead: ``tokens_served_stale``), tokens cached.
+    tokens_issued: int = 0
+    token_issuer_failures: int = 0
+    tokens_served_stale: int = 0
+    token_cache_entries: int = 0
 
 
 class Server:
@@ -121,6 +138,10 @@ class Server:
         #: without it get every record.
         self._count_only: Callable[[AccessRecord], None] | None = getattr(
             self.observer, "count", None)
+        #: ``AnswerObserver.answered``, if the observer has it: answers without a record.
+        self._answered: Callable[..., None] | None = getattr(self.observer, "answered", None)
+        #: Nothing to tell (no telemetry): no record is built at all.
+        self._silent = type(self.observer) is NullObserver
         #: caller address -> documents its parked watchers wait on (and how many).
         self._parked_callers: dict[str, dict[tuple[str, ...], int]] = {}
 
@@ -137,6 +158,9 @@ class Server:
         vm = [lst.stats for lst in self.vm_listeners]
         admin = [lst.stats for lst in self.admin_listeners]
         cache = self.api.cache
+        identity = self.api.identity.stats
+        tokens = self.api.identity.tokens
+        cached = tokens.statistics() if tokens is not None else None
         return ServerStatistics(
             ready=self.replica is not None, draining=self.draining,
             connections_open=sum(s.open for s in vm),
@@ -157,6 +181,16 @@ class Server:
             unknown_connections_open=sum(s.unknown_open for s in vm),
             send_timeouts=sum(s.send_timeouts for s in vm + admin),
             closed_after_refusals=sum(s.closed_after_refusals for s in vm),
+            unknown_refused_throttled=sum(s.refused_unknown_throttled for s in vm),
+            watchers_disconnected=sum(s.disconnected_watchers for s in vm),
+            identity_requests=identity.requests, identity_tokens=identity.tokens,
+            identity_tokens_cached=identity.cached,
+            identity_issuer_errors=identity.issuer_errors,
+            identity_refused=dict(identity.refused),
+            tokens_issued=cached.issued if cached else 0,
+            token_issuer_failures=cached.failures if cached else 0,
+            tokens_served_stale=cached.served_stale if cached else 0,
+            token_cache_entries=cached.entries if cached else 0,
         )
 
     def _health(self) -> dict[str, Any]:
@@ -235,7 +269,8 @@ class Server:
             outer.start_soon(self._log_refusals, refusal_lines)
             await started.wait()
             task_status.started()
-            log = self._log if self._log is not None else open_log(cfg.data_dir)
+            log = self._log if self._log is not None else open_log(
+                cfg.data_dir, tombstone_retention=cfg.tombstone_retention)
             sources = [build_source(spec) for spec in cfg.sources]
             self.admin.source_details = lambda: _adapter_statistics(sources)
             async with open_replica(log, sources=sources, policies=POLICIES,
@@ -358,7 +393,14 @@ class Server:
 
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
+        if self._silent:
+            return
         refused = response.refused
+        answered = self._answered
+        if refused is None and answered is not None:
+            answered(self.clock() - seconds, f"{self._id_prefix}{next(self._ids):x}", peer,
+                     request.method, request.path, response, sent, seconds)
+            return
         count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):

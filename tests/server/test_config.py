@@ -13,6 +13,7 @@ def test_defaults() -> None:
     assert config.listen == Address("127.0.0.1", 8080)
     assert config.admin_listen == Address("127.0.0.1", 8081)
     assert (config.rate_limit, config.ip_ttl, config.demo) == (5.0, 1, False)
+    assert config.tombstone_retention == 7 * 24 * 3600
 
 
 def test_file_then_flags(tmp_path: Path) -> None:
@@ -40,6 +41,8 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ('listen = "127.0.0.1:9000"\nadmin-listen = "127.0.0.1:9000"', "admin-listen"),
     ('listen = "169.254.169.254:80"\nadmin-listen = "169.254.169.254:81"', "admin-listen"),
     ("telemetry = 3", "telemetry"),
+    ("tombstone-retention = -1", "tombstone-retention"),
+    ('tombstone-retention = "7d"', "tombstone-retention"),
     ("[[", "config"),
 ])
 def test_bad_config_names_key_and_reason(tmp_path: Path, text: str, key: str) -> None:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import msgpack
 import pytest
 import trio
@@ -21,6 +22,7 @@ from imds_server._admin import AdminApi
 from imds_server._cli import main
 from imds_server._config import config_to_toml
 from imds_server._request import Request
+from imds_server.telemetry._config import TelemetryConfig
 
 REPLICA_MAIN = "import sys; from imds_replica._cli import main; sys.exit(main())"
 LOOPBACK = ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]
@@ -86,8 +88,16 @@ def test_print_config_reads_back_as_the_same_config(tmp_path: Path) -> None:
     printed = tmp_path / "printed.toml"
     printed.write_text(done.stdout)
     expected = load_config(source, {"listen": "127.0.0.9:80"})
-    assert load_config(printed) == expected
-    assert config_to_toml(load_config(printed)) == done.stdout
+    # [telemetry] is printed as its effective table: every default, keys spelled with "-".
+    assert "[telemetry.cold]\nmax-file-bytes = 16777216\n" in done.stdout
+    assert 'log-dir = "/var/log/imds"' in done.stdout
+    again = load_config(printed)
+    assert attrs.evolve(again, telemetry={}) == attrs.evolve(expected, telemetry={})
+    assert (TelemetryConfig.from_mapping(again.telemetry, cluster="eu-1", machine="m")
+            == TelemetryConfig.from_mapping(expected.telemetry, cluster="eu-1", machine="m"))
+    assert again.telemetry == TelemetryConfig.from_mapping(
+        expected.telemetry, cluster="eu-1", machine="m").to_table()
+    assert config_to_toml(again) == done.stdout
 
 
 # -- commands --------------------------------------------------------------------------------

@@ -81,6 +81,35 @@ def test_long_lines_are_truncated_not_dropped() -> None:
     assert counts.truncated == 1
 
 
+def test_the_budgets_reserve_is_for_errors() -> None:
+    b = budget(budget_lines=10, interval=60.0, budget_reserve=0.3, sample_rate=1.0)
+    flood = [queued(access(request_id=f"ok-{n}")) for n in range(50)]
+    refusals = [queued(access(request_id=f"r-{n}", status=429, refused="rate-limit"))
+                for n in range(5)]
+    errors = [queued(access(request_id=f"e-{n}", status=503)) for n in range(5)]
+    component = [Line(logging.ERROR, '{"c":1}\n', "imds_replica"),
+                 Line(logging.WARNING, '{"w":1}\n', "imds_replica")]
+    batch: list[object] = [*flood, *refusals, *errors, *component]
+    lines = [f'{{"n":{n}}}\n' for n in range(len(batch))]
+    levels = [logging.INFO] * 60 + [logging.ERROR, logging.WARNING]
+    out, counts = b.choose(batch, lines, levels, now=0.0)  # type: ignore[arg-type]
+    # 7 of the 10 go to the first lines; the other 3 only to errors (5xx answers; a 429
+    # refusal is not one).
+    assert out == lines[:7] + lines[55:58]
+    assert counts.over_budget == len(batch) - 10
+    b = budget(budget_lines=10, interval=60.0, budget_reserve=0.0, sample_rate=1.0)
+    out, _ = b.choose(batch, lines, levels, now=0.0)  # type: ignore[arg-type]
+    assert out == lines[:10]  # no reserve: first come, first served
+    b = budget(budget_lines=10, interval=60.0, budget_reserve=0.3, sample_rate=1.0)
+    out, _ = b.choose(component, [x.text for x in component], [logging.ERROR, logging.WARNING],
+                      now=0.0)
+    assert len(out) == 2
+    b.choose(flood, lines[:50], None, now=1.0)  # the interval's other 5 ... and only those
+    out, _ = b.choose(component, [x.text for x in component], [logging.ERROR, logging.WARNING],
+                      now=2.0)
+    assert out == [component[0].text]  # an ERROR line takes a reserved slot, a WARNING not
+
+
 def test_host_budget_per_interval() -> None:
     b = budget(budget_lines=10, interval=60.0)
     batch = [queued(access(request_id=f"e-{n}", status=500)) for n in range(25)]
@@ -137,7 +166,8 @@ def test_bad_budget_settings_name_the_key() -> None:
 
     for table, key in (({"sample_rate": 1.5}, "telemetry.warm.sample_rate"),
                        ({"max_line_bytes": 10}, "telemetry.warm.max_line_bytes"),
-                       ({"budget_lines": 0}, "telemetry.warm.budget_lines")):
+                       ({"budget_lines": 0}, "telemetry.warm.budget_lines"),
+                       ({"budget_reserve": 1.5}, "telemetry.warm.budget_reserve")):
         with pytest.raises(ConfigError) as caught:
             TelemetryConfig.from_mapping({"warm": table})
         assert caught.value.key == key

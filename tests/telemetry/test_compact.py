@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import trio
 
 from imds_server.telemetry import REPORTS, compact_store, render_access, run_query, store_batch
 from imds_server.telemetry._query import Filters, parse_time
-from imds_server.telemetry._store import staged
+from imds_server.telemetry._store import is_compacted, staged
 
 from .conftest import access, run_command
 
@@ -129,14 +130,51 @@ def test_late_and_redelivered_batches(tmp_path: Path) -> None:
     _, rows = run_query([tmp_path], [], sql="SELECT machine, count(*) FROM logs WHERE "
                         "request_id LIKE 'late-%' GROUP BY ALL")
     assert rows == [("m3", 6)]
-    # Redelivered: an upload retried after its batch was compacted is stored again
-    # (the collector cannot see it), and compaction drops it.
+    # Redelivered: an upload retried after its batch was compacted is "already stored"
+    # (the index of compacted batches), at once, without waiting for the next compaction.
+    body = gzip.compress(b'{"time": "2024-05-01T02:00:00Z", "message": "x"}\n')
+    assert not store_batch(tmp_path, "c1", "m1", first, body)
+    assert count(tmp_path) == (total, total)
+    assert store_batch(tmp_path, "c1", "m2", first, body)  # another machine's is its own
+    total += 1
+    assert count(tmp_path) == (total, total)
+
+
+def test_a_batch_stored_twice_all_the_same_is_dropped_by_compaction(tmp_path: Path) -> None:
+    """A store from before the index (or one whose index was lost): the redelivered batch
+    is stored again, and the next compaction drops it (the batch id is a column)."""
+    total = make_store(tmp_path)
+    first = put_batch(tmp_path, "c1", "m1", BASE + 7200, 4, tag="early", batch_hex="ab" * 8)
+    total += 5
+    compact_store(tmp_path)
+    shutil.rmtree(tmp_path / "compacted-batches")
     again = put_batch(tmp_path, "c1", "m1", BASE + 7200, 4, tag="early", batch_hex="ab" * 8)
     assert again == first
+    assert count(tmp_path) == (total + 5, total)  # counted twice until compaction
     result = compact_store(tmp_path)
-    assert (result.partitions, result.batches, result.merged_parts) == (1, 2, 1)
+    assert (result.partitions, result.batches, result.merged_parts) == (1, 1, 1)
     assert count(tmp_path) == (total, total)
     assert len(list((tmp_path / "compacted/date=2024-05-01/cluster=c1").iterdir())) == 1
+
+
+def test_batches_are_indexed_before_compaction_moves_them(tmp_path: Path) -> None:
+    """The ordering that makes a retry during compaction safe: by the time any batch file
+    has left its path, every batch of the partition is in the index."""
+    make_store(tmp_path)
+    ids = {(p.parts[-4][8:], p.parts[-3][8:], p.parts[-2][5:], p.name[:-9])
+           for p in batch_files(tmp_path)}
+    seen: list[bool] = []
+
+    def check(stage: str) -> None:
+        if stage == "staged":
+            seen.append(all(is_compacted(tmp_path, c, m, d, b) for c, m, d, b in ids
+                            if not (tmp_path / f"cluster={c}/machine={m}/date={d}/{b}.jsonl.gz"
+                                    ).exists()))
+
+    compact_store(tmp_path, on_stage=check)
+    assert seen == [True] * 6
+    assert all(is_compacted(tmp_path, *key) for key in ids)
+    assert not is_compacted(tmp_path, "c1", "m1", "2024-05-01", "0" * 20 + "-" + "ef" * 8)
 
 
 def test_young_batches_wait_for_min_age(tmp_path: Path) -> None:

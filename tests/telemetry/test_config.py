@@ -61,3 +61,41 @@ def test_invalid_settings_name_their_key(table: dict[str, object], kw: dict[str,
     with pytest.raises(ConfigError) as info:
         TelemetryConfig.from_mapping(table, **kw)
     assert info.value.key == key
+
+
+def test_keys_may_be_spelled_with_dashes_like_the_servers_own() -> None:
+    dashed = TelemetryConfig.from_mapping(
+        {"log-dir": "/var/log/imds", "access-log": False, "queue-size": 64,
+         "cold": {"max-files": 3}, "warm": {"collector-url": "http://c:8090",
+                                           "sample-rate": 0.5}},
+        cluster="c1", machine="m1")
+    underscored = TelemetryConfig.from_mapping(
+        {"log_dir": "/var/log/imds", "access_log": False, "queue_size": 64,
+         "cold": {"max_files": 3}, "warm": {"collector_url": "http://c:8090",
+                                           "sample_rate": 0.5}},
+        cluster="c1", machine="m1")
+    assert dashed == underscored
+    assert (dashed.cold.max_files, dashed.warm.sample_rate, dashed.queue_size) == (3, 0.5, 64)
+
+
+def test_both_spellings_of_one_key_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        TelemetryConfig.from_mapping({"warm": {"sample_rate": 0.1, "sample-rate": 0.2}})
+    assert info.value.key == "telemetry.warm.sample_rate"
+    assert "given twice" in str(info.value)
+
+
+def test_an_unknown_key_says_did_you_mean() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'max-files'"):
+        TelemetryConfig.from_mapping({"cold": {"max-file": 3}})
+
+
+def test_to_table_is_the_effective_table_and_reads_back() -> None:
+    config = TelemetryConfig.from_mapping({"log_dir": "/l", "warm": {"interval": 30}},
+                                          cluster="c1", machine="m1")
+    table = config.to_table()
+    assert table["log-dir"] == "/l"
+    assert table["warm"]["interval"] == 30.0
+    assert table["cold"]["max-files"] == 20  # a default, spelled out
+    assert "collector-url" not in table["warm"]  # unset: left out
+    assert TelemetryConfig.from_mapping(table, cluster="c1", machine="m1") == config

@@ -43,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from ._cursor import Delivery, StreamState
+from ._cursor import ConsumerState, Delivery, StreamState
 from ._transport import ConnectOptions, Fetched, NotFound, Published, TransportError
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class Connection:
         self._loop = loop
         self._nc = nc
         self._js: JetStreamContext = nc.jetstream(publish_async_max_pending=publish_window)
-        self._psub: Any = None
+        self._psubs: dict[str, Any] = {}
         self._ack_prefix: str | None = None
         self._ack_counter = 0
         self._acks: dict[str, asyncio.Future[Published]] = {}
@@ -284,20 +284,26 @@ class Connection:
             await self._js.purge_stream(stream)
         await self._loop.run(go)
 
-    # -- the host's consumer ---------------------------------------------------------------
-    async def recreate_consumer(self, *, stream: str, name: str, filters: Sequence[str],
+    # -- the host's consumers -------------------------------------------------------------
+    async def recreate_consumer(self, *, stream: str, name: str, filter: str,
                                 start_seq: int, inactive_threshold: float,
-                                max_buffered: int) -> None:
-        """Replace consumer ``name`` by a fresh one delivering from ``start_seq`` on."""
+                                max_buffered: int) -> int:
+        """Replace consumer ``name`` by a fresh one of the single subject ``filter``,
+        delivering from ``start_seq`` on; returns its pending count at creation.
+
+        One filter, so that nats-py creates it on ``$JS.API.CONSUMER.CREATE.<stream>.<name>
+        .<filter>``, a subject naming the filter, which a host's NATS permissions restrict to
+        its own subjects (the server refuses a body whose filter differs from the subject's).
+        """
         config = ConsumerConfig(
             name=name, deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=start_seq, ack_policy=AckPolicy.NONE,
-            filter_subjects=list(filters), mem_storage=True, num_replicas=1,
+            filter_subject=filter, mem_storage=True, num_replicas=1,
             inactive_threshold=inactive_threshold, max_waiting=1)
 
-        async def go() -> None:
-            if self._psub is not None:
-                old, self._psub = self._psub, None
+        async def go() -> int:
+            old = self._psubs.pop(name, None)
+            if old is not None:
                 try:
                     await old.unsubscribe()
                 except (nats.errors.Error, ValueError):
@@ -306,17 +312,19 @@ class Connection:
                 await self._js.delete_consumer(stream, name)
             except nats.js.errors.NotFoundError:
                 pass
-            await self._js.add_consumer(stream, config)
-            self._psub = await self._js.pull_subscribe_bind(
+            info = await self._js.add_consumer(stream, config)
+            self._psubs[name] = await self._js.pull_subscribe_bind(
                 consumer=name, stream=stream, pending_msgs_limit=max_buffered,
                 pending_bytes_limit=64 * 1024 * 1024)
-        await self._loop.run(go)
+            return int(info.num_pending or 0)
+        return await self._loop.run(go)
 
-    async def consumer_delivered(self, stream: str, name: str) -> int:
-        """How many messages consumer ``name`` has delivered (its consumer sequence)."""
-        async def go() -> int:
+    async def consumer_state(self, stream: str, name: str) -> ConsumerState:
+        """Consumer ``name``'s deliveries so far (its consumer sequence) and pending count."""
+        async def go() -> ConsumerState:
             info = await self._js.consumer_info(stream, name)
-            return int(info.delivered.consumer_seq) if info.delivered else 0
+            delivered = int(info.delivered.consumer_seq) if info.delivered else 0
+            return ConsumerState(delivered, int(info.num_pending or 0))
         return await self._loop.run(go)
 
     async def delete_consumer(self, stream: str, name: str) -> None:
@@ -324,12 +332,14 @@ class Connection:
             await self._js.delete_consumer(stream, name)
         await self._loop.run(go)
 
-    async def fetch(self, batch: int, *, expires: float, heartbeat: float) -> Fetched:
-        """One pull of at most ``batch`` messages; at most one is ever outstanding."""
+    async def fetch(self, name: str, batch: int, *, expires: float,
+                    heartbeat: float) -> Fetched:
+        """One pull of at most ``batch`` messages from consumer ``name`` (which this
+        connection created); the caller keeps at most one outstanding per consumer."""
         async def go() -> Fetched:
-            psub = self._psub
+            psub = self._psubs.get(name)
             if psub is None:
-                raise TransportError("no consumer to fetch from")
+                raise TransportError(f"no consumer {name} to fetch from")
             try:
                 msgs = await psub.fetch(batch, timeout=expires, heartbeat=heartbeat)
             except nats.js.errors.FetchTimeoutError:

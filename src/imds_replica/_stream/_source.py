@@ -27,9 +27,16 @@ from .._event import Event
 from .._liveliness import LivelinessPolicy
 from .._source import SourceSink
 from ._bridge import Connection
-from ._cursor import Action, Cursor, Follower, Step
-from ._transport import ConnectOptions, TransportError
-from ._wire import check_cluster, check_host, check_source, consumer_name, host_filters
+from ._cursor import LANES, Action, Cursor, Follower, Lane, Phase, Step
+from ._transport import ConnectOptions, Fetched, TransportError
+from ._wire import (
+    all_consumer_name,
+    check_cluster,
+    check_host,
+    check_source,
+    consumer_name,
+    host_filters,
+)
 from ._wire import stream_name as _stream_name
 
 logger = logging.getLogger(__name__)
@@ -39,7 +46,7 @@ logger = logging.getLogger(__name__)
 class StreamSourceStatistics:
     connected: bool
     phase: str  # the follower's: detached, following, resyncing
-    cursor_seq: int | None  # last stream sequence applied (durable)
+    cursor_seq: int | None  # highest stream sequence applied (durable), either lane
     pending: int | None  # messages the consumer still holds for this host (the lag)
     batches: int
     events: int  # events submitted
@@ -51,6 +58,8 @@ class StreamSourceStatistics:
     failures: int
     consecutive_failures: int
     last_error: str | None
+    host_seq: int | None = None  # the host lane's cursor (imds.<cluster>.<host>.<source>.*)
+    all_seq: int | None = None  # the _all lane's cursor
 
 
 class StreamSource:
@@ -89,8 +98,10 @@ class StreamSource:
         self.host = host
         self.options = options
         self.stream = _stream_name(cluster)
-        self.consumer = consumer_name(host, name)
-        self.filters = host_filters(cluster, host, name)
+        #: One single-filter consumer per lane (see ``_cursor``: why not one with two).
+        self.consumers = {Lane.HOST: consumer_name(host, name),
+                          Lane.ALL: all_consumer_name(host, name)}
+        self.filters = dict(zip(LANES, host_filters(cluster, host, name), strict=True))
         self.policy = policy or LivelinessPolicy(
             interval=fetch_timeout, stale_after=max(60.0, 6 * fetch_timeout),
             expired_after=3600.0)
@@ -103,7 +114,7 @@ class StreamSource:
         self.inactive_threshold = inactive_threshold
         self._follower: Follower | None = None
         self._connected = False
-        self._applied_seq: int | None = None
+        self._applied: Cursor | None = None
         self._batches = self._events = self._connects = 0
         self._failures = self._consecutive = 0
         self._last_error: str | None = None
@@ -111,8 +122,7 @@ class StreamSource:
 
     # -- the loop --------------------------------------------------------------------------
     async def run(self, sink: SourceSink, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        cursor = Cursor.from_wire(sink.cursor)
-        self._applied_seq = cursor.seq if cursor is not None else None
+        cursor = self._applied = Cursor.from_wire(sink.cursor)
 
         def held() -> Iterable[Event]:
             return [e for e in sink.view.registers() if e.source == self.name]
@@ -162,56 +172,98 @@ class StreamSource:
         await trio.sleep(random.uniform(0, min(self.backoff_max, 0.5 * 2 ** self._consecutive)))
 
     async def _follow(self, conn: Connection, follower: Follower, sink: SourceSink) -> None:
-        action = Action.RECREATE
-        checked = trio.current_time()
         while True:
-            if action is Action.RECREATE:
-                with trio.fail_after(self.call_timeout):
-                    state = await conn.stream_state(self.stream)
-                step = follower.on_stream(state)
-                assert step.start_seq is not None
-                with trio.fail_after(self.call_timeout):
-                    await conn.recreate_consumer(
-                        stream=self.stream, name=self.consumer, filters=self.filters,
-                        start_seq=step.start_seq, inactive_threshold=self.inactive_threshold,
-                        max_buffered=2 * self.batch)
-                if step.start_seq == 1 and self._applied_seq:
-                    logger.info("stream source %s: resync of %s from its start", self.name,
-                                self.stream)
-                checked = trio.current_time()
+            await self._create(conn, follower, sink)
+            await self._read(conn, follower, sink)  # returns when the consumers are stale
+
+    async def _create(self, conn: Connection, follower: Follower, sink: SourceSink) -> None:
+        with trio.fail_after(self.call_timeout):
+            state = await conn.stream_state(self.stream)
+        step = follower.on_stream(state)
+        if follower.phase is Phase.RESYNCING and self._applied is not None:
+            logger.info("stream source %s: resync of %s from its start", self.name,
+                        self.stream)
+        for lane in LANES:
+            with trio.fail_after(self.call_timeout):
+                pending = await conn.recreate_consumer(
+                    stream=self.stream, name=self.consumers[lane], filter=self.filters[lane],
+                    start_seq=step.start[lane], inactive_threshold=self.inactive_threshold,
+                    max_buffered=2 * self.batch)
+            await self._apply(sink, follower.on_created(lane, pending))
+
+    async def _read(self, conn: Connection, follower: Follower, sink: SourceSink) -> None:
+        """Both lanes' fetches, one outstanding per lane, their results taken one at a time
+        (so the follower and the submits stay in one task, in order), until the follower
+        asks for new consumers. Errors end it by raising."""
+        send, receive = trio.open_memory_channel[tuple[Lane, Fetched | BaseException]](
+            len(LANES))
+        checked = dict.fromkeys(LANES, trio.current_time())
+        error: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            for lane in LANES:
+                nursery.start_soon(self._pull, conn, lane, send)
+            try:
+                while True:
+                    lane, fetched = await receive.receive()
+                    if isinstance(fetched, BaseException):
+                        raise fetched
+                    if not await self._take(conn, follower, sink, lane, fetched, checked):
+                        break
+                    nursery.start_soon(self._pull, conn, lane, send)
+            except (TransportError, trio.TooSlowError) as exc:
+                error = exc
+            nursery.cancel_scope.cancel()  # the other lane's fetch, now of no use
+        if error is not None:
+            raise error
+
+    async def _pull(self, conn: Connection, lane: Lane,
+                    send: trio.MemorySendChannel[tuple[Lane, Fetched | BaseException]]) -> None:
+        result: Fetched | BaseException
+        try:
             with trio.fail_after(self.fetch_timeout + self.call_timeout):
-                fetched = await conn.fetch(self.batch, expires=self.fetch_timeout,
-                                           heartbeat=self.heartbeat)
-            if fetched.deliveries:
-                step = follower.on_batch(fetched.deliveries)
-            elif fetched.idle:
-                step = follower.on_idle()
-            else:
-                step = follower.on_silence()
-                sink.failure(f"no heartbeat from consumer {self.consumer} within "
-                             f"{self.fetch_timeout}s: recreating it")
+                result = await conn.fetch(self.consumers[lane], self.batch,
+                                          expires=self.fetch_timeout, heartbeat=self.heartbeat)
+        except (TransportError, trio.TooSlowError) as exc:
+            result = exc
+        send.send_nowait((lane, result))  # room for one result per lane: never blocks
+
+    async def _take(self, conn: Connection, follower: Follower, sink: SourceSink, lane: Lane,
+                    fetched: Fetched, checked: dict[Lane, float]) -> bool:
+        """One lane's fetch: apply it; False when the consumers must be recreated."""
+        if fetched.deliveries:
+            step = follower.on_batch(lane, fetched.deliveries)
+        elif fetched.idle:
+            step = follower.on_idle(lane)
+        else:
+            step = follower.on_silence()
+            sink.failure(f"no heartbeat from consumer {self.consumers[lane]} within "
+                         f"{self.fetch_timeout}s: recreating it")
+        await self._apply(sink, step)
+        if fetched.deliveries or fetched.idle:
+            if self._consecutive:
+                logger.info("stream source %s: NATS answers again", self.name)
+            self._consecutive = 0
+            sink.contact()
+        if step.action is Action.RECREATE:
+            return False
+        if fetched.idle and trio.current_time() - checked[lane] > self.check_interval:
+            # Stream first, then the consumer: what the consumer then says it delivered
+            # covers everything the stream held when it was read.
+            with trio.fail_after(self.call_timeout):
+                state = await conn.stream_state(self.stream)
+                consumer = await conn.consumer_state(self.stream, self.consumers[lane])
+            checked[lane] = trio.current_time()
+            step = follower.on_check(lane, state, consumer)
             await self._apply(sink, step)
-            if fetched.deliveries or fetched.idle:
-                if self._consecutive:
-                    logger.info("stream source %s: NATS answers again", self.name)
-                self._consecutive = 0
-                sink.contact()
-            action = Action.RECREATE if step.action is Action.RECREATE else Action.FETCH
-            if (action is Action.FETCH and fetched.idle
-                    and trio.current_time() - checked > self.check_interval):
-                with trio.fail_after(self.call_timeout):
-                    state = await conn.stream_state(self.stream)
-                    delivered = await conn.consumer_delivered(self.stream, self.consumer)
-                checked = trio.current_time()
-                if follower.on_check(state, delivered).action is Action.RECREATE:
-                    action = Action.RECREATE
+            if step.action is Action.RECREATE:
+                return False
+        return True
 
     async def _apply(self, sink: SourceSink, step: Step) -> None:
         for refusal in step.refused:
             logger.warning("stream source %s: refused message %d on %s: %s", self.name,
                            refusal.stream_seq, refusal.subject, refusal.reason)
-        if step.cursor is None or (not step.events and step.cursor.seq == self._applied_seq
-                                   and not step.tombstoned):
+        if step.cursor is None or (not step.events and step.cursor == self._applied):
             return
         # What the view already holds exactly (a resync re-reads everything) is left out,
         # so a resync costs reading, not log growth.
@@ -232,7 +284,7 @@ class StreamSource:
                                bad.seq, exc.message)
         self._batches += 1
         self._events += len(events)
-        self._applied_seq = step.cursor.seq
+        self._applied = step.cursor
         self._progress.set()
         self._progress = trio.Event()
         if step.tombstoned:
@@ -240,15 +292,20 @@ class StreamSource:
                         "tombstoned", self.name, step.tombstoned)
 
     async def wait_applied(self, seq: int) -> None:
-        """Return once everything up to stream sequence ``seq`` is durable (tests, tools)."""
-        while self._applied_seq is None or self._applied_seq < seq:
+        """Return once a lane is durable up to stream sequence ``seq`` (tests, tools): the
+        message at ``seq``, if it is one of this source's, is applied, and so is every
+        earlier one of its lane."""
+        while self._applied is None or self._applied.seq < seq:
             await self._progress.wait()
 
     def statistics(self) -> StreamSourceStatistics:
         f = self._follower
         return StreamSourceStatistics(
             connected=self._connected, phase=f.phase.value if f else "detached",
-            cursor_seq=self._applied_seq, pending=f.pending if f else None,
+            cursor_seq=self._applied.seq if self._applied else None,
+            host_seq=self._applied.host_seq if self._applied else None,
+            all_seq=self._applied.all_seq if self._applied else None,
+            pending=f.pending if f else None,
             batches=self._batches, events=self._events, refused=f.refused if f else 0,
             resyncs=f.resyncs if f else 0, recreations=f.recreations if f else 0,
             gaps=f.gaps if f else 0, connects=self._connects, failures=self._failures,

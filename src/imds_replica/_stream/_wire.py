@@ -94,8 +94,15 @@ def host_filters(cluster: str, host: str, source: str) -> list[str]:
 
 
 def consumer_name(host: str, source: str) -> str:
-    """Deterministic per host and source, so a recreated consumer replaces the old one."""
+    """Deterministic per host and source, so a recreated consumer replaces the old one.
+
+    The consumer of the host's own subjects; ``all_consumer_name`` reads ``_all``."""
     return f"imds-{check_host(host)}-{check_source(source)}"
+
+
+def all_consumer_name(host: str, source: str) -> str:
+    """The host's consumer of its cluster's ``_all`` subjects of ``source``."""
+    return f"{consumer_name(host, source)}-all"
 
 
 def encode_event(event: Event) -> bytes:

@@ -15,6 +15,9 @@ for the warm buffer. In order:
 3. Lines longer than ``max_line_bytes`` are truncated (the longest string fields cut, the
    line stays one JSON object with ``"truncated_bytes"``: its original size), not dropped.
 4. The host's budget: at most ``budget_lines`` lines per ``interval``; beyond, dropped.
+   The last ``budget_reserve`` share of it is kept for errors (access answers >= 500,
+   component lines at ERROR and above), so a flood of other lines that exhausts the
+   budget cannot hide the errors an on-call engineer is looking for.
 
 Every line not uploaded is still in the cold file, and is counted: sampled out, or dropped
 by reason (``throttled``, ``over-budget``), plus truncations.
@@ -30,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from ._jsonlog import Line, QueuedAccess
+from ._jsonlog import Line, QueuedAccess, RenderedAccess
 
 _SCALE = 2**32
 
@@ -74,7 +77,7 @@ class WarmBudget:
 
     def __init__(self, *, level: int, sample_rate: float, slow_seconds: float,
                  logger_rate: float, logger_burst: float, max_line_bytes: int,
-                 budget_lines: int, interval: float) -> None:
+                 budget_lines: int, interval: float, budget_reserve: float = 0.1) -> None:
         self.level = level
         self.sample_rate = sample_rate
         self.slow_seconds = slow_seconds
@@ -82,6 +85,8 @@ class WarmBudget:
         self.logger_burst = logger_burst
         self.max_line_bytes = max_line_bytes
         self.budget_lines = budget_lines
+        #: Lines a non-error may not take: the errors' share of the budget.
+        self.reserved = min(budget_lines - 1, int(budget_lines * budget_reserve))
         self.interval = interval
         self._tag = f',"sample_rate":{sample_rate!r}}}\n'
         self._buckets: dict[str, tuple[float, float]] = {}  # logger → (tokens, at)
@@ -89,8 +94,9 @@ class WarmBudget:
         self._used = 0
         self.counts = BudgetCounts()
 
-    def choose(self, batch: Sequence[QueuedAccess | Line], lines: Sequence[str],
-               levels: Sequence[int] | None, now: float) -> tuple[list[str], BudgetCounts]:
+    def choose(self, batch: Sequence[QueuedAccess | RenderedAccess | Line],
+               lines: Sequence[str], levels: Sequence[int] | None,
+               now: float) -> tuple[list[str], BudgetCounts]:
         """The lines of ``batch`` to upload (``lines[i]`` rendered from ``batch[i]``) and
         this call's counts (``counts`` keeps the totals)."""
         if now - self._window >= self.interval:
@@ -103,23 +109,30 @@ class WarmBudget:
             if type(item) is tuple:
                 if self.level > logging.INFO:
                     continue  # access lines are info
-                if not (item[6] >= 400 or item[11] is not None
-                        or (item[3] >= self.slow_seconds and not item[12])):
+                if type(item[0]) is str:  # RenderedAccess
+                    status, refused, seconds, watch = item[2], item[5], item[3], item[4]
+                else:  # QueuedAccess
+                    status, refused, seconds, watch = item[6], item[11], item[3], item[12]
+                error = status >= 500
+                if not (status >= 400 or refused is not None
+                        or (seconds >= self.slow_seconds and not watch)):
                     if not sampled(item[1], self.sample_rate):
                         sampled_out += 1
                         continue
                     if self.sample_rate < 1:
                         line = line[:-2] + self._tag
             else:
-                if (levels[i] if levels is not None else logging.INFO) < self.level:
+                level = levels[i] if levels is not None else logging.INFO
+                if level < self.level:
                     continue
+                error = level >= logging.ERROR
                 if not self._take(getattr(item, "logger", ""), now):
                     throttled += 1
                     continue
             if len(line) > self.max_line_bytes and len(line.encode()) > self.max_line_bytes:
                 line = truncate(line, self.max_line_bytes)
                 cut += 1
-            if self._used >= self.budget_lines:
+            if self._used >= self.budget_lines - (0 if error else self.reserved):
                 over += 1
                 continue
             self._used += 1

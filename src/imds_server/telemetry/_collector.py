@@ -28,13 +28,15 @@ from pathlib import Path
 
 from ._config import NAME_RE
 from ._spool import BATCH_ID_RE, batch_date
+from ._store import is_compacted
 from ._warm import BATCHES_PATH
 
 MAX_BODY = 256 * 1024 * 1024
 
 
 def store_batch(store: Path, cluster: str, machine: str, batch_id: str, body: bytes) -> bool:
-    """Store a verified batch durably; False when that batch id is there already.
+    """Store a verified batch durably; False when that batch id is there already (as a
+    file, or taken by compaction: see ``_store``).
 
     The file is written aside, fsynced, then hard-linked to its final name: ``link`` fails
     if the name exists, so two concurrent deliveries of one batch store it once.
@@ -42,7 +44,8 @@ def store_batch(store: Path, cluster: str, machine: str, batch_id: str, body: by
     directory = (store / f"cluster={cluster}" / f"machine={machine}"
                  / f"date={batch_date(batch_id)}")
     final = directory / f"{batch_id}.jsonl.gz"
-    if final.exists():
+    # In this order: compaction indexes a batch before it moves the file (``_store``).
+    if final.exists() or is_compacted(store, cluster, machine, batch_date(batch_id), batch_id):
         return False
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{batch_id}.{secrets.token_hex(4)}.tmp"

@@ -14,8 +14,9 @@ Sizes follow DuckDB's performance guide: row groups of 100K-1M rows (``ROW_GROUP
 and files of 100 MB-10 GB. A part under ``MERGE_BELOW`` is rewritten with the next
 compaction of its partition (late batches join it); larger parts are left alone, so a
 busy partition grows by parts of at least that size rather than rewriting a day's data.
-A batch already in a part (an upload retried after its batch was compacted) is dropped
-here: the batch id is a column.
+The collector refuses an upload retried after its batch was compacted (the index of
+compacted batch ids, ``_store``); a batch in a part that is stored again all the same
+(a store written before that index existed) is dropped here: the batch id is a column.
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ from pathlib import Path
 import attrs
 
 from ._query import COLUMNS, columns_sql, quote
-from ._store import COMPACTED, STAGING, Staged, part_path, partitions, parts, staged, store_lock
+from ._store import (
+    COMPACTED,
+    STAGING,
+    Staged,
+    part_path,
+    partitions,
+    parts,
+    record_compacted,
+    staged,
+    store_lock,
+)
 
 ROW_GROUP_SIZE = 250_000
 MERGE_BELOW = 100 * 1024 * 1024
@@ -130,6 +141,7 @@ def _compact_partition(store: Path, date: str, cluster: str, files: list[Path],
     out = part_path(store, date, cluster, gen)
     existing = parts(out.parent)
     merge = [p for p in existing if p.stat().st_size < MERGE_BELOW]
+    record_compacted(store, files)  # before they move: a retried upload is still "stored"
     with store_lock(store, exclusive=True):
         touched = {stage}
         for source in files:

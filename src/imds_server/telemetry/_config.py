@@ -3,11 +3,15 @@
 ``TelemetryConfig.from_mapping(table, cluster=..., machine=...)`` validates the whole table
 and raises ``ConfigError`` naming the offending key (``telemetry.warm.interval``); an
 unknown key is an error too, so a typo is not silently ignored. Every field has a default,
-so an empty table is a working configuration (cold path on, warm path off).
+so an empty table is a working configuration (cold path on, warm path off). Keys may be
+spelled with ``-`` like the server's own (``log-dir``) or with ``_`` as first documented
+(``log_dir``); giving both spellings of one key is refused. ``to_table()`` is the effective
+table (every default spelled out), which ``from_mapping`` reads back to the same config.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,6 +54,7 @@ class WarmConfig:
     logger_burst: float = 200.0  # ... in bursts of at most this many
     max_line_bytes: int = 16 * 1024  # longer lines are truncated, not dropped
     budget_lines: int = 100_000  # at most this many lines per interval from this host
+    budget_reserve: float = 0.1  # ... of which this share only errors may use
 
 
 @attrs.frozen
@@ -68,7 +73,7 @@ class TelemetryConfig:
     def from_mapping(cls, table: Mapping[str, Any] | None, *, cluster: str | None = None,
                      machine: str | None = None) -> TelemetryConfig:
         """Build from the ``[telemetry]`` table; ``cluster``/``machine`` are the top-level keys."""
-        t = dict(table or {})
+        t = _canonical(table or {}, "telemetry")
         cold_t = _table(t.pop("cold", {}), "telemetry.cold")
         warm_t = _table(t.pop("warm", {}), "telemetry.warm")
         cluster_v = _name(cluster if cluster is not None else "default", "cluster")
@@ -82,7 +87,7 @@ class TelemetryConfig:
             max_files=_int(c, cs, "max_files", _COLD.max_files, 1),
             max_age_seconds=_num(c, cs, "max_age_seconds", _COLD.max_age_seconds, 1.0),
         )
-        _no_extra(cold_t, cs)
+        _no_extra(cold_t, cs, attrs.fields_dict(ColdConfig))
         w, ws = warm_t, "telemetry.warm"
         url = w.pop("collector_url", None)
         if url is not None and not (isinstance(url, str)
@@ -102,10 +107,12 @@ class TelemetryConfig:
             logger_burst=_num(w, ws, "logger_burst", _WARM.logger_burst, 1.0),
             max_line_bytes=_int(w, ws, "max_line_bytes", _WARM.max_line_bytes, 512),
             budget_lines=_int(w, ws, "budget_lines", _WARM.budget_lines, 1),
+            budget_reserve=_num(w, ws, "budget_reserve", _WARM.budget_reserve, 0.0),
         )
-        if warm.sample_rate > 1:
-            raise ConfigError("must be a number between 0 and 1", key=f"{ws}.sample_rate")
-        _no_extra(warm_t, "telemetry.warm")
+        for name in ("sample_rate", "budget_reserve"):
+            if getattr(warm, name) > 1:
+                raise ConfigError("must be a number between 0 and 1", key=f"{ws}.{name}")
+        _no_extra(warm_t, ws, attrs.fields_dict(WarmConfig))
         config = cls(
             cluster=cluster_v, machine=machine_v,
             log_dir=Path(log_dir) if log_dir is not None else None,
@@ -115,8 +122,24 @@ class TelemetryConfig:
             queue_size=_int(t, "telemetry", "queue_size", 100_000, 16),
             cold=cold, warm=warm,
         )
-        _no_extra(t, "telemetry")
+        _no_extra(t, "telemetry", {*attrs.fields_dict(TelemetryConfig)} - {"cluster", "machine"})
         return config
+
+    def to_table(self) -> dict[str, Any]:
+        """The effective ``[telemetry]`` table, keys spelled with ``-``, unset ones left out
+        (``cluster``/``machine`` are top-level settings, not part of it)."""
+        def spelled(record: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for name, value in attrs.asdict(record, recurse=False).items():
+                if name in skip or value is None:
+                    continue
+                out[name.replace("_", "-")] = str(value) if isinstance(value, Path) else value
+            return out
+
+        table = spelled(self, ("cluster", "machine", "cold", "warm"))
+        table["cold"] = spelled(self.cold)
+        table["warm"] = spelled(self.warm)
+        return table
 
 
 _COLD, _WARM = ColdConfig(), WarmConfig()  # the defaults (slots hide class attrs)
@@ -132,12 +155,30 @@ def _hostname() -> str:
 def _table(value: Any, key: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError("must be a table", key=key)
-    return dict(value)
+    return _canonical(value, key)
 
 
-def _no_extra(table: Mapping[str, Any], prefix: str) -> None:
+def _canonical(table: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``table`` with every key in its ``_`` spelling (``log-dir`` -> ``log_dir``)."""
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for name, value in table.items():
+        canonical = str(name).replace("-", "_")
+        if canonical in out:
+            raise ConfigError(f"given twice (as {given[canonical]!r} and {name!r})",
+                              key=f"{prefix}.{canonical}")
+        out[canonical], given[canonical] = value, str(name)
+    return out
+
+
+def _no_extra(table: Mapping[str, Any], prefix: str, known: Any) -> None:
     for name in table:
-        raise ConfigError("unknown setting", key=f"{prefix}.{name}")
+        spelled = {k.replace("_", "-") for k in known}
+        close = difflib.get_close_matches(name.replace("_", "-"), sorted(spelled), n=1,
+                                          cutoff=0.75)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown setting{hint} (known: {', '.join(sorted(spelled))})",
+                          key=f"{prefix}.{name}")
 
 
 def _name(value: object, key: str) -> str:

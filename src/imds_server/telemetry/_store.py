@@ -8,6 +8,7 @@ Theory of operation (what makes compaction crash-safe; see ``_compact.py``)::
                                                          inputs of compaction G of (D, C)
     STORE/compacted/date=D/cluster=C/part-G.parquet      the output of compaction G
     STORE/compacted/date=D/cluster=C/.part-G.tmp         being written (never read)
+    STORE/compacted-batches/cluster=C/machine=M/D.txt    batch ids compaction has taken
 
 Every input of compaction G is first *moved* (one rename each) into its staging directory
 ``compacting/D~C~G``; the one rename of ``.part-G.tmp`` to ``part-G.parquet`` is the commit.
@@ -16,6 +17,14 @@ exist, and not once it does. So at every instant each line is counted exactly on
 batch file where the collector put it, in staging, or in the committed part. Queries hold a
 shared lock on ``STORE/.compact.lock`` while they list and read; the compactor takes it
 exclusively only for its renames, so a query never sees half a move.
+
+The collector answers a retried upload "already stored" when its batch file exists. Once
+compaction has moved the file away, only the index ``compacted-batches`` can say so: the
+compactor appends the ids it is about to take (fsynced) *before* the first rename, so at
+every instant a stored batch is either still at its path or in the index, and a retry
+after any compaction is not stored twice. An id in the index is always counted somewhere
+(its file, staging or a part), whatever step a crash interrupted, so the index never needs
+undoing. It is one small file per machine and day (at most a few hundred ids).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import attrs
 
 BATCH_GLOB = "cluster=*/machine=*/date=*/*.jsonl.gz"
 COMPACTED = "compacted"
+INDEX = "compacted-batches"
 STAGING = "compacting"
 LOCK = ".compact.lock"
 _STAGE_RE = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})~(?P<cluster>[A-Za-z0-9._-]+)"
@@ -79,6 +89,44 @@ class StoreFiles:
 
     batch_globs: tuple[str, ...]
     parquet: tuple[str, ...]
+
+
+def index_path(store: Path, cluster: str, machine: str, date: str) -> Path:
+    return store / INDEX / f"cluster={cluster}" / f"machine={machine}" / f"{date}.txt"
+
+
+def record_compacted(store: Path, batches: list[Path]) -> None:
+    """Add the batch files ``STORE/cluster=C/machine=M/date=D/B.jsonl.gz`` to the index,
+    durably (see the module docstring: call before moving any of them)."""
+    grouped: dict[Path, list[str]] = {}
+    for batch in batches:
+        rel = batch.relative_to(store).parts  # cluster=C, machine=M, date=D, B.jsonl.gz
+        cluster, machine, date = (part.partition("=")[2] for part in rel[:3])
+        grouped.setdefault(index_path(store, cluster, machine, date), []).append(
+            rel[3].removesuffix(".jsonl.gz"))
+    for path, ids in grouped.items():
+        created = not path.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="ascii") as f:
+            f.write("".join(f"{i}\n" for i in ids))
+            f.flush()
+            os.fsync(f.fileno())
+        if created:
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def is_compacted(store: Path, cluster: str, machine: str, date: str, batch_id: str) -> bool:
+    """Whether compaction has taken batch ``batch_id`` (a torn last line never matches)."""
+    try:
+        text = index_path(store, cluster, machine, date).read_text(encoding="ascii",
+                                                                   errors="replace")
+    except FileNotFoundError:
+        return False
+    return batch_id in text.splitlines()
 
 
 def part_path(store: Path, date: str, cluster: str, gen: str) -> Path:

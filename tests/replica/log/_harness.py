@@ -131,13 +131,15 @@ def check_log(directory: Path, acked: set[int], last_ack: dict[int, int],
 
 def kill_loop(directory: Path, kills: int, *, mode: str, seed: int,
               max_delay: float = 0.12) -> dict[str, int]:
-    """Spawn, kill -9 at a random moment, check; ``kills`` times. Returns counters."""
+    """Spawn, kill -9 at a random moment, check; ``kills`` times. Returns counters:
+    ``ack_waits`` cycles waited for a first acknowledgement before the kill, each of whose
+    batch ids is new, so ``acked >= ack_waits`` holds on any machine however loaded."""
     rng = random.Random(seed)
     zygote = Zygote()
     acked: set[int] = set()
     last_ack: dict[int, int] = {}
     verified: set[int] = set()
-    stats = {"kills": 0, "acked": 0, "truncations": 0, "exited": 0}
+    stats = {"kills": 0, "acked": 0, "truncations": 0, "exited": 0, "ack_waits": 0}
     try:
         for cycle in range(kills):
             seen: list[str] = []
@@ -145,10 +147,12 @@ def kill_loop(directory: Path, kills: int, *, mode: str, seed: int,
             zygote.send(f"spawn {directory} {mode} {start} {rng.randrange(2**32)}")
             pid = int(zygote.until("pid ", seen).split()[1])
             if rng.random() < 0.5:
-                # Half the kills land while appending (after recovery), so that the writers
-                # get work done however slow start-up is on a busy machine; the other half
-                # land anywhere, recovery included.
+                # Half the kills land while appending (after recovery and a first
+                # acknowledgement), so that the writers get work done however slow start-up
+                # is on a busy machine; the other half land anywhere, recovery included.
                 zygote.until("ready ", seen)
+                seen.append(zygote.until("ack ", seen))
+                stats["ack_waits"] += 1
             time.sleep(rng.random() * max_delay)
             try:
                 os.kill(pid, signal.SIGKILL)

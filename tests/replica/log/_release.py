@@ -1,15 +1,23 @@
-"""An earlier release of imds-replica, installed from its git tag into its own venv.
+"""An earlier release of imds-replica, installed from its source archive into its own venv.
 
-The venv is built once per tagged commit under the temp directory (``git archive`` of the
-tag, ``python -m venv``, ``pip install`` of the tagged source constrained by the tag's own
-``requirements.lock``) and reused by later runs; a lock file keeps concurrent runs from
+The archives live in ``releases/`` beside this file (``imds-replica-<version>.tar.gz``, the
+``git archive`` of the release tag's ``src``, ``pyproject.toml``, ``requirements.lock`` and
+``README.md``), so the upgrade tests need neither git nor tags: CI works on a clone that has
+no tags. Each archive's digest is pinned here, so a changed archive is an error, not a
+silently different "old release". The venv is built once per archive under the temp
+directory (``python -m venv``, ``pip install`` of the release's source constrained by its
+own ``requirements.lock``) and reused by later runs; a lock file keeps concurrent runs from
 building it twice.
+
+To add a release: ``git archive --format=tar --prefix=imds-replica-X.Y.Z/ vX.Y.Z
+pyproject.toml requirements.lock README.md src | gzip -n -9 >
+tests/replica/log/releases/imds-replica-X.Y.Z.tar.gz`` and pin its sha256 below.
 """
 
 from __future__ import annotations
 
 import fcntl
-import io
+import hashlib
 import os
 import shutil
 import subprocess
@@ -18,45 +26,45 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import pytest
+RELEASES = Path(__file__).resolve().parent / "releases"
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def _missing(message: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(message + " — CI must have it", pytrace=False)
-    pytest.skip(message)
+#: sha256 of each archive in ``releases/``, and the tag's commit it was made from.
+PINNED = {
+    "0.1.0": ("b43eb6eb4bcaa77e2ef247746257e9e381fb934d20aa7cd993c698a5b25b6e7a",
+              "2d16d39d06f5f9a7345e8b292029f19ccebaf83d"),
+}
 
 
-def release_python(tag: str) -> Path:
-    """The python of a venv holding release ``tag`` (skips locally, fails under CI, when
-    git or the tag is not there)."""
-    git = shutil.which("git")
-    if git is None:
-        _missing("git not installed (apt-get install git)")
-    found = subprocess.run([git, "-C", str(REPO), "rev-parse", "--verify", "-q",
-                            f"{tag}^{{commit}}"], capture_output=True, text=True)
-    if found.returncode != 0:
-        _missing(f"tag {tag} is not in {REPO} (git fetch --tags)")
-    commit = found.stdout.strip()
-    root = Path(tempfile.gettempdir()) / f"imds-replica-{tag}-{commit[:12]}"
+def archive(version: str) -> Path:
+    """The source archive of release ``version``, checked against its pinned digest."""
+    path = RELEASES / f"imds-replica-{version}.tar.gz"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    expected, _commit = PINNED[version]
+    if digest != expected:
+        raise AssertionError(f"{path} has sha256 {digest}, pinned {expected}")
+    return path
+
+
+def release_python(version: str) -> Path:
+    """The python of a venv holding release ``version`` (built from its archive)."""
+    source = archive(version)
+    digest = PINNED[version][0]
+    root = Path(tempfile.gettempdir()) / f"imds-replica-{version}-{digest[:12]}"
     python = root / "venv" / "bin" / "python"
     with open(f"{root}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (root / "ready").exists():
             return python
         shutil.rmtree(root, ignore_errors=True)
-        (root / "src").mkdir(parents=True)
-        archive = subprocess.run([git, "-C", str(REPO), "archive", "--format=tar", commit],
-                                 capture_output=True, check=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(root / "src", filter="data")
+        root.mkdir(parents=True)
+        with tarfile.open(source) as tar:
+            tar.extractall(root, filter="data")
+        src = root / f"imds-replica-{version}"
         subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-c", str(root / "src" / "requirements.lock"), str(root / "src")],
+                        "-c", str(src / "requirements.lock"), str(src)],
                        check=True, capture_output=True, timeout=600)
-        (root / "ready").write_text(commit + "\n")
+        (root / "ready").write_text(digest + "\n")
     return python
 
 

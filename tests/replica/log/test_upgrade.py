@@ -1,12 +1,16 @@
-"""Upgrade and downgrade against release 0.1.0 (tag ``v0.1.0``, log format 1), run from
-its own venv: 0.1.0 writes; this release opens it with every acknowledged event and writes
-format 2; 0.1.0 then refuses cleanly, naming both versions, and changes nothing; back on
-this release nothing is lost."""
+"""Upgrade and downgrade against release 0.1.0 (log format 1; its source archive is in
+``releases/``), run from its own venv: 0.1.0 writes; this release opens it with every
+acknowledged event and writes format 2; 0.1.0 then refuses cleanly, naming both versions,
+and changes nothing; back on this release nothing is lost."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,7 @@ from imds_replica import Checkpoint, Event, View, open_replica
 from imds_replica._log import FileLog, stats_log, verify_log
 from imds_replica._log._segment import META_NAME
 
-from ._release import release_python, run_release
+from ._release import PINNED, archive, release_python, run_release
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +91,7 @@ def _expect(registers: dict[tuple[str, ...], Any], source_batches: range) -> Non
 
 
 async def test_upgrade_from_0_1_0_and_refusal_on_downgrade(tmp_path: Path) -> None:
-    python = release_python("v0.1.0")
+    python = release_python("0.1.0")
     directory = tmp_path / "log"
     old = run_release(python, OLD_WRITER, str(directory), "1", "300", cwd=tmp_path)
     assert old.returncode == 0, old.stderr
@@ -136,3 +140,33 @@ async def test_upgrade_from_0_1_0_and_refusal_on_downgrade(tmp_path: Path) -> No
     third = await _new_writes(directory, 3000, 1)
     _expect(third.registers, range(2000, 2050))
     _expect(third.registers, range(1, 301))
+
+
+def test_release_archive_is_the_tagged_source() -> None:
+    """The vendored archive holds exactly the tag's files (checked where the tag exists:
+    CI clones carry no tags, which is why the archive is vendored)."""
+    version = "0.1.0"
+    _digest, commit = PINNED[version]
+    repo = Path(__file__).resolve().parents[3]
+    git = shutil.which("git")
+    if git is None or subprocess.run([git, "-C", str(repo), "cat-file", "-e",
+                                      f"{commit}^{{commit}}"]).returncode != 0:
+        pytest.skip(f"commit {commit[:12]} of v{version} is not in this clone")
+    tagged = subprocess.run([git, "-C", str(repo), "archive", "--format=tar", commit,
+                             "pyproject.toml", "requirements.lock", "README.md", "src"],
+                            capture_output=True, check=True).stdout
+
+    def members(tar: tarfile.TarFile, prefix: str) -> dict[str, bytes]:
+        out = {}
+        for member in tar.getmembers():
+            if member.isfile():
+                handle = tar.extractfile(member)
+                assert handle is not None
+                out[member.name.removeprefix(prefix)] = handle.read()
+        return out
+
+    with tarfile.open(fileobj=io.BytesIO(tagged)) as tar:
+        expected = members(tar, "")
+    with tarfile.open(archive(version)) as tar:
+        got = members(tar, f"imds-replica-{version}/")
+    assert got == expected

@@ -1,7 +1,8 @@
 """The cursor state machine against a simulated stream that drops deliveries, recreates
-consumers, restarts, purges, is deleted and recreated, and carries garbage; the host
-restarts from its persisted cursor. Whatever happens, once the stream is quiet the host's
-registers equal the stream's current ones."""
+consumers, restarts, purges, is deleted and recreated, and carries garbage; the host reads
+it through two single-filter consumers (its own lane and ``_all``), fetched in any
+interleaving, and restarts from its persisted cursor. Whatever happens, once the stream is
+quiet the host's registers equal the stream's current ones."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from hypothesis import strategies as st
 from imds_replica import Event, merge
 from imds_replica._stream import _wire
 from imds_replica._stream._cursor import (
+    LANES,
     TRANSITIONS,
     Action,
+    ConsumerState,
     Cursor,
     Delivery,
     Follower,
+    Lane,
     Phase,
     ProtocolError,
     StreamState,
@@ -38,7 +42,8 @@ class SimStream:
         self.identity = "t0"
         self.last_seq = 0
         self.messages: dict[str, tuple[int, bytes]] = {}
-        self.consumer: dict[str, int] | None = None  # next stream seq, delivered count
+        #: Per lane: next stream seq, delivered count.
+        self.consumers: dict[Lane, dict[str, int]] = {}
         self.drop_next = False
 
     def state(self) -> StreamState:
@@ -56,29 +61,38 @@ class SimStream:
         self.identity = f"t{next(self.generation) + 1}"
         self.last_seq = 0
         self.messages.clear()
-        self.consumer = None
+        self.consumers.clear()
 
-    def create_consumer(self, start_seq: int) -> None:
-        self.consumer = {"next": start_seq, "delivered": 0}
+    def create_consumer(self, lane: Lane, start_seq: int) -> None:
+        self.consumers[lane] = {"next": start_seq, "delivered": 0}
 
-    def _matching(self, after: int) -> list[tuple[int, str, bytes]]:
-        filters = (f"imds.{CLUSTER}.{HOST}.{SOURCE}.", f"imds.{CLUSTER}._all.{SOURCE}.")
+    def _matching(self, lane: Lane, after: int) -> list[tuple[int, str, bytes]]:
+        scope = HOST if lane is Lane.HOST else "_all"
+        prefix = f"imds.{CLUSTER}.{scope}.{SOURCE}."
         return sorted((seq, subj, payload) for subj, (seq, payload) in self.messages.items()
-                      if seq >= after and subj.startswith(filters))
+                      if seq >= after and subj.startswith(prefix))
 
-    def fetch(self, batch: int) -> list[Delivery] | None:
-        """Up to ``batch`` deliveries; ``None`` when no consumer answers (silence)."""
-        if self.consumer is None:
+    def consumer_state(self, lane: Lane) -> ConsumerState | None:
+        consumer = self.consumers.get(lane)
+        if consumer is None:
             return None
-        todo = self._matching(self.consumer["next"])
+        return ConsumerState(consumer["delivered"],
+                             len(self._matching(lane, consumer["next"])))
+
+    def fetch(self, lane: Lane, batch: int) -> list[Delivery] | None:
+        """Up to ``batch`` deliveries; ``None`` when no consumer answers (silence)."""
+        consumer = self.consumers.get(lane)
+        if consumer is None:
+            return None
+        todo = self._matching(lane, consumer["next"])
         out = []
         for i, (seq, subj, payload) in enumerate(todo[:batch]):
-            self.consumer["delivered"] += 1
-            self.consumer["next"] = seq + 1
+            consumer["delivered"] += 1
+            consumer["next"] = seq + 1
             if self.drop_next:
                 self.drop_next = False
                 continue
-            out.append(Delivery(subj, payload, seq, self.consumer["delivered"],
+            out.append(Delivery(subj, payload, seq, consumer["delivered"],
                                 len(todo) - i - 1))
         return out
 
@@ -125,29 +139,33 @@ class SimHost:
         if cursor is not None:
             self.persisted = cursor
 
-    def work(self, stream: SimStream, batch: int) -> bool:
-        """One round; True when it was an idle fetch while following (quiet)."""
+    def work(self, stream: SimStream, batch: int, lane: Lane) -> bool:
+        """One round on ``lane``; True when it was an idle fetch while following (quiet)."""
         if self.pending_step is Action.RECREATE:
             step = self.follower.on_stream(stream.state())
-            assert step.start_seq is not None
-            stream.create_consumer(step.start_seq)
+            for each in LANES:
+                stream.create_consumer(each, step.start[each])
+                state = stream.consumer_state(each)
+                assert state is not None
+                created = self.follower.on_created(each, state.pending)
+                self.submit(created.events, created.cursor)
             self.pending_step = Action.FETCH
             return False
-        got = stream.fetch(batch)
+        got = stream.fetch(lane, batch)
         if got is None:
             step = self.follower.on_silence()
         elif not got:
-            step = self.follower.on_idle()
+            step = self.follower.on_idle(lane)
             if step.action is Action.FETCH:
                 self.submit(step.events, step.cursor)
-                delivered = stream.consumer["delivered"] if stream.consumer else None
-                step = self.follower.on_check(stream.state(), delivered)
+                step = self.follower.on_check(lane, stream.state(),
+                                              stream.consumer_state(lane))
             quiet = self.follower.phase is Phase.FOLLOWING and step.action is Action.FETCH
             self.submit(step.events, step.cursor)
             self.pending_step = step.action
             return quiet
         else:
-            step = self.follower.on_batch(got)
+            step = self.follower.on_batch(lane, got)
         self.submit(step.events, step.cursor)
         self.pending_step = (Action.FETCH if step.action is Action.FINISH_RESYNC
                              else step.action)
@@ -164,16 +182,16 @@ OPS = ["publish"] * 4 + ["work"] * 4 + [
 # detectable by a host that had caught up (docs/fleet.md); the purge a host can see is
 # tested below.
 ops = st.tuples(st.sampled_from(OPS), st.sampled_from(KEYS),
-                st.sampled_from([HOST, None, "h2"]), st.booleans())
+                st.sampled_from([HOST, None, "h2"]), st.booleans(), st.sampled_from(LANES))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(st.lists(ops, max_size=60), st.integers(1, 4))
 def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -> None:
     stream, host = SimStream(), SimHost()
     versions = itertools.count(1)
     published: dict[str, Event] = {}
-    for op, key, scope, deleted in script:
+    for op, key, scope, deleted, lane in script:
         if op == "publish":
             assert isinstance(key, tuple)
             assert isinstance(deleted, bool)
@@ -184,11 +202,15 @@ def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -
             published[subject] = event
             stream.publish(subject, _wire.encode_event(event))
         elif op == "work":
-            host.work(stream, batch)
+            assert isinstance(lane, Lane)
+            host.work(stream, batch, lane)
         elif op == "drop":
             stream.drop_next = True
-        elif op in ("restart-server", "delete-consumer"):
-            stream.consumer = None
+        elif op == "restart-server":
+            stream.consumers.clear()
+        elif op == "delete-consumer":
+            assert isinstance(lane, Lane)
+            stream.consumers.pop(lane, None)
         elif op == "restart-host":
             host.restart()
         elif op == "purge":
@@ -205,8 +227,10 @@ def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -
         elif op == "garbage":
             stream.publish(f"imds.{CLUSTER}.{HOST}.{SOURCE}.{'0' * 32}", b"\xc1")
     stream.drop_next = False
-    for _ in range(500):
-        if host.work(stream, batch):
+    quiet = 0
+    for i in range(1000):
+        quiet = quiet + 1 if host.work(stream, batch, LANES[i % 2]) else 0
+        if quiet == 2:  # both lanes idle in a row
             break
     else:
         pytest.fail("the host never caught up")
@@ -218,17 +242,17 @@ def test_converges_to_the_stream(script: list[tuple[object, ...]], batch: int) -
 
 def test_a_gap_applies_what_came_before_and_recreates() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
-                        cursor=Cursor(STREAM, "t0", 0), held=list)
+                        cursor=Cursor(STREAM, "t0", 0, 0), held=list)
     step = follower.on_stream(StreamState(STREAM, "t0", 1, 3, 3))
     assert follower.phase is Phase.FOLLOWING
-    assert step.start_seq == 1
+    assert step.start == {Lane.HOST: 1, Lane.ALL: 1}
     payload = [_wire.encode_event(Event(SOURCE, k, 1, "v")) for k in KEYS[:3]]
     subjects = [_wire.subject(CLUSTER, HOST, SOURCE, k) for k in KEYS[:3]]
-    step = follower.on_batch([Delivery(subjects[0], payload[0], 1, 1, 2),
+    step = follower.on_batch(Lane.HOST, [Delivery(subjects[0], payload[0], 1, 1, 2),
                               Delivery(subjects[2], payload[2], 3, 3, 0)])
     assert step.action is Action.RECREATE
     assert [e.key for e in step.events] == [KEYS[0]]
-    assert step.cursor == Cursor(STREAM, "t0", 1)
+    assert step.cursor == Cursor(STREAM, "t0", 1, 0)
     assert follower.phase is Phase.DETACHED
     assert follower.gaps == 1
 
@@ -237,36 +261,38 @@ def test_new_identity_resyncs_and_tombstones_what_did_not_reappear() -> None:
     held = [Event(SOURCE, KEYS[0], 3, "old"), Event(SOURCE, KEYS[1], 4, "kept"),
             Event("other", KEYS[2], 1, "theirs")]
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
-                        cursor=Cursor(STREAM, "t0", 40), held=lambda: held)
+                        cursor=Cursor(STREAM, "t0", 40, 40), held=lambda: held)
     step = follower.on_stream(StreamState(STREAM, "t1", 1, 1, 1))
-    assert step.start_seq == 1
+    assert step.start == {Lane.HOST: 1, Lane.ALL: 1}
+    assert follower.phase is Phase.RESYNCING
+    assert follower.on_idle(Lane.HOST).action is Action.FETCH  # the other lane still reads
     assert follower.phase is Phase.RESYNCING
     kept = Event(SOURCE, KEYS[1], 4, "kept")
-    step = follower.on_batch([Delivery(_wire.subject(CLUSTER, None, SOURCE, KEYS[1]),
+    step = follower.on_batch(Lane.ALL, [Delivery(_wire.subject(CLUSTER, None, SOURCE, KEYS[1]),
                                        _wire.encode_event(kept), 1, 1, 0)])
     assert step.events == (kept, Event(SOURCE, KEYS[0], 4, deleted=True))
     assert step.tombstoned == 1
-    assert step.cursor == Cursor(STREAM, "t1", 1, resync=False)
+    assert step.cursor == Cursor(STREAM, "t1", 0, 1, resync=False)
     assert follower.phase is Phase.FOLLOWING
 
 
 def test_garbage_is_refused_and_skipped() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
-                        cursor=Cursor(STREAM, "t0", 0), held=list)
+                        cursor=Cursor(STREAM, "t0", 0, 0), held=list)
     follower.on_stream(StreamState(STREAM, "t0", 1, 1, 1))
-    step = follower.on_batch([Delivery(f"imds.{CLUSTER}.{HOST}.{SOURCE}.{'0' * 32}",
+    step = follower.on_batch(Lane.HOST, [Delivery(f"imds.{CLUSTER}.{HOST}.{SOURCE}.{'0' * 32}",
                                        b"junk", 1, 1, 0)])
     assert step.events == ()
-    assert step.cursor == Cursor(STREAM, "t0", 1)
+    assert step.cursor == Cursor(STREAM, "t0", 1, 0)
     assert [r.stream_seq for r in step.refused] == [1]
     assert follower.refused == 1
 
 
 def test_a_cursor_marked_resync_restarts_the_resync_after_a_restart() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
-                        cursor=Cursor(STREAM, "t0", 5, resync=True), held=list)
+                        cursor=Cursor(STREAM, "t0", 5, 5, resync=True), held=list)
     step = follower.on_stream(StreamState(STREAM, "t0", 1, 9, 9))
-    assert step.start_seq == 1
+    assert step.start == {Lane.HOST: 1, Lane.ALL: 1}
     assert follower.phase is Phase.RESYNCING
 
 
@@ -278,7 +304,7 @@ def test_foreign_cursors_mean_resync(data: object) -> None:
 
 
 def test_cursor_wire_round_trip() -> None:
-    cursor = Cursor(STREAM, "2026-01-01T00:00:00Z", 12, resync=True)
+    cursor = Cursor(STREAM, "2026-01-01T00:00:00Z", 12, 9, resync=True)
     assert Cursor.from_wire(cursor.to_wire()) == cursor
 
 
@@ -286,7 +312,7 @@ def test_the_table_refuses_inputs_out_of_state() -> None:
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
                         cursor=None, held=list)
     with pytest.raises(ProtocolError):
-        follower.on_idle()
+        follower.on_idle(Lane.HOST)
     assert all(isinstance(v[1], Action) for v in TRANSITIONS.values())
 
 
@@ -295,12 +321,12 @@ def test_a_purge_seen_while_empty_resyncs_and_tombstones() -> None:
     for key in KEYS:
         stream.publish(_wire.subject(CLUSTER, HOST, SOURCE, key),
                        _wire.encode_event(Event(SOURCE, key, 1, "v")))
-    for _ in range(20):
-        host.work(stream, 2)
+    for i in range(20):
+        host.work(stream, 2, LANES[i % 2])
     assert len(host.live()) == len(KEYS)
     stream.purge()
-    for _ in range(20):
-        host.work(stream, 2)
+    for i in range(20):
+        host.work(stream, 2, LANES[i % 2])
     assert host.live() == {}
     assert host.follower.resyncs == 2
 
@@ -308,9 +334,56 @@ def test_a_purge_seen_while_empty_resyncs_and_tombstones() -> None:
 def test_a_lost_last_delivery_is_found_by_the_check() -> None:
     """No later delivery shows the gap: the consumer's delivered count does."""
     follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
-                        cursor=Cursor(STREAM, "t0", 0), held=list)
+                        cursor=Cursor(STREAM, "t0", 0, 0), held=list)
     state = StreamState(STREAM, "t0", 1, 1, 1)
     follower.on_stream(state)
-    follower.on_idle()  # the one delivery was lost on the way
-    assert follower.on_check(state, delivered=1).action is Action.RECREATE
+    follower.on_idle(Lane.HOST)  # the one delivery was lost on the way
+    assert (follower.on_check(Lane.HOST, state, ConsumerState(1, 0)).action
+            is Action.RECREATE)
     assert follower.phase is Phase.DETACHED
+
+
+def test_an_old_single_consumer_cursor_covers_both_lanes() -> None:
+    assert Cursor.from_wire({"stream": STREAM, "identity": "t", "seq": 7}) == Cursor(
+        STREAM, "t", 7, 7)
+
+
+def test_a_lane_at_zero_does_not_resync_for_messages_gone_elsewhere() -> None:
+    """Other hosts' registers superseded (first_seq moved on) are no reason to resync a
+    lane that holds nothing; a lane that applied something below first_seq - 1 is."""
+    follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
+                        cursor=Cursor(STREAM, "t0", 0, 9), held=list)
+    step = follower.on_stream(StreamState(STREAM, "t0", 8, 20, 5))
+    assert follower.phase is Phase.FOLLOWING
+    assert step.start == {Lane.HOST: 1, Lane.ALL: 10}
+    follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
+                        cursor=Cursor(STREAM, "t0", 3, 9), held=list)
+    follower.on_stream(StreamState(STREAM, "t0", 8, 20, 5))
+    assert follower.phase is Phase.RESYNCING
+
+
+def test_a_check_moves_an_idle_lane_up_to_the_streams_last_sequence() -> None:
+    follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
+                        cursor=Cursor(STREAM, "t0", 2, 5), held=list)
+    state = StreamState(STREAM, "t0", 1, 30, 12)
+    follower.on_stream(state)
+    follower.on_idle(Lane.HOST)
+    # Something is still pending: the lane is not known to be applied up to 30.
+    assert follower.on_check(Lane.HOST, state, ConsumerState(0, 1)).cursor is None
+    step = follower.on_check(Lane.HOST, state, ConsumerState(0, 0))
+    assert step.action is Action.FETCH
+    assert step.cursor == Cursor(STREAM, "t0", 30, 5)
+
+
+def test_a_host_lane_delivery_of_all_subjects_is_refused() -> None:
+    follower = Follower(stream=STREAM, cluster=CLUSTER, host=HOST, source=SOURCE,
+                        cursor=Cursor(STREAM, "t0", 0, 0), held=list)
+    follower.on_stream(StreamState(STREAM, "t0", 1, 2, 2))
+    event = Event(SOURCE, KEYS[0], 1, "v")
+    step = follower.on_batch(Lane.HOST, [
+        Delivery(_wire.subject(CLUSTER, None, SOURCE, KEYS[0]), _wire.encode_event(event),
+                 1, 1, 1),
+        Delivery(_wire.subject(CLUSTER, HOST, SOURCE, KEYS[0]), _wire.encode_event(event),
+                 2, 2, 0)])
+    assert [r.stream_seq for r in step.refused] == [1]
+    assert [e.seq for e in step.events] == [2]

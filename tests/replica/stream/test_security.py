@@ -71,7 +71,7 @@ async def test_host_reads_only_its_own_and_all(secured: NatsServer) -> None:
             with pytest.raises(TransportError):
                 await host1.recreate_consumer(
                     stream=stream, name="imds-host-2-fleet",
-                    filters=["imds.west.host-2.fleet.*"], start_seq=1,
+                    filter="imds.west.host-2.fleet.*", start_seq=1,
                     inactive_threshold=60, max_buffered=10)
             # ...nor by reading the message from the stream directly.
             with pytest.raises(TransportError):
@@ -109,3 +109,84 @@ async def test_host_cannot_subscribe_to_another_hosts_subjects(secured: NatsServ
 
     await trio.to_thread.run_sync(asyncio.run, go())
     assert any("permissions violation" in str(e).lower() for e in errors), errors
+
+
+SECRET = b"host-2's secret"
+
+
+async def _attack(url: str) -> list[str]:
+    """host-1 tries every way it has to point a consumer it may create at host-2's
+    subjects and pull from it; returns what it managed to read of host-2's data."""
+    import asyncio
+    import json
+
+    import nats
+
+    stream = stream_name("west")
+    own = "imds.west.host-1.fleet.*"
+    other = "imds.west.host-2.fleet.*"
+    base = f"$JS.API.CONSUMER.CREATE.{stream}"
+    attempts = []
+    for name in ("imds-host-1-fleet", "imds-host-1-fleet-all"):
+        for filters in ({"filter_subject": other}, {"filter_subjects": [own, other]},
+                        {"filter_subjects": [other]},
+                        {"filter_subject": own, "filter_subjects": [other]}):
+            for create in (f"{base}.{name}", f"{base}.{name}.{own}",
+                           f"{base}.{name}.imds.west._all.fleet.*", f"{base}.{name}.{other}"):
+                attempts.append((name, create, filters))
+    stolen: list[str] = []
+
+    async def go() -> None:
+        async def on_error(exc: Exception) -> None:
+            pass
+
+        nc = await nats.connect(url, user="host-1", password="host-1-change-me",
+                                error_cb=on_error, allow_reconnect=False,
+                                inbox_prefix="_INBOX_host-1")
+        try:
+            for name, create, filters in attempts:
+                config = {"name": name, "deliver_policy": "all", "ack_policy": "none",
+                          "mem_storage": True, "num_replicas": 1, **filters}
+                body = json.dumps({"stream_name": stream, "config": config}).encode()
+                try:
+                    answer = await nc.request(create, body, timeout=0.3)
+                except Exception:  # refused by permissions: no answer comes
+                    continue
+                if b'"error"' in answer.data:
+                    continue
+                inbox = nc.new_inbox()
+                sub = await nc.subscribe(inbox)
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}",
+                                 json.dumps({"batch": 10, "expires": 500_000_000}).encode(),
+                                 reply=inbox)
+                try:
+                    while True:
+                        msg = await sub.next_msg(timeout=1)
+                        if msg.data == SECRET:
+                            stolen.append(f"{create} {filters}")
+                except Exception:
+                    pass
+                await sub.unsubscribe()
+                await asyncio.sleep(0)
+        finally:
+            await nc.close()
+
+    await trio.to_thread.run_sync(asyncio.run, go())
+    return stolen
+
+
+async def test_host_cannot_point_its_own_consumer_at_another_hosts_subjects(
+        secured: NatsServer) -> None:
+    """The two-filter consumer's create subject does not carry its filters, so NATS
+    permissions could not stop this; single-filter consumers created on the filtered
+    create subject (which names the filter) can be restricted."""
+    server = secured
+    assert isinstance(server, NatsServer)
+    admin = await Connection.open(_as(server, "publisher"))
+    try:
+        await admin.add_stream(name=stream_name("west"), subjects=stream_subjects("west"),
+                               max_consumers=50, replicas=1)
+        await admin.publish(subject("west", "host-2", "fleet", KEY), SECRET)
+        assert await _attack(server.url) == []
+    finally:
+        await admin.aclose()

@@ -110,8 +110,9 @@ async def test_consumer_deleted_is_recreated_and_nothing_is_lost(
             await conn.delete_consumer(stream_name(cluster), consumer_name(HOST, "fleet"))
         finally:
             await conn.aclose()
-        await publish(nats_server.url, cluster, [Event("fleet", KEY, 2, "two")], None)
-        await _wait(lambda: source.statistics().cursor_seq == 2)
+        # On the lane whose consumer is gone: only a recreated one delivers it.
+        await publish(nats_server.url, cluster, [Event("fleet", KEY, 2, "two")], HOST)
+        await _wait(lambda: source.statistics().host_seq == 2)
         register = replica.view.get(KEY)
         assert register is not None
         assert register.value == "two"
