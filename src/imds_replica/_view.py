@@ -247,11 +247,17 @@ class View:
         # changes in order): later keys overwrite earlier ones.
         last = dict(zip(doc_keys, range(base + 1, base + n + 1), strict=True))
         owners = Counter(zip(doc_keys, map(_source_of, stored.values()), strict=True))
-        top: dict[Key, int] = {}
-        top_get = top.get
-        for doc_key, version in zip(doc_keys, map(_version_of, stored.values()), strict=True):
-            if version > top_get(doc_key, -1):
-                top[doc_key] = version
+        versions = list(map(_version_of, stored.values()))
+        if versions == sorted(versions):
+            # The usual order (a log's versions grow with its position, and keys enter the
+            # dict in log order): each document's last version is its greatest, in C.
+            top = dict(zip(doc_keys, versions, strict=True))
+        else:
+            top = {}
+            top_get = top.get
+            for doc_key, version in zip(doc_keys, versions, strict=True):
+                if version > top_get(doc_key, -1):
+                    top[doc_key] = version
         docs = self._docs
         for doc_key, counter in last.items():
             doc = docs[doc_key] = _Doc()
