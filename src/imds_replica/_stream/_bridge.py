@@ -206,6 +206,26 @@ def _published(msg: Any) -> Published:
     return Published(seq, duplicate=bool(answer.get("duplicate")))
 
 
+def _delivery(msg: Any) -> Delivery:
+    """A delivered message with the sequences of its reply subject.
+
+    Parsed here rather than by ``msg.metadata``, which also builds a datetime and two
+    dataclasses per message (a fifth of the host's ingest CPU): ``$JS.ACK.<stream>.
+    <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`` (9 tokens), or
+    the 12-token form with domain and account hash in front."""
+    tokens = (msg.reply or "").split(".")
+    try:
+        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+            return Delivery(msg.subject, bytes(msg.data), int(tokens[5]), int(tokens[6]),
+                            int(tokens[8]))
+        if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
+            return Delivery(msg.subject, bytes(msg.data), int(tokens[7]), int(tokens[8]),
+                            int(tokens[10]))
+    except ValueError:
+        pass
+    raise TransportError(f"a delivery without JetStream metadata on {msg.subject!r}")
+
+
 def _state(info: Any) -> StreamState:
     created = info.created.isoformat() if info.created is not None else ""
     return StreamState(info.config.name, created, info.state.first_seq, info.state.last_seq,
@@ -356,16 +376,7 @@ class Connection:
                 return Fetched()  # not even a heartbeat
             except TimeoutError:
                 return Fetched()
-            out = []
-            for msg in msgs:
-                try:
-                    meta = msg.metadata
-                except (ValueError, IndexError, AttributeError, TypeError):
-                    raise TransportError(f"a delivery without JetStream metadata on "
-                                         f"{msg.subject!r}") from None
-                out.append(Delivery(msg.subject, bytes(msg.data), meta.sequence.stream,
-                                    meta.sequence.consumer, meta.num_pending or 0))
-            return Fetched(tuple(out))
+            return Fetched(tuple(_delivery(msg) for msg in msgs))
         return await self._loop.run(go)
 
     # -- publishing ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,9 +207,17 @@ class StreamSource:
                     lane, fetched = await receive.receive()
                     if isinstance(fetched, BaseException):
                         raise fetched
-                    if not await self._take(conn, follower, sink, lane, fetched, checked):
+                    prefetched: list[Lane] = []
+
+                    def prefetch(lane: Lane = lane, done: list[Lane] = prefetched) -> None:
+                        done.append(lane)
+                        nursery.start_soon(self._pull, conn, lane, send)
+
+                    if not await self._take(conn, follower, sink, lane, fetched, checked,
+                                            prefetch):
                         break
-                    nursery.start_soon(self._pull, conn, lane, send)
+                    if not prefetched:
+                        nursery.start_soon(self._pull, conn, lane, send)
             except (TransportError, trio.TooSlowError) as exc:
                 error = exc
             nursery.cancel_scope.cancel()  # the other lane's fetch, now of no use
@@ -228,10 +236,17 @@ class StreamSource:
         send.send_nowait((lane, result))  # room for one result per lane: never blocks
 
     async def _take(self, conn: Connection, follower: Follower, sink: SourceSink, lane: Lane,
-                    fetched: Fetched, checked: dict[Lane, float]) -> bool:
-        """One lane's fetch: apply it; False when the consumers must be recreated."""
+                    fetched: Fetched, checked: dict[Lane, float],
+                    prefetch: Callable[[], None]) -> bool:
+        """One lane's fetch: apply it; False when the consumers must be recreated.
+
+        A batch that leaves the consumer as it is lets the lane's next fetch go out
+        (``prefetch``) while this one is being made durable: one prefetch, so at most two
+        batches of a lane are ever in memory, and the follower still sees them in order."""
         if fetched.deliveries:
             step = follower.on_batch(lane, fetched.deliveries)
+            if step.action is not Action.RECREATE:
+                prefetch()
         elif fetched.idle:
             step = follower.on_idle(lane)
         else:
