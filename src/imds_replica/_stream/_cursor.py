@@ -266,6 +266,8 @@ class Follower:
         self.recreations = 0
         self.gaps = 0
         self.refused = 0
+        self.delivered = 0  # messages delivered (redeliveries included)
+        self.tombstoned = 0  # registers a resync's end tombstoned
 
     @property
     def pending(self) -> int | None:
@@ -353,6 +355,7 @@ class Follower:
                 break
             ls.consumer_seq = d.consumer_seq
             ls.pending = d.pending
+            self.delivered += 1
             if d.stream_seq <= seq:  # a redelivery of what is applied already
                 continue
             seq = d.stream_seq
@@ -411,6 +414,7 @@ class Follower:
             and held.version < MAX_VERSION
         ]
         self.cursor = attrs.evolve(self.cursor, resync=False)
+        self.tombstoned += len(tombstones)
         return Step(action, (*events, *tombstones), self.cursor, refused,
                     tombstoned=len(tombstones))
 

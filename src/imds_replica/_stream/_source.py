@@ -60,6 +60,8 @@ class StreamSourceStatistics:
     last_error: str | None
     host_seq: int | None = None  # the host lane's cursor (imds.<cluster>.<host>.<source>.*)
     all_seq: int | None = None  # the _all lane's cursor
+    delivered: int = 0  # messages the consumers delivered (redeliveries included)
+    tombstoned: int = 0  # registers tombstoned at the end of a resync (gone from the stream)
 
 
 class StreamSource:
@@ -324,7 +326,8 @@ class StreamSource:
             batches=self._batches, events=self._events, refused=f.refused if f else 0,
             resyncs=f.resyncs if f else 0, recreations=f.recreations if f else 0,
             gaps=f.gaps if f else 0, connects=self._connects, failures=self._failures,
-            consecutive_failures=self._consecutive, last_error=self._last_error)
+            consecutive_failures=self._consecutive, last_error=self._last_error,
+            delivered=f.delivered if f else 0, tombstoned=f.tombstoned if f else 0)
 
 
 def stream_source_from_settings(name: str, settings: dict[str, Any],
