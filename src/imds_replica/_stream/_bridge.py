@@ -23,6 +23,7 @@ import concurrent.futures
 import gc
 import json
 import logging
+import math
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -158,9 +159,12 @@ def _tls(options: ConnectOptions) -> ssl.SSLContext | None:
     return ssl.create_default_context(cafile=str(options.tls_ca))
 
 
-async def _connect(options: ConnectOptions, loop: _Loop) -> NatsClient:
+async def _connect(options: ConnectOptions, loop: _Loop,
+                   errors: list[Exception] | None = None) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         logger.debug("nats %s: %s", options.name, exc)
+        if errors is not None:  # the last one says why a connection is not coming
+            errors[:] = [exc]
 
     async def on_disconnect() -> None:
         logger.info("nats %s: disconnected", options.name)
@@ -247,10 +251,20 @@ class Connection:
         self._acks: dict[str, asyncio.Future[Published]] = {}
 
     @classmethod
-    async def open(cls, options: ConnectOptions, *, publish_window: int = 4000) -> Connection:
+    async def open(cls, options: ConnectOptions, *, publish_window: int = 4000,
+                   give_up_after: float | None = None) -> Connection:
+        """Connect; with ``give_up_after``, give up after that many seconds with a
+        ``TransportError`` naming the last error (nats-py itself retries a first connection
+        for ever when reconnecting is on: a wrong password or CA would just hang)."""
         loop = _Loop(f"nats-{options.name or 'client'}")
+        errors: list[Exception] = []
         try:
-            nc = await loop.run(_connect, options, loop)
+            limit = math.inf if give_up_after is None else give_up_after
+            with trio.move_on_after(limit) as scope:
+                nc = await loop.run(_connect, options, loop, errors)
+            if scope.cancelled_caught:
+                why = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
+                raise TransportError(f"no connection to NATS within {limit:g}s{why}")
         except BaseException:
             await loop.close()
             raise

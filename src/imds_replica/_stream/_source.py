@@ -137,12 +137,9 @@ class StreamSource:
         task_status.started()
         while True:
             try:
-                # nats-py retries even the first connection for ever when reconnecting
-                # is on: bound it to one attempt per server.
-                bound = self.options.connect_timeout * len(self.options.servers) + 1.0
-                with trio.fail_after(bound):
-                    conn = await Connection.open(self.options)
-            except (TransportError, trio.TooSlowError) as exc:
+                conn = await Connection.open(self.options,
+                                             give_up_after=self.options.first_connect_bound)
+            except TransportError as exc:
                 await self._failed(sink, follower, exc)
                 continue
             self._connects += 1
