@@ -14,6 +14,7 @@ from ._endpoint import (
     token_body,
 )
 from ._local import LocalIssuer, public_jwk
+from ._placement import Placement, PlacementFile
 from ._port import (
     SYSTEM_ASSIGNED,
     USER_ASSIGNED,
@@ -38,6 +39,8 @@ __all__ = [
     "IssuedToken",
     "IssuerError",
     "LocalIssuer",
+    "Placement",
+    "PlacementFile",
     "RemoteIssuer",
     "TokenCache",
     "TokenCacheStatistics",

@@ -14,6 +14,7 @@ from imds_replica import ConfigError
 
 from .._listen import Address, bind
 from ._local import DEFAULT_LIFETIME, LocalIssuer
+from ._placement import PlacementFile
 from ._service import TokenServiceApp, load_credentials, serve_token_service
 
 DEFAULT_LISTEN = "127.0.0.1:8443"
@@ -34,6 +35,10 @@ def register(sub: Any) -> None:
                      default=DEFAULT_LIFETIME, help="default 86400")
     cmd.add_argument("--credentials", metavar="FILE", type=Path, required=True,
                      help="hosts allowed to ask: one 'NAME SECRET' per line")
+    cmd.add_argument("--placement", metavar="FILE", type=Path,
+                     help="JSON host -> VM -> identities: a host gets tokens only for its "
+                     "own VMs' identities (re-read when it changes); without it any host "
+                     "may ask for any identity")
     cmd.set_defaults(func=_run)
 
 
@@ -47,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
             key_path=args.signing_key, key_dir=args.data_dir,
             issuer=args.issuer_url or f"http://{listen}/identity",
             lifetime=args.token_lifetime)
-        app = TokenServiceApp(issuer, load_credentials(args.credentials))
+        placement = PlacementFile(args.placement) if args.placement is not None else None
+        app = TokenServiceApp(issuer, load_credentials(args.credentials), placement=placement)
         sock = bind(listen)
     except ConfigError as exc:
         print(f"imds-server token-service: bad configuration: {exc}", file=sys.stderr)
@@ -66,6 +72,10 @@ async def _serve(sock: Any, app: TokenServiceApp) -> None:
             host, port = sock.getsockname()[:2]
             print(f"imds-server token-service: serving on {host}:{port} "
                   f"(issuer {app.issuer.issuer})", file=sys.stderr, flush=True)
+            if app.placement is None:
+                print("imds-server token-service: no --placement: every host with a "
+                      "credential may ask for any VM's identities", file=sys.stderr,
+                      flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 return

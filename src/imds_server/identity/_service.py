@@ -2,7 +2,8 @@
 
 It wraps a ``LocalIssuer`` behind HTTP so that hosts run a ``RemoteIssuer`` and keep no
 signing key. Hosts authenticate with a bearer secret; the credentials file has one host
-per line, ``NAME SECRET`` (``#`` comments). Routes:
+per line, ``NAME SECRET`` (``#`` comments). With a placement file (``_placement``) a host
+gets tokens only for the identities of the VMs placed on it (403 otherwise). Routes:
 
 - ``POST /identity/token``: a token (see ``_remote`` for the wire);
 - ``GET /identity/jwks`` and ``GET /identity/.well-known/openid-configuration``: for
@@ -31,6 +32,7 @@ from .._http import HttpLimits
 from .._render import to_json
 from .._request import JSON, Request, Response, error
 from ._local import LocalIssuer
+from ._placement import PlacementFile
 from ._port import Identity, TokenRequest, openid_configuration
 
 JWKS_PATH = "/identity/jwks"
@@ -63,12 +65,15 @@ class TokenServiceApp:
     """The ``App`` the listener calls (see ``_connection.App``)."""
 
     def __init__(self, issuer: LocalIssuer, credentials: Mapping[str, str], *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 placement: PlacementFile | None = None) -> None:
         self.issuer = issuer
         self.credentials = dict(credentials)
         self.clock = clock
+        self.placement = placement
         self.issued = 0
         self.refused = 0
+        self.forbidden = 0  # authenticated, but not for that VM or identity
 
     def _host(self, request: Request) -> str | None:
         auth = request.headers.get("authorization", "")
@@ -111,6 +116,11 @@ class TokenServiceApp:
             identity = Identity.from_dict(body.get("identity"))
         except (ValueError, UnicodeDecodeError) as exc:
             return error(400, f"bad token request: {exc}", route=path)
+        if self.placement is not None:
+            reason = self.placement.current().refusal(host, vm, identity)
+            if reason is not None:
+                self.forbidden += 1
+                return error(403, reason, route=path)
         token = self.issuer.sign(TokenRequest(vm, identity, resource), self.clock())
         self.issued += 1
         answer = {"access_token": token.access_token, "issued_at": token.issued_at,

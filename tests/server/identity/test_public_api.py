@@ -3,6 +3,7 @@ import imds_server.identity
 PINNED = {
     "SYSTEM_ASSIGNED", "USER_ASSIGNED", "Identity", "IdentityEndpoint", "IdentityPolicy",
     "IdentityStatistics", "Issue", "IssuedToken", "IssuerError", "LocalIssuer",
+    "Placement", "PlacementFile",
     "RemoteIssuer", "TokenCache", "TokenCacheStatistics", "TokenIssuer", "TokenRequest",
     "TokenServiceApp", "cache_key", "load_credentials", "openid_configuration", "public_jwk",
     "read_identities", "serve_token_service", "token_body",

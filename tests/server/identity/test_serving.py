@@ -7,17 +7,20 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import trio
 
+from imds_server import ServerConfig
 from imds_server.identity import TokenCache
 from imds_server.identity.testing import verify
 
-from ..conftest import CALLER_A, CALLER_B, get, make_config, running, wait_until
-from .conftest import RESOURCE, SYSTEM, TOKEN, FakeIssuer, identity_fleet
+from ..conftest import CALLER_A, CALLER_B, VM_A, get, make_config, running, wait_until
+from .conftest import RESOURCE, SYSTEM, TOKEN, USER1, USER1_ID, FakeIssuer, identity_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +110,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_remote_issuer_through_a_token_service_process(tmp_path: Path) -> None:
+@asynccontextmanager
+async def token_service(tmp_path: Path, *extra: str) -> AsyncIterator[tuple[str, ServerConfig]]:
+    """A real ``imds-server token-service`` process knowing ``host-1``, and the config of a
+    server that asks it as ``host-1``."""
     secret = "host-secret-for-the-test-0001"
     (tmp_path / "hosts").write_text(f"host-1 {secret}\n")
     (tmp_path / "credential").write_text(secret + "\n")
@@ -115,7 +121,7 @@ async def test_remote_issuer_through_a_token_service_process(tmp_path: Path) -> 
     service = await trio.lowlevel.open_process(
         [sys.executable, "-m", "imds_server", "token-service", "--listen",
          f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "service"),
-         "--credentials", str(tmp_path / "hosts")])
+         "--credentials", str(tmp_path / "hosts"), *extra])
     url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient() as client:
@@ -125,24 +131,47 @@ async def test_remote_issuer_through_a_token_service_process(tmp_path: Path) -> 
                         break
                 except httpx.HTTPError:
                     await trio.sleep(0.02)
-            config = make_config(identity_issuer="remote", identity_token_service=url,
-                                 identity_token_service_credential=tmp_path / "credential")
-            async with running(config, seed=identity_fleet()) as server:
-                reply = await get(server.vm_address, f"{TOKEN}&resource={RESOURCE}")
-                assert reply.status == 200, reply.body
-                host, aport = server.admin_address[:2]
-                host_jwks = (await client.get(f"http://{host}:{aport}/identity/jwks")).json()
-            service_jwks = (await client.get(f"{url}/identity/jwks")).json()
-        assert host_jwks == service_jwks
-        assert (tmp_path / "service" / "identity" / "signing-key.pem").exists()
-        import jwt
-
-        token = reply.json()["access_token"]
-        key = jwt.PyJWKSet.from_dict(service_jwks).keys[0].key
-        claims = jwt.decode(token, key, algorithms=["RS256"], audience=RESOURCE,
-                            issuer=f"{url}/identity")
-        assert claims["oid"] == SYSTEM["objectId"]
-        assert json.loads(reply.body)["resource"] == RESOURCE
+        yield url, make_config(identity_issuer="remote", identity_token_service=url,
+                               identity_token_service_credential=tmp_path / "credential")
     finally:
         service.terminate()
         await service.wait()
+
+
+async def test_remote_issuer_through_a_token_service_process(tmp_path: Path) -> None:
+    async with token_service(tmp_path) as (url, config), httpx.AsyncClient() as client:
+        async with running(config, seed=identity_fleet()) as server:
+            reply = await get(server.vm_address, f"{TOKEN}&resource={RESOURCE}")
+            assert reply.status == 200, reply.body
+            host, aport = server.admin_address[:2]
+            host_jwks = (await client.get(f"http://{host}:{aport}/identity/jwks")).json()
+        service_jwks = (await client.get(f"{url}/identity/jwks")).json()
+    assert host_jwks == service_jwks
+    assert (tmp_path / "service" / "identity" / "signing-key.pem").exists()
+    import jwt
+
+    token = reply.json()["access_token"]
+    key = jwt.PyJWKSet.from_dict(service_jwks).keys[0].key
+    claims = jwt.decode(token, key, algorithms=["RS256"], audience=RESOURCE,
+                        issuer=f"{url}/identity")
+    assert claims["oid"] == SYSTEM["objectId"]
+    assert json.loads(reply.body)["resource"] == RESOURCE
+
+
+async def test_token_service_placement_limits_a_host_to_its_vms_identities(
+        tmp_path: Path) -> None:
+    user1 = {"kind": "userAssigned", **USER1, "resourceId": USER1_ID}
+    (tmp_path / "placement.json").write_text(json.dumps({"host-1": {VM_A: [user1]}}))
+    async with token_service(tmp_path, "--placement", str(tmp_path / "placement.json")) as (
+            _url, config), running(config, seed=identity_fleet()) as server:
+        listed = await get(server.vm_address,
+                           f"{TOKEN}&resource={RESOURCE}&msi_res_id={USER1_ID}")
+        assert listed.status == 200, listed.body
+        import jwt
+
+        claims = jwt.decode(listed.json()["access_token"], options={"verify_signature": False})
+        assert (claims["appid"], claims["xms_mirid"]) == (USER1["clientId"], USER1_ID)
+        # The system identity is real on this VM, but the placement does not list it.
+        unlisted = await get(server.vm_address, f"{TOKEN}&resource={RESOURCE}")
+        assert unlisted.status == 500
+        assert unlisted.json()["error"] == "unknown_error"
