@@ -79,6 +79,23 @@ class ServerStatistics:
     unknown_connections_open: int = 0
     send_timeouts: int = 0  # closed: the client did not read its answer in time
     closed_after_refusals: int = 0  # closed: kept sending after its 429s
+    #: Of ``unknown_refused``, those refused by the per-address accept throttle (the rest:
+    #: the shared unknown budget was full).
+    unknown_refused_throttled: int = 0
+    watchers_disconnected: int = 0  # parked requests cancelled: the client hung up
+    #: ``/metadata/identity/...``: requests, token answers (of which from the cache),
+    #: 500s for want of a token (issuer failed, none cached), 4xx by refusal reason.
+    identity_requests: int = 0
+    identity_tokens: int = 0
+    identity_tokens_cached: int = 0
+    identity_issuer_errors: int = 0
+    identity_refused: Mapping[str, int] = attrs.field(factory=dict)
+    #: The token cache over the issuer: tokens issued, failed issuer calls (a usable cached
+    #: token may have been served instead: ``tokens_served_stale``), tokens cached.
+    tokens_issued: int = 0
+    token_issuer_failures: int = 0
+    tokens_served_stale: int = 0
+    token_cache_entries: int = 0
 
 
 class Server:
@@ -137,6 +154,9 @@ class Server:
         vm = [lst.stats for lst in self.vm_listeners]
         admin = [lst.stats for lst in self.admin_listeners]
         cache = self.api.cache
+        identity = self.api.identity.stats
+        tokens = self.api.identity.tokens
+        cached = tokens.statistics() if tokens is not None else None
         return ServerStatistics(
             ready=self.replica is not None, draining=self.draining,
             connections_open=sum(s.open for s in vm),
@@ -157,6 +177,16 @@ class Server:
             unknown_connections_open=sum(s.unknown_open for s in vm),
             send_timeouts=sum(s.send_timeouts for s in vm + admin),
             closed_after_refusals=sum(s.closed_after_refusals for s in vm),
+            unknown_refused_throttled=sum(s.refused_unknown_throttled for s in vm),
+            watchers_disconnected=sum(s.disconnected_watchers for s in vm),
+            identity_requests=identity.requests, identity_tokens=identity.tokens,
+            identity_tokens_cached=identity.cached,
+            identity_issuer_errors=identity.issuer_errors,
+            identity_refused=dict(identity.refused),
+            tokens_issued=cached.issued if cached else 0,
+            token_issuer_failures=cached.failures if cached else 0,
+            tokens_served_stale=cached.served_stale if cached else 0,
+            token_cache_entries=cached.entries if cached else 0,
         )
 
     def _health(self) -> dict[str, Any]:

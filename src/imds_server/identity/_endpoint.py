@@ -62,6 +62,9 @@ class IdentityStatistics:
     not_found: int = 0
     rate_limited: int = 0
     issuer_errors: int = 0
+    #: 4xx answers by their refusal reason (``Response.refused``; ``other`` for 404/405):
+    #: ``rate-limited`` and ``no-identity`` among them.
+    refused: dict[str, int] = attrs.field(factory=dict)
 
 
 @attrs.frozen(slots=True, eq=False)
@@ -97,6 +100,13 @@ class IdentityEndpoint:
         self._memo: dict[str, tuple[int, list[Identity]]] = {}
 
     def handle(self, request: Request, vm: str, now: float) -> Response | Issue:
+        result = self._handle(request, vm, now)
+        if isinstance(result, Response) and 400 <= result.status < 500:
+            reason = result.refused or "other"
+            self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+        return result
+
+    def _handle(self, request: Request, vm: str, now: float) -> Response | Issue:
         self.stats.requests += 1
         path = request.path.rstrip("/")
         route = path if path in (TOKEN_ROUTE, INFO_ROUTE) else "other"

@@ -10,7 +10,7 @@ added by Prometheus (deploy/prometheus), never part of this exposition.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import prometheus_client
@@ -147,6 +147,31 @@ SERVER_FIELDS: tuple[tuple[str, str, str, str], ...] = (
     ("cache_entries", "imds_http_cache_entries", "gauge", "Rendered answers cached."),
     ("cache_invalidations", "imds_http_cache_invalidations", "counter",
      "Cache entries dropped because their document changed."),
+    # Hostile callers (issue 14): what strangers and floods cost, and what was cut off.
+    ("unknown_connections_open", "imds_http_unknown_connections_open", "gauge",
+     "Open VM-facing connections of unknown callers (within max-unknown-connections)."),
+    ("send_timeouts", "imds_http_send_timeouts", "counter",
+     "Connections closed because the client did not read its answer within send-timeout."),
+    ("closed_after_refusals", "imds_http_connections_closed_after_refusals", "counter",
+     "Connections closed for asking again and again after 429 (refusals-before-close)."),
+    ("watchers_disconnected", "imds_watchers_disconnected", "counter",
+     "Parked wait_for_change requests cancelled because the client hung up."),
+    # Managed identity (/metadata/identity/...) and the token cache over the issuer.
+    ("identity_requests", "imds_identity_requests", "counter",
+     "Requests to /metadata/identity from known VMs."),
+    ("identity_tokens", "imds_identity_tokens", "counter", "Token answers (200)."),
+    ("identity_tokens_cached", "imds_identity_tokens_cached", "counter",
+     "Token answers served from the cache without asking the issuer."),
+    ("identity_issuer_errors", "imds_identity_issuer_errors", "counter",
+     "Token requests answered 500: the issuer failed and no usable token was cached."),
+    ("tokens_issued", "imds_identity_tokens_issued", "counter",
+     "Tokens the issuer issued."),
+    ("token_issuer_failures", "imds_identity_issuer_failures", "counter",
+     "Failed calls to the issuer (unreachable, refused, malformed answer)."),
+    ("tokens_served_stale", "imds_identity_tokens_served_stale", "counter",
+     "Issuer failures answered with a cached token still usable."),
+    ("token_cache_entries", "imds_identity_token_cache_entries", "gauge",
+     "Tokens cached (per VM, identity and resource)."),
 )
 
 
@@ -164,6 +189,39 @@ class ServerCollector(Collector):
                 continue
             family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family(name, help_text, value=value)
+        yield from _server_labelled(stats)
+
+
+def _server_labelled(stats: Any) -> Iterator[CounterMetricFamily]:
+    """The ``ServerStatistics`` counters that carry a label (skipped on older records)."""
+    refused = getattr(stats, "unknown_refused", None)
+    if isinstance(refused, int):
+        throttled = getattr(stats, "unknown_refused_throttled", 0)
+        family = CounterMetricFamily(
+            "imds_http_unknown_connections_refused",
+            "Connections of unknown callers closed at accept, by reason: budget (the "
+            "shared max-unknown-connections were in use) or throttled (over "
+            "unknown-rate-limit); included in imds_http_connections_refused_total.",
+            labels=["reason"])
+        family.add_metric(["budget"], refused - throttled)
+        family.add_metric(["throttled"], throttled)
+        yield family
+    by_reason = getattr(stats, "identity_refused", None)
+    if isinstance(by_reason, Mapping):
+        family = CounterMetricFamily(
+            "imds_identity_requests_refused",
+            "Identity requests answered 4xx, by reason (rate-limited: over the per-VM rate "
+            "or concurrency limit; no-identity: 400 Identity not found; other: 404/405).",
+            labels=["reason"])
+        for reason in sorted(set(IDENTITY_REFUSALS) | set(by_reason)):
+            family.add_metric([reason], by_reason.get(reason, 0))
+        yield family
+
+
+#: Identity refusal reasons always exported (at 0 until they happen), so that rate() works
+#: from the first scrape.
+IDENTITY_REFUSALS = ("rate-limited", "no-identity", "bad-request", "no-metadata-header",
+                     "forwarded", "bad-api-version", "other")
 
 
 class ReplicaCollector(Collector):
