@@ -7,9 +7,12 @@ The server builds one ``AccessRecord`` per answered request and hands it to its
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._request import Response
 
 
 @attrs.frozen
@@ -33,6 +36,20 @@ class AccessRecord:
 
 class RequestObserver(Protocol):
     def request(self, record: AccessRecord) -> None: ...
+
+
+class AnswerObserver(Protocol):
+    """What an observer may add to be told of answers without an ``AccessRecord`` built
+    for each (building one cost about as much as the rest of telemetry): the server calls
+    ``answered`` for every answer that is not a refusal (``response.refused`` is None) and
+    ``request`` for the rest. Both describe the same request; the record's fields are
+    ``time``, ``request_id``, ``caller``, ``method``, ``path``, ``bytes`` (``sent``) and
+    ``seconds`` as given, the rest from ``response``."""
+
+    def request(self, record: AccessRecord) -> None: ...
+
+    def answered(self, time: float, request_id: str, caller: str, method: str, path: str,
+                 response: Response, sent: int, seconds: float) -> None: ...
 
 
 class NullObserver:

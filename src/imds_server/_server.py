@@ -138,6 +138,10 @@ class Server:
         #: without it get every record.
         self._count_only: Callable[[AccessRecord], None] | None = getattr(
             self.observer, "count", None)
+        #: ``AnswerObserver.answered``, if the observer has it: answers without a record.
+        self._answered: Callable[..., None] | None = getattr(self.observer, "answered", None)
+        #: Nothing to tell (no telemetry): no record is built at all.
+        self._silent = type(self.observer) is NullObserver
         #: caller address -> documents its parked watchers wait on (and how many).
         self._parked_callers: dict[str, dict[tuple[str, ...], int]] = {}
 
@@ -389,7 +393,14 @@ class Server:
 
     def record(self, request: Request, peer: str, response: Response, sent: int,
                seconds: float) -> None:
+        if self._silent:
+            return
         refused = response.refused
+        answered = self._answered
+        if refused is None and answered is not None:
+            answered(self.clock() - seconds, f"{self._id_prefix}{next(self._ids):x}", peer,
+                     request.method, request.path, response, sent, seconds)
+            return
         count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):

@@ -118,3 +118,52 @@ def test_queued_records_leave_the_garbage_collector_alone(tmp_path: Path) -> Non
     gc.collect(0)
     assert not any(gc.is_tracked(entry) for entry in pipeline.queue)
     pipeline.stop()
+
+
+ANSWERS = st.builds(
+    AccessRecord,
+    time=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    request_id=st.from_regex(r"[0-9a-f]{1,8}-[0-9a-f]{1,8}-[0-9a-f]{1,8}", fullmatch=True),
+    caller=TEXT, vm=st.none() | TEXT, method=TEXT, route=TEXT, path=TEXT,
+    api_version=st.none() | st.sampled_from(["2021-02-01", "2017-08-01"]) | TEXT,
+    status=st.integers(100, 999), bytes=st.integers(0, 2**40),
+    seconds=st.floats(min_value=0, max_value=1e5, allow_nan=False), watch=st.booleans())
+
+
+def _told(records: list[AccessRecord], fast: bool,
+          tmp_path: Path) -> tuple[list[str], bytes]:
+    """The lines and the metrics exposition after telling an observer of ``records``."""
+    from imds_server._request import Response
+    from imds_server.telemetry import TelemetryObserver
+
+    metrics = TelemetryMetrics(process=False)
+    pipeline = LogPipeline(TelemetryConfig.from_mapping({}), tmp_path, metrics)
+    observer = TelemetryObserver(metrics, pipeline)
+    responses: dict[tuple[object, ...], Response] = {}
+    for r in records:
+        if not fast:
+            observer.request(r)
+            continue
+        key = (r.status, r.route, r.vm, r.api_version, r.watch)
+        response = responses.setdefault(key, Response(  # reused, as the server does
+            r.status, route=r.route, vm=r.vm, api_version=r.api_version, watch=r.watch))
+        observer.answered(r.time, r.request_id, r.caller, r.method, r.path, response,
+                          r.bytes, r.seconds)
+    assert observer.errors == 0
+    lines, _, _ = AccessRenderer().render(list(pipeline.queue))
+    return lines, metrics.exposition()[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=st.lists(ANSWERS, max_size=12), repeat=st.integers(1, 3))
+def test_answered_counts_and_renders_as_the_record_would(
+        records: list[AccessRecord], repeat: int, tmp_path_factory: pytest.TempPathFactory
+        ) -> None:
+    # The server's cheap path (no AccessRecord built; segments kept per response) must
+    # give the very lines and metrics that the record gives.
+    records = records * repeat  # the second time from the observer's table
+    tmp = tmp_path_factory.mktemp("answered")
+    fast_lines, fast_metrics = _told(records, True, tmp / "fast")
+    lines, exposition = _told(records, False, tmp / "record")
+    assert fast_lines == lines == [access_line(r) for r in records]
+    assert fast_metrics == exposition

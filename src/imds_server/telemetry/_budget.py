@@ -33,7 +33,7 @@ from typing import Any
 
 import attrs
 
-from ._jsonlog import Line, QueuedAccess
+from ._jsonlog import Line, QueuedAccess, RenderedAccess
 
 _SCALE = 2**32
 
@@ -94,8 +94,9 @@ class WarmBudget:
         self._used = 0
         self.counts = BudgetCounts()
 
-    def choose(self, batch: Sequence[QueuedAccess | Line], lines: Sequence[str],
-               levels: Sequence[int] | None, now: float) -> tuple[list[str], BudgetCounts]:
+    def choose(self, batch: Sequence[QueuedAccess | RenderedAccess | Line],
+               lines: Sequence[str], levels: Sequence[int] | None,
+               now: float) -> tuple[list[str], BudgetCounts]:
         """The lines of ``batch`` to upload (``lines[i]`` rendered from ``batch[i]``) and
         this call's counts (``counts`` keeps the totals)."""
         if now - self._window >= self.interval:
@@ -108,9 +109,13 @@ class WarmBudget:
             if type(item) is tuple:
                 if self.level > logging.INFO:
                     continue  # access lines are info
-                error = item[6] >= 500
-                if not (item[6] >= 400 or item[11] is not None
-                        or (item[3] >= self.slow_seconds and not item[12])):
+                if type(item[0]) is str:  # RenderedAccess
+                    status, refused, seconds, watch = item[2], item[5], item[3], item[4]
+                else:  # QueuedAccess
+                    status, refused, seconds, watch = item[6], item[11], item[3], item[12]
+                error = status >= 500
+                if not (status >= 400 or refused is not None
+                        or (seconds >= self.slow_seconds and not watch)):
                     if not sampled(item[1], self.sample_rate):
                         sampled_out += 1
                         continue

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import attrs
 import re2
@@ -36,6 +36,12 @@ _BACKUP_RE = re.compile(r"\.(\d+)\.gz$")
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
+#: Why retention deleted a compressed file: there were ``max_files`` newer ones, or it
+#: was older than ``max_age_seconds``.
+EXPIRED_REASONS = ("max-files", "max-age")
+log = logging.getLogger("imds_server.telemetry")
+
+
 class ColdFileHandler(logging.handlers.RotatingFileHandler):
     """Writes pre-rendered lines; errors are counted and reported, never raised.
 
@@ -43,20 +49,37 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
     stdlib's ``doRollover``, with gzip ``namer``/``rotator``) where a line would pass
     ``max_file_bytes``. Lines are ASCII (the renderer escapes the rest), so characters count
     bytes. ``emit`` (a plain logging handler's entry) writes one line the same way.
+
+    Retention deletes files, and so lines: by count at rollover (``max_files``), by age in
+    ``prune``. Neither is silent: ``on_expired(reason, files, lines)`` is called and a line
+    is logged for each file. Each compressed file carries its line count in its gzip header
+    (the original-name field, ``imds.log.lines-N``), so the lines of a file written before
+    a restart are known too.
     """
 
     def __init__(self, log_dir: Path, config: ColdConfig, *,
                  on_error: Callable[[str], None] | None = None,
-                 on_lost: Callable[[int], None] | None = None) -> None:
+                 on_lost: Callable[[int], None] | None = None,
+                 on_expired: Callable[[str, int, int], None] | None = None) -> None:
         super().__init__(log_dir / LOG_NAME, maxBytes=config.max_file_bytes,
                          backupCount=config.max_files, encoding="utf-8", delay=True)
         self.max_age = config.max_age_seconds
         self.namer = _gz_name
-        self.rotator = _gzip_rotate
+        self.rotator = self._rotate
         self._on_error = on_error
         self._on_lost = on_lost
+        self._on_expired = on_expired
         self._last_report = 0.0
         self.failed_lines = 0
+        #: Lines in the live file (counted at its first open, then as they are written).
+        self.live_lines = 0
+        #: (reason, files, lines) deleted by retention since this handler was made.
+        self.expired: dict[str, tuple[int, int]] = {}
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        self.live_lines = _count_lines(self.baseFilename) if stream.tell() else 0
+        return stream
 
     def emit(self, record: logging.LogRecord) -> None:
         self.write_lines([self.format(record) + "\n"])
@@ -75,21 +98,49 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
         if position + len(text) < self.maxBytes:  # the usual batch: no rollover inside
             self.stream.write(text)
             self.stream.flush()
+            self.live_lines += len(lines)
             return
         start = 0
         for i, line in enumerate(lines):
             if position and position + len(line) >= self.maxBytes:
                 self.stream.write("".join(lines[start:i]))
+                self.live_lines += i - start
                 self.doRollover()  # closes the stream; with delay=True, reopens none
                 self.stream = self.stream or self._open()
                 start, position = i, 0
             position += len(line)
         self.stream.write("".join(lines[start:]))
         self.stream.flush()
+        self.live_lines += len(lines) - start
 
     def doRollover(self) -> None:
+        # The stdlib's rollover shifts .1.gz ... and deletes the oldest, .<max_files>.gz,
+        # when every slot is taken: say so (its lines are gone) before it does.
+        n = self.backupCount
+        oldest = Path(self.rotation_filename(f"{self.baseFilename}.{n}"))
+        if n > 0 and oldest.exists() and (
+                n == 1 or Path(self.rotation_filename(f"{self.baseFilename}.{n - 1}")).exists()):
+            self._expire(oldest, "max-files", delete=False)
         super().doRollover()
         self._prune_locked(time.time())
+
+    def _rotate(self, source: str, dest: str) -> None:
+        _gzip_rotate(source, dest, self.live_lines)
+        self.live_lines = 0
+
+    def _expire(self, path: Path, reason: str, *, delete: bool = True) -> None:
+        lines = gz_line_count(path)
+        if delete:
+            path.unlink()
+        files, total = self.expired.get(reason, (0, 0))
+        self.expired[reason] = (files + 1, total + (lines or 0))
+        if self._on_expired is not None:
+            self._on_expired(reason, 1, lines or 0)
+        limit = (f"telemetry.cold.max_files = {self.backupCount}" if reason == "max-files"
+                 else f"telemetry.cold.max_age_seconds = {self.max_age:g}")
+        log.warning("log retention deleted %s (%s lines) to keep %s",
+                    path.name, "unknown" if lines is None else lines, limit,
+                    extra={"fields": {"file": path.name, "lines": lines, "reason": reason}})
 
     def prune(self, now: float | None = None) -> int:
         """Delete compressed files older than the age limit; returns how many."""
@@ -101,7 +152,7 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
         for path in backup_files(Path(self.baseFilename)):
             try:
                 if path.stat().st_mtime < now - self.max_age:
-                    path.unlink()
+                    self._expire(path, "max-age")
                     removed += 1
             except FileNotFoundError:
                 pass
@@ -143,12 +194,45 @@ def _gz_name(name: str) -> str:
 GZIP_LEVEL = 3
 
 
-def _gzip_rotate(source: str, dest: str) -> None:
-    with open(source, "rb") as src, gzip.open(dest + ".tmp", "wb",
-                                              compresslevel=GZIP_LEVEL) as dst:
+#: The gzip header's original-name field of a rotated file: its line count (what
+#: retention reports when it deletes the file). ``gunzip`` ignores it unless asked (-N).
+_LINES_NAME = "imds.log.lines-{}"
+_LINES_RE = re.compile(rb"imds\.log\.lines-(\d+)\x00")
+
+
+def _gzip_rotate(source: str, dest: str, lines: int | None = None) -> None:
+    name = _LINES_NAME.format(lines) if lines is not None else "imds.log"
+    with open(source, "rb") as src, open(dest + ".tmp", "wb") as raw, \
+            gzip.GzipFile(name + ".gz", "wb", GZIP_LEVEL, raw) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(dest + ".tmp", dest)
     os.remove(source)
+
+
+def gz_line_count(path: Path) -> int | None:
+    """The line count a rotated file's gzip header carries (None: not ours, or older)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    # flags bit 3 (FNAME): the zero-terminated name follows the 10-byte header
+    if len(head) < 10 or head[:2] != b"\x1f\x8b" or not head[3] & 0x08:
+        return None
+    found = _LINES_RE.match(head, 10)
+    return int(found.group(1)) if found else None
+
+
+def _count_lines(path: str) -> int:
+    """Lines already in a live file this process did not write (a restart)."""
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                count += chunk.count(b"\n")
+    except OSError:
+        pass
+    return count
 
 
 def backup_files(base: Path) -> list[Path]:

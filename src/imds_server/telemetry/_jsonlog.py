@@ -91,6 +91,28 @@ QueuedAccess = tuple[float, str, int, float, str, str, int, str | None, str, str
                      str | None, bool]
 
 
+#: An access line rendered on the request path (``TelemetryObserver.answered``), as the
+#: pipeline queues it: (the line with its newline, request_id, status, seconds, watch,
+#: refused). The writer passes the line through; the warm budget reads the rest.
+RenderedAccess = tuple[str, str, int, float, bool, str | None]
+
+
+def second_prefix(second: int) -> str:
+    """The start of every access line of one second: ``{"time":"YYYY-MM-DDTHH:MM:SS.``."""
+    return f'{{"time":"{_second_text(second)}.'
+
+
+def answer_segments(method: str, path: str, status: int, vm: str | None, caller: str,
+                    route: str, api_version: str | None, watch: bool
+                    ) -> tuple[str, str, str]:
+    """The fixed parts of an answer's access line (not a refusal), to be joined as
+    ``second_prefix + 6-digit µs + head + request_id + middle + bytes + ',"seconds":' +
+    seconds (.7f) + tail``; the request id goes in unescaped (the server's own)."""
+    head, middle, tail = _segments((0.0, "", 0, 0.0, method, path, status, vm, caller,
+                                    route, api_version, None, watch))
+    return head + '"', '"' + middle, tail
+
+
 def queued(r: AccessRecord) -> QueuedAccess:
     """``r`` as the pipeline queues it (``QUEUED_FIELDS``; the pipeline inlines this)."""
     return (r.time, r.request_id, r.bytes, r.seconds, r.method, r.path, r.status, r.vm,
@@ -129,11 +151,12 @@ class AccessRenderer:
         self._second = -1
         self._prefix = ""
 
-    def render(self, batch: Sequence[QueuedAccess | Line]
+    def render(self, batch: Sequence[QueuedAccess | RenderedAccess | Line]
                ) -> tuple[list[str], list[int] | None, int]:
-        """``batch``: queued access records (``queued()``) and component ``Line``s (passed
-        through). Returns the lines (each ending in a newline), each line's level (None
-        when every line is an access line: info) and how many access lines."""
+        """``batch``: queued access records (``queued()``), access lines rendered already
+        (``RenderedAccess``) and component ``Line``s (both passed through). Returns the
+        lines (each ending in a newline), each line's level (None when every line is an
+        access line: info) and how many access lines."""
         out: list[str] = []
         append = out.append
         segments = self._segments
@@ -152,6 +175,9 @@ class AccessRenderer:
                     continue
                 if levels is not None:
                     levels.append(logging.INFO)
+                if type(item[0]) is str:  # rendered on the request path already
+                    append(item[0])
+                    continue
                 t = item[0]
                 s = int(t)
                 if s != second:

@@ -55,6 +55,20 @@ class TelemetryMetrics:
         self.log_dropped = Counter(
             "imds_telemetry_log_lines_dropped", "Log lines dropped, by reason.", ["reason"],
             registry=r)
+        # Retention's deletions: lines written to the cold path, then deleted with their
+        # file (by count at rotation, or by age), so that lines written == lines on disk +
+        # lines expired.
+        self.log_files_expired = Counter(
+            "imds_telemetry_log_files_expired", "Compressed log files deleted by retention, "
+            "by reason: max-files (rotation), max-age.", ["reason"], registry=r)
+        self.log_lines_expired = Counter(
+            "imds_telemetry_log_lines_expired", "Log lines in the files retention deleted, "
+            "by reason (see imds_telemetry_log_files_expired).", ["reason"], registry=r)
+        for reason in ("max-files", "max-age"):
+            self.log_files_expired.labels(reason)
+            self.log_lines_expired.labels(reason)
+        for reason in ("queue-full", "cold-unwritable", "unrenderable"):
+            self.log_dropped.labels(reason)
         self.log_errors = Counter(
             "imds_telemetry_log_write_errors", "Failed writes of the log pipeline, by path.",
             ["path"], registry=r)

@@ -72,6 +72,21 @@ class _Route:
         self.watches = 0
 
 
+class Slot:
+    """Where one kind of answer is counted (a route, a bounded api-version, a status,
+    watch or not), bound once: ``RequestCounts.count(slot, seconds, size)`` then does no
+    lookup but the count's own. The server's answers repeat (one ``Response`` per answer
+    and second), so the observer keeps a slot per answer (``_observer.py``)."""
+
+    __slots__ = ("key", "requests", "route", "watch")
+
+    def __init__(self, route: _Route, key: tuple[str | None, int], watch: bool) -> None:
+        self.route = route
+        self.requests = route.requests
+        self.key = key
+        self.watch = watch
+
+
 class RequestCounts(Collector):
     """Counts answered requests; register it in the registry that is scraped."""
 
@@ -109,6 +124,35 @@ class RequestCounts(Collector):
         if record.refused is not None:
             reason = record.refused if record.refused in REFUSAL_REASONS else "other"
             self._refused[reason] = self._refused.get(reason, 0) + 1
+
+    def slot(self, route: str, api_version: str | None, status: int, watch: bool) -> Slot:
+        """The pre-bound slot of an answer that was not refused (a refusal is counted by
+        ``observe``, by reason)."""
+        found = self._routes.get(route)
+        if found is None:
+            found = self._new_route(route)
+        key = (api_version, status)
+        if api_version is not None and api_version not in self._known:
+            key = (OTHER, status)  # bounded as ``observe`` does
+        found.requests.setdefault(key, 0)
+        return Slot(found, key, watch)
+
+    def count(self, slot: Slot, seconds: float, size: int) -> None:
+        """One answered request of ``slot``'s kind: what ``observe`` counts, less the
+        lookups (inlined for the same reason)."""
+        requests = slot.requests
+        key = slot.key
+        requests[key] += 1
+        route = slot.route
+        if slot.watch:
+            route.watches += 1
+        else:
+            histogram = route.duration
+            histogram.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+            histogram.sum += seconds
+        histogram = route.size
+        histogram.buckets[bisect_left(SIZE_BUCKETS, size)] += 1
+        histogram.sum += size
 
     def _new_route(self, name: str) -> _Route:
         if name not in self._routes and len(self._routes) >= MAX_ROUTES:
