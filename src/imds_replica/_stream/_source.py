@@ -80,7 +80,8 @@ class StreamSource:
                  policy: LivelinessPolicy | None = None, batch: int = 256,
                  fetch_timeout: float = 5.0, heartbeat: float = 1.0,
                  check_interval: float = 30.0, backoff_max: float = 30.0,
-                 call_timeout: float = 10.0, inactive_threshold: float = 300.0) -> None:
+                 call_timeout: float = 10.0, inactive_threshold: float = 300.0,
+                 prefetch: bool = True) -> None:
         check_source(name)
         check_cluster(cluster)
         check_host(host)
@@ -114,6 +115,9 @@ class StreamSource:
         self.backoff_max = backoff_max
         self.call_timeout = call_timeout
         self.inactive_threshold = inactive_threshold
+        #: False: a lane's next fetch only once its batch is durable (strict backpressure,
+        #: one batch of a lane in memory); True: one fetch overlaps the fsync (two).
+        self.prefetch = prefetch
         self._follower: Follower | None = None
         self._connected = False
         self._applied: Cursor | None = None
@@ -209,8 +213,9 @@ class StreamSource:
                     prefetched: list[Lane] = []
 
                     def prefetch(lane: Lane = lane, done: list[Lane] = prefetched) -> None:
-                        done.append(lane)
-                        nursery.start_soon(self._pull, conn, lane, send)
+                        if self.prefetch:
+                            done.append(lane)
+                            nursery.start_soon(self._pull, conn, lane, send)
 
                     if not await self._take(conn, follower, sink, lane, fetched, checked,
                                             prefetch):
@@ -338,4 +343,5 @@ def stream_source_from_settings(name: str, settings: dict[str, Any],
         tls_ca=Path(settings["tls-ca"]) if "tls-ca" in settings else None,
         inbox_prefix=f"_INBOX_{settings['host']}")
     return StreamSource(name, cluster=settings["cluster"], host=settings["host"],
-                        options=options, policy=policy)
+                        options=options, policy=policy, batch=settings.get("batch", 256),
+                        prefetch=settings.get("prefetch", True))
