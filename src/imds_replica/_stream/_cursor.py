@@ -42,7 +42,10 @@ inputs derived from what the server said:
   batch whose last message reports no pending ones). Once *both* lanes have caught up
   during a resync (``LANE_DONE`` before that), the resync ends: this source's registers
   that did not reappear on either lane are tombstoned, in the same batch as the cursor that
-  clears ``resync``.
+  clears ``resync``. During a resync an idle fetch is only ``IDLE``: the last deliveries
+  may have been lost (no later one would show the gap), and ending the resync then would
+  tombstone what was lost, so the lane counts as caught up only once a ``CHECK`` of its
+  consumer (asked at once, ``wants_check``) shows everything it delivered arrived.
 - ``CHECK`` / ``STALE`` — the stream's state and a lane's consumer (delivered count and
   pending), read now and then while that lane is idle: ``STALE`` when it shows a new
   identity, an empty stream under a non-zero cursor (purged), a last sequence below the
@@ -93,6 +96,7 @@ class Input(enum.Enum):
     GAP = "gap"
     LANE_DONE = "lane-done"  # one lane caught up during a resync, the other not yet
     CAUGHT_UP = "caught-up"
+    IDLE = "idle"  # an idle fetch during a resync: caught up once a check confirms it
     CHECK = "check"
     STALE = "stale"
     SILENCE = "silence"
@@ -122,6 +126,7 @@ TRANSITIONS: Mapping[tuple[Phase, Input], tuple[Phase, Action]] = {
     (P.FOLLOWING, In.LOST): (P.DETACHED, A.RECREATE),
     (P.RESYNCING, In.BATCH): (P.RESYNCING, A.FETCH),
     (P.RESYNCING, In.LANE_DONE): (P.RESYNCING, A.FETCH),
+    (P.RESYNCING, In.IDLE): (P.RESYNCING, A.FETCH),
     (P.RESYNCING, In.CAUGHT_UP): (P.FOLLOWING, A.FINISH_RESYNC),
     (P.RESYNCING, In.GAP): (P.DETACHED, A.RECREATE),
     (P.RESYNCING, In.SILENCE): (P.DETACHED, A.RECREATE),
@@ -234,12 +239,13 @@ class Step:
 
 
 class _LaneState:
-    __slots__ = ("caught_up", "consumer_seq", "pending")
+    __slots__ = ("caught_up", "consumer_seq", "pending", "unconfirmed")
 
     def __init__(self) -> None:
         self.consumer_seq = 0  # the consumer's sequence of the last delivery that arrived
         self.pending: int | None = None
         self.caught_up = False  # during a resync: nothing was pending at some point
+        self.unconfirmed = False  # during a resync: idle, not yet confirmed by a check
 
 
 class Follower:
@@ -326,6 +332,10 @@ class Follower:
             cursor.stream != state.name or cursor.identity != state.identity
             or cursor.seq > state.last_seq or (state.messages == 0 and cursor.seq > 0)
             or (consumer is not None and consumer.delivered > ls.consumer_seq))
+        if (not stale and self.phase is Phase.RESYNCING and ls.unconfirmed
+                and consumer is not None and consumer.pending == 0):
+            ls.unconfirmed = False  # the idle fetch was real: everything delivered arrived
+            return self._lane_caught_up(lane, [], ())
         action = self._step(Input.STALE if stale else Input.CHECK)
         # Not over an empty stream: there a cursor above 0 means "purged since".
         if (stale or cursor is None or consumer is None or consumer.pending
@@ -343,6 +353,7 @@ class Follower:
         if cursor is None or self.phase is Phase.DETACHED:
             raise ProtocolError(f"a batch while {self.phase.value}")
         ls = self._lanes[lane]
+        ls.unconfirmed = False
         decoder = self._decoders[lane]
         events: list[Event] = []
         refused: list[Refusal] = []
@@ -385,8 +396,16 @@ class Follower:
             raise ProtocolError("an idle fetch while detached")
         self._lanes[lane].pending = 0
         if self.phase is Phase.RESYNCING:
-            return self._lane_caught_up(lane, [], ())
+            if self._lanes[lane].caught_up:
+                return Step(self._step(Input.LANE_DONE))
+            self._lanes[lane].unconfirmed = True
+            return Step(self._step(Input.IDLE))
         return Step(self._step(Input.CAUGHT_UP))
+
+    def wants_check(self, lane: Lane) -> bool:
+        """Whether the shell must ``on_check`` this lane now (not at its next interval):
+        an idle fetch during a resync that only a check can confirm."""
+        return self.phase is Phase.RESYNCING and self._lanes[lane].unconfirmed
 
     def on_silence(self) -> Step:
         """A fetch that nothing answered, not even a heartbeat."""

@@ -265,7 +265,8 @@ class StreamSource:
             sink.contact()
         if step.action is Action.RECREATE:
             return False
-        if fetched.idle and trio.current_time() - checked[lane] > self.check_interval:
+        if fetched.idle and (follower.wants_check(lane)
+                             or trio.current_time() - checked[lane] > self.check_interval):
             # Stream first, then the consumer: what the consumer then says it delivered
             # covers everything the stream held when it was read.
             with trio.fail_after(self.call_timeout):

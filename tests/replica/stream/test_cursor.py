@@ -267,6 +267,11 @@ def test_new_identity_resyncs_and_tombstones_what_did_not_reappear() -> None:
     assert follower.phase is Phase.RESYNCING
     assert follower.on_idle(Lane.HOST).action is Action.FETCH  # the other lane still reads
     assert follower.phase is Phase.RESYNCING
+    # An idle fetch during a resync counts once the consumer shows nothing was lost.
+    assert follower.wants_check(Lane.HOST)
+    state = StreamState(STREAM, "t1", 1, 1, 1)
+    assert follower.on_check(Lane.HOST, state, ConsumerState(0, 0)).action is Action.FETCH
+    assert not follower.wants_check(Lane.HOST)
     kept = Event(SOURCE, KEYS[1], 4, "kept")
     step = follower.on_batch(Lane.ALL, [Delivery(_wire.subject(CLUSTER, None, SOURCE, KEYS[1]),
                                        _wire.encode_event(kept), 1, 1, 0)])
@@ -387,3 +392,30 @@ def test_a_host_lane_delivery_of_all_subjects_is_refused() -> None:
                  2, 2, 0)])
     assert [r.stream_seq for r in step.refused] == [1]
     assert [e.seq for e in step.events] == [2]
+
+
+def test_a_lost_last_delivery_during_a_resync_does_not_end_it() -> None:
+    """Found by the property: the stream is recreated, and the only message of the resync
+    that follows is lost on its way, so the lane's fetch looks idle. Ending the resync
+    there tombstoned the register the lost message carried (and its tombstone then won
+    against it on redelivery). An idle fetch during a resync now counts only once a check
+    of the consumer shows everything it delivered arrived."""
+    stream, host = SimStream(), SimHost()
+    key = KEYS[0]
+    subject = _wire.subject(CLUSTER, HOST, SOURCE, key)
+    stream.publish(subject, _wire.encode_event(Event(SOURCE, key, 1, "old")))
+    host.work(stream, 1, Lane.HOST)  # create the consumers
+    host.work(stream, 1, Lane.HOST)  # the message: the first resync ends
+    assert host.live() == stream.expected()
+    stream.recreate()
+    stream.publish(subject, _wire.encode_event(Event(SOURCE, key, 2, "new")))
+    stream.drop_next = True
+    host.work(stream, 1, Lane.HOST)  # silence: the consumers went with the stream
+    host.work(stream, 1, Lane.HOST)  # recreate: a resync of the new identity
+    host.work(stream, 1, Lane.HOST)  # the message is lost: an idle-looking fetch
+    assert host.follower.phase is not Phase.FOLLOWING  # the resync did not end on it
+    assert host.view[key].value == "old"  # and nothing was tombstoned
+    for i in range(20):
+        host.work(stream, 1, LANES[i % 2])
+    assert host.live() == stream.expected()
+    assert host.view[key].value == "new"
