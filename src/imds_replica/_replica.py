@@ -19,7 +19,7 @@ import trio
 
 from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
-from ._liveliness import LivelinessPolicy, LivelinessTracker, newest_versions
+from ._liveliness import LivelinessPolicy, LivelinessTracker
 from ._logport import Checkpoint, EventLog, MemoryLog, Recovery, validate_checkpoint
 from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
@@ -186,7 +186,7 @@ async def open_replica(
     try:
         async with trio.open_nursery() as nursery:
             recovery: Recovery = await nursery.start(log.run, view)
-            tracker.recover(newest=newest_versions(view.registers()),
+            tracker.recover(newest=view.newest_versions(),
                             contacts=recovery.contacts)
             replica = Replica(view=view, log=log, liveliness=tracker, recovery=recovery,
                               clock=clock, max_value_bytes=max_value_bytes)

@@ -218,7 +218,10 @@ class Listener:
         self.draining = False
         #: Whether a peer address is a known caller (a VM); None: everyone is.
         self.known = known if limits.max_unknown_connections is not None else None
-        self._throttle = (TokenBuckets(limits.unknown_rate_limit, limits.unknown_rate_burst)
+        # Strangers' addresses are the strangers' choice: a small table, so that the sweep
+        # when it is full (rare, amortised) costs the accept loop a few milliseconds.
+        self._throttle = (TokenBuckets(limits.unknown_rate_limit, limits.unknown_rate_burst,
+                                       max_keys=4096)
                           if limits.unknown_rate_limit > 0 else None)
         self._per_caller: Counter[str] = Counter()
         self._conns: set[_Conn] = set()

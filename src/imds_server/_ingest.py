@@ -27,7 +27,6 @@ rescanned the growing heap on the loop.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import re
 import time
@@ -38,6 +37,7 @@ import msgpack
 import trio
 
 from imds_replica import DEFAULT_MAX_VALUE_BYTES, ClientError, Event, ValidationError
+from imds_replica._gc import gc_paused as _gc_paused
 
 if TYPE_CHECKING:
     from imds_replica import Replica
@@ -139,29 +139,10 @@ async def _parts(events: Sequence[Event]) -> list[list[Event]]:
     return parts
 
 
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic collector while a batch is ingested (nested ingests counted; it is
-    re-enabled by the last one out, and only if it was enabled before the first)."""
-    global _gc_pauses, _gc_was_enabled
-    if _gc_pauses == 0:
-        _gc_was_enabled = gc.isenabled()
-        gc.disable()
-    _gc_pauses += 1
-    try:
-        yield
-    finally:
-        _gc_pauses -= 1
-        if _gc_pauses == 0 and _gc_was_enabled:
-            # Everything allocated meanwhile is still in the youngest generation: the first
-            # collection would scan the whole batch at once (half a second for 16 MiB).
-            # Frozen, the batch's objects (acyclic, kept by the view) are never rescanned.
-            gc.freeze()
-            gc.enable()
+def gc_paused() -> contextlib.AbstractContextManager[None]:
+    """Pause the collector while a batch is ingested and freeze what it built on the way
+    out: the one helper the log's recovery uses too (``imds_replica._gc``)."""
+    return _gc_paused(freeze=True)
 
 
 class _Bad(Exception):

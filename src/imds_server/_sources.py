@@ -45,6 +45,9 @@ KINDS: Mapping[str, Mapping[str, tuple[tuple[type, ...], str]]] = {
         "user": ((str,), "NATS user (with password)"),
         "password": ((str,), "NATS password"),
         "tls-ca": ((str,), "CA bundle verifying the NATS servers' TLS certificates"),
+        "batch": ((int,), "messages per fetch (one fetch = one submit), 1..10000"),
+        "prefetch": ((bool,), "let a lane's next fetch overlap its batch's fsync "
+                     "(false: the next fetch only once the batch is durable)"),
     },
 }
 REQUIRED: Mapping[str, tuple[str, ...]] = {

@@ -111,6 +111,16 @@ expired-after = 600
     async def sources(self) -> dict[str, Any]:
         return dict((await self.get("/sources", admin=True)).json())
 
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """``GET /metrics`` on the admin port: (sample name, sorted labels) → value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        answer = await self.get("/metrics", admin=True)
+        assert answer.status_code == 200
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(answer.text)
+                for sample in family.samples}
+
 
 class Region:
     """The regional side: every event published, and the reference view they make."""
@@ -252,3 +262,25 @@ async def test_faults_end_with_the_reference_view(
                                                    ("vms", VM, "compute", "name"): "v4"})
     await host.wait_name("v4", limit=60)
     assert await host.view_digest() == region.digest()
+
+    # What happened is in /metrics (since the restart): the garbage refused, the resync of
+    # the recreated stream, its cursor, no lag.
+    fleet = (("source", "fleet"),)
+    with trio.fail_after(20):
+        while True:
+            metrics = await host.metrics()
+            if metrics.get(("imds_stream_pending_messages", fleet)) == 0:
+                break
+            await trio.sleep(0.2)
+    assert metrics[("imds_stream_connected", fleet)] == 1
+    assert metrics[("imds_stream_messages_refused_total", fleet)] == 1
+    assert metrics[("imds_stream_resyncs_total", fleet)] == 1
+    assert metrics[("imds_stream_consumer_recreations_total", fleet)] >= 1
+    assert metrics[("imds_stream_messages_delivered_total", fleet)] >= len(refill) + 1
+    assert metrics[("imds_stream_events_submitted_total", fleet)] >= len(refill)
+    assert metrics[("imds_stream_batches_total", fleet)] >= 1
+    assert metrics[("imds_stream_connects_total", fleet)] >= 1
+    assert metrics[("imds_stream_delivery_gaps_total", fleet)] == 0
+    host_lane = (("lane", "host"), ("source", "fleet"))
+    stats = (await host.sources())["fleet"]["adapter"]
+    assert metrics[("imds_stream_cursor_sequence", host_lane)] == stats["host_seq"] > 0

@@ -53,6 +53,16 @@ password = "secret"
     assert isinstance(built[2], StreamSource)
     assert built[2].stream == "IMDS_WEST"
     assert built[2].options.user == "host-7"
+    assert (built[2].batch, built[2].prefetch) == (256, True)  # the defaults
+
+
+def test_stream_batch_and_prefetch(tmp_path: Path) -> None:
+    config = _load(tmp_path, '[[source]]\nkind = "stream"\nname = "fleet"\n'
+                   'servers = ["nats://a"]\ncluster = "c"\nhost = "h"\nbatch = 64\n'
+                   'prefetch = false\n')
+    source = build_source(config.sources[0])  # type: ignore[attr-defined]
+    assert isinstance(source, StreamSource)
+    assert (source.batch, source.prefetch) == (64, False)
 
 
 def test_no_sources_by_default(tmp_path: Path) -> None:
@@ -80,6 +90,10 @@ def test_no_sources_by_default(tmp_path: Path) -> None:
      "source[1] (x).cluster", "lower-case"),
     ('kind = "stream"\nname = "x"\nservers = ["nats://a"]\ncluster = "c"\nhost = "h"\n'
      'user = "u"', "source[1] (x).user", "go together"),
+    ('kind = "stream"\nname = "x"\nservers = ["nats://a"]\ncluster = "c"\nhost = "h"\n'
+     'batch = 0', "source[1] (x).batch", "must be in 1..10000"),
+    ('kind = "stream"\nname = "x"\nservers = ["nats://a"]\ncluster = "c"\nhost = "h"\n'
+     'prefetch = 1', "source[1] (x).prefetch", "must be bool"),
     ('kind = "file"\nname = "guest"\ndirectory = "/d"', "source[1] (guest).name",
      "server itself writes"),
 ])

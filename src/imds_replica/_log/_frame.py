@@ -29,11 +29,11 @@ from typing import Any
 import crc32c as _crc32c
 import msgpack
 
-from .._codec import decode as decode_value
 from .._codec import digest as value_digest
 from .._codec import encode as encode_value
 from .._event import Event
 from .._logport import Checkpoint
+from .._view import stored_event
 
 #: The on-disk format version this build writes (segments, snapshots, metadata).
 FORMAT_VERSION = 2
@@ -207,29 +207,9 @@ def decode_checkpoint(pair: Sequence[Any]) -> Checkpoint:
     return Checkpoint(source, cursor, None if contact is None else float(contact))
 
 
-def trusted_event(t: EventTuple) -> Event:
-    """Rebuild an ``Event`` from a stored tuple without re-validating it.
-
-    Stored events passed validation when first accepted and are protected by the record
-    CRC; re-validating (normalize, re-encode) would make replay several times slower. The
-    result equals ``Event(...)`` field for field (a test pins this).
-    """
-    source, key, version, deleted, encoded, seq = t
-    event: Event = object.__new__(Event)
-    setattr_ = object.__setattr__
-    setattr_(event, "source", source)
-    setattr_(event, "key", tuple(key))
-    setattr_(event, "version", version)
-    setattr_(event, "deleted", deleted)
-    setattr_(event, "seq", seq)
-    setattr_(event, "encoded", encoded)
-    if deleted:
-        setattr_(event, "value", None)
-        setattr_(event, "digest", TOMBSTONE_DIGEST)
-    else:
-        setattr_(event, "value", decode_value(encoded))
-        setattr_(event, "digest", value_digest(encoded))
-    return event
+#: Rebuild an ``Event`` from a stored tuple without re-validating it (``View`` does the
+#: same for the registers recovery loads; one function for both).
+trusted_event = stored_event
 
 
 def stored_digest(t: EventTuple) -> bytes:

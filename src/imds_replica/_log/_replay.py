@@ -9,14 +9,11 @@ applying every event in log order; only the view's change counters differ.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import io
 import itertools
 import operator
 import os
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ import attrs
 
 from .._errors import CorruptLogError, StorageError
 from .._event import Event, Key
+from .._gc import gc_paused
 from .._horizon import STATE_SOURCE, CompactionState
 from .._logport import keep_checkpoint
 from ._frame import (
@@ -181,36 +179,11 @@ class Reducer:
     def winners(self) -> list[Event]:
         return [trusted_event(t) for t in self.best.values()]
 
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-_gc_was_enabled = False
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector (process-wide) for a bulk load.
-
-    Recovery allocates millions of tuples and keeps the winners alive, which makes the
-    collector rescan the growing heap again and again: with 1,000,000 keys that was half
-    of the replay time. Nothing recovery builds forms reference cycles, so pausing only
-    delays the collection of cycles made elsewhere meanwhile. Nesting and concurrent
-    recoveries (threads) are counted: the collector is re-enabled by the last one out,
-    and only if it was enabled before the first one came in.
-    """
-    global _gc_pauses, _gc_was_enabled
-    with _gc_lock:
-        if _gc_pauses == 0:
-            _gc_was_enabled = gc.isenabled()
-            gc.disable()
-        _gc_pauses += 1
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0 and _gc_was_enabled:
-                gc.enable()
+    def take_winners(self) -> dict[Key, EventTuple]:
+        """The winners as stored tuples, handed over (for ``View.load_stored``): the
+        reducer holds none afterwards."""
+        best, self.best = self.best, {}
+        return best
 
 
 @attrs.frozen

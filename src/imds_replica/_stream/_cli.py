@@ -115,7 +115,7 @@ async def _create(args: argparse.Namespace, options: ConnectOptions) -> int:
     from ._bridge import Connection
 
     name = stream_name(args.cluster)
-    conn = await Connection.open(options)
+    conn = await Connection.open(options, give_up_after=options.first_connect_bound)
     try:
         try:
             info = await _retrying_info(conn, name)
@@ -169,7 +169,7 @@ async def _retrying_add(conn: Connection, args: argparse.Namespace,
 async def _info(args: argparse.Namespace, options: ConnectOptions) -> int:
     from ._bridge import Connection
 
-    conn = await Connection.open(options)
+    conn = await Connection.open(options, give_up_after=options.first_connect_bound)
     try:
         info = await conn.stream_info(stream_name(args.cluster))
     finally:

@@ -68,7 +68,7 @@ from typing import Any
 import attrs
 
 from .._event import MAX_VERSION, Event, Key
-from ._wire import WireError, decode_event
+from ._wire import WireError, lane_decoder
 
 
 class Lane(enum.Enum):
@@ -260,10 +260,14 @@ class Follower:
         self._held = held
         self._seen: set[Key] | None = None  # keys seen by the resync under way, if any
         self._lanes = {lane: _LaneState() for lane in LANES}
+        self._decoders = {Lane.HOST: lane_decoder(cluster, host, source),
+                          Lane.ALL: lane_decoder(cluster, None, source)}
         self.resyncs = 0
         self.recreations = 0
         self.gaps = 0
         self.refused = 0
+        self.delivered = 0  # messages delivered (redeliveries included)
+        self.tombstoned = 0  # registers a resync's end tombstoned
 
     @property
     def pending(self) -> int | None:
@@ -339,6 +343,7 @@ class Follower:
         if cursor is None or self.phase is Phase.DETACHED:
             raise ProtocolError(f"a batch while {self.phase.value}")
         ls = self._lanes[lane]
+        decoder = self._decoders[lane]
         events: list[Event] = []
         refused: list[Refusal] = []
         seq = cursor.lane(lane)
@@ -350,20 +355,14 @@ class Follower:
                 break
             ls.consumer_seq = d.consumer_seq
             ls.pending = d.pending
+            self.delivered += 1
             if d.stream_seq <= seq:  # a redelivery of what is applied already
                 continue
             seq = d.stream_seq
             try:
-                event = decode_event(d.subject, d.payload, seq=d.stream_seq,
-                                     expect_cluster=self.cluster,
-                                     expect_host=self.host if lane is Lane.HOST else None,
-                                     expect_source=self.source)
+                event = decoder.decode(d.subject, d.payload, d.stream_seq)
             except WireError as exc:
                 refused.append(Refusal(d.stream_seq, d.subject, exc.message))
-                continue
-            if (lane is Lane.ALL) != (_scope_is_all(d.subject)):
-                refused.append(Refusal(d.stream_seq, d.subject,
-                                       f"subject {d.subject!r} is not on the {lane.value} lane"))
                 continue
             events.append(event)
             if self._seen is not None:
@@ -415,10 +414,7 @@ class Follower:
             and held.version < MAX_VERSION
         ]
         self.cursor = attrs.evolve(self.cursor, resync=False)
+        self.tombstoned += len(tombstones)
         return Step(action, (*events, *tombstones), self.cursor, refused,
                     tombstoned=len(tombstones))
 
-
-def _scope_is_all(subject: str) -> bool:
-    parts = subject.split(".")
-    return len(parts) > 2 and parts[2] == "_all"

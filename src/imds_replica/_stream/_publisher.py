@@ -64,7 +64,8 @@ class Publisher:
     @asynccontextmanager
     async def connect(cls, options: ConnectOptions, *, cluster: str,
                       window: int = 1000) -> AsyncIterator[Publisher]:
-        conn = await Connection.open(options, publish_window=window)
+        conn = await Connection.open(options, publish_window=window,
+                                     give_up_after=options.first_connect_bound)
         try:
             yield cls(conn, cluster=cluster, window=window)
         finally:

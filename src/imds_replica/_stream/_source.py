@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,8 @@ class StreamSourceStatistics:
     last_error: str | None
     host_seq: int | None = None  # the host lane's cursor (imds.<cluster>.<host>.<source>.*)
     all_seq: int | None = None  # the _all lane's cursor
+    delivered: int = 0  # messages the consumers delivered (redeliveries included)
+    tombstoned: int = 0  # registers tombstoned at the end of a resync (gone from the stream)
 
 
 class StreamSource:
@@ -78,7 +80,8 @@ class StreamSource:
                  policy: LivelinessPolicy | None = None, batch: int = 256,
                  fetch_timeout: float = 5.0, heartbeat: float = 1.0,
                  check_interval: float = 30.0, backoff_max: float = 30.0,
-                 call_timeout: float = 10.0, inactive_threshold: float = 300.0) -> None:
+                 call_timeout: float = 10.0, inactive_threshold: float = 300.0,
+                 prefetch: bool = True) -> None:
         check_source(name)
         check_cluster(cluster)
         check_host(host)
@@ -112,6 +115,9 @@ class StreamSource:
         self.backoff_max = backoff_max
         self.call_timeout = call_timeout
         self.inactive_threshold = inactive_threshold
+        #: False: a lane's next fetch only once its batch is durable (strict backpressure,
+        #: one batch of a lane in memory); True: one fetch overlaps the fsync (two).
+        self.prefetch = prefetch
         self._follower: Follower | None = None
         self._connected = False
         self._applied: Cursor | None = None
@@ -135,12 +141,9 @@ class StreamSource:
         task_status.started()
         while True:
             try:
-                # nats-py retries even the first connection for ever when reconnecting
-                # is on: bound it to one attempt per server.
-                bound = self.options.connect_timeout * len(self.options.servers) + 1.0
-                with trio.fail_after(bound):
-                    conn = await Connection.open(self.options)
-            except (TransportError, trio.TooSlowError) as exc:
+                conn = await Connection.open(self.options,
+                                             give_up_after=self.options.first_connect_bound)
+            except TransportError as exc:
                 await self._failed(sink, follower, exc)
                 continue
             self._connects += 1
@@ -207,9 +210,18 @@ class StreamSource:
                     lane, fetched = await receive.receive()
                     if isinstance(fetched, BaseException):
                         raise fetched
-                    if not await self._take(conn, follower, sink, lane, fetched, checked):
+                    prefetched: list[Lane] = []
+
+                    def prefetch(lane: Lane = lane, done: list[Lane] = prefetched) -> None:
+                        if self.prefetch:
+                            done.append(lane)
+                            nursery.start_soon(self._pull, conn, lane, send)
+
+                    if not await self._take(conn, follower, sink, lane, fetched, checked,
+                                            prefetch):
                         break
-                    nursery.start_soon(self._pull, conn, lane, send)
+                    if not prefetched:
+                        nursery.start_soon(self._pull, conn, lane, send)
             except (TransportError, trio.TooSlowError) as exc:
                 error = exc
             nursery.cancel_scope.cancel()  # the other lane's fetch, now of no use
@@ -228,10 +240,17 @@ class StreamSource:
         send.send_nowait((lane, result))  # room for one result per lane: never blocks
 
     async def _take(self, conn: Connection, follower: Follower, sink: SourceSink, lane: Lane,
-                    fetched: Fetched, checked: dict[Lane, float]) -> bool:
-        """One lane's fetch: apply it; False when the consumers must be recreated."""
+                    fetched: Fetched, checked: dict[Lane, float],
+                    prefetch: Callable[[], None]) -> bool:
+        """One lane's fetch: apply it; False when the consumers must be recreated.
+
+        A batch that leaves the consumer as it is lets the lane's next fetch go out
+        (``prefetch``) while this one is being made durable: one prefetch, so at most two
+        batches of a lane are ever in memory, and the follower still sees them in order."""
         if fetched.deliveries:
             step = follower.on_batch(lane, fetched.deliveries)
+            if step.action is not Action.RECREATE:
+                prefetch()
         elif fetched.idle:
             step = follower.on_idle(lane)
         else:
@@ -309,7 +328,8 @@ class StreamSource:
             batches=self._batches, events=self._events, refused=f.refused if f else 0,
             resyncs=f.resyncs if f else 0, recreations=f.recreations if f else 0,
             gaps=f.gaps if f else 0, connects=self._connects, failures=self._failures,
-            consecutive_failures=self._consecutive, last_error=self._last_error)
+            consecutive_failures=self._consecutive, last_error=self._last_error,
+            delivered=f.delivered if f else 0, tombstoned=f.tombstoned if f else 0)
 
 
 def stream_source_from_settings(name: str, settings: dict[str, Any],
@@ -323,4 +343,5 @@ def stream_source_from_settings(name: str, settings: dict[str, Any],
         tls_ca=Path(settings["tls-ca"]) if "tls-ca" in settings else None,
         inbox_prefix=f"_INBOX_{settings['host']}")
     return StreamSource(name, cluster=settings["cluster"], host=settings["host"],
-                        options=options, policy=policy)
+                        options=options, policy=policy, batch=settings.get("batch", 256),
+                        prefetch=settings.get("prefetch", True))

@@ -61,6 +61,12 @@ class ConnectOptions:
     #: NATS permissions can allow exactly its own replies).
     inbox_prefix: str | None = None
 
+    @property
+    def first_connect_bound(self) -> float:
+        """Seconds to give a first connection: one attempt per server (nats-py would retry
+        it for ever, so a wrong password or CA would hang instead of being reported)."""
+        return self.connect_timeout * len(self.servers) + 1.0
+
     def __attrs_post_init__(self) -> None:
         if (self.user is None) != (self.password is None):
             raise ConfigError("user and password go together", key="user")

@@ -17,6 +17,7 @@ Everything here is sans-I/O: names in, names out; bytes in, an ``Event`` or a
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +27,7 @@ import msgpack
 
 from .. import _codec
 from .._errors import ConfigError, ValidationError
-from .._event import Event, Key
+from .._event import HARD_MAX_VALUE_BYTES, MAX_VERSION, Event, Key, _check_key
 
 PREFIX = "imds"
 ALL_HOSTS = "_all"
@@ -173,3 +174,120 @@ def decode_event(subject_name: str, payload: bytes, *, seq: int | None = None,
         raise WireError(f"payload: key {list(event.key)!r} does not hash to the subject's "
                         f"{parts.keyhash}")
     return event
+
+
+def _canonical(value: object, depth: int) -> bool:
+    """True when ``value`` (as msgpack decoded it) is already what ``_codec.normalize``
+    returns: plain JSON types, finite floats, string map keys in sorted order, nested at
+    most ``_codec.MAX_DEPTH`` deep. A check without building anything or naming paths —
+    the slow path does that when this says no."""
+    t = type(value)
+    if t is str or t is int or t is bool or value is None:
+        return True  # msgpack ints are within the 64-bit range normalize accepts
+    if t is float:
+        return math.isfinite(value)  # type: ignore[arg-type]
+    if depth >= _codec.MAX_DEPTH:
+        return False
+    if t is list:
+        return all(_canonical(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    if t is dict:
+        keys = list(value)  # type: ignore[call-overload]
+        return (all(type(k) is str for k in keys) and keys == sorted(keys)
+                and all(_canonical(v, depth + 1) for v in value.values()))  # type: ignore[attr-defined]
+    return False
+
+
+class LaneDecoder:
+    """``decode_event`` for the messages of one consumer lane, fast for the common case.
+
+    A message on ``prefix`` (``imds.<cluster>.<host|_all>.<source>.``) whose payload is a
+    canonical wire-form event (what ``encode_event`` writes) is rebuilt without
+    re-normalising its value: msgpack already produced the normalised form, so only the
+    checks ``Event`` makes are repeated, and the value is encoded once (C) for its digest.
+    Anything else — another subject, a payload that is not a plain map of the wire fields,
+    a value that is not already canonical — goes through ``decode_event``, which refuses it
+    with the reason or builds it the slow way. ``tests/replica/stream/test_wire.py`` pins
+    that both paths agree, event for event and refusal for refusal.
+    """
+
+    def __init__(self, prefix: str, *, cluster: str, host: str | None, source: str) -> None:
+        self.prefix = prefix
+        self._cut = len(prefix)
+        self.cluster = cluster
+        self.host = host
+        self.source = source
+
+    def decode(self, subject_name: str, payload: bytes, seq: int) -> Event:
+        """The event of a message delivered on this lane, or ``WireError``."""
+        event = self._fast(subject_name, payload, seq)
+        if event is not None:
+            return event
+        event = decode_event(subject_name, payload, seq=seq, expect_cluster=self.cluster,
+                             expect_host=self.host, expect_source=self.source)
+        if not subject_name.startswith(self.prefix):  # e.g. _all on the host's lane
+            raise WireError(f"subject {subject_name!r} is not on this lane ({self.prefix}*)")
+        return event
+
+    def _fast(self, subject_name: str, payload: bytes, seq: int) -> Event | None:
+        if not subject_name.startswith(self.prefix):
+            return None
+        try:
+            wire = _codec.decode(payload)
+        except Exception:  # the slow path names what is wrong
+            return None
+        if type(wire) is not dict or wire.get("source") != self.source:
+            return None
+        n = len(wire)
+        deleted = wire.get("deleted", False)
+        key, version = wire.get("key"), wire.get("version")
+        if deleted is True:
+            if n != 4 or "value" in wire:
+                return None
+            value = None
+        elif "deleted" in wire or n != 4 or "value" not in wire:
+            return None
+        else:
+            value = wire["value"]
+            if not _canonical(value, 0):
+                return None
+        if (type(key) is not list or type(version) is not int
+                or not 0 <= version <= MAX_VERSION
+                or type(seq) is not int or not 0 <= seq <= MAX_VERSION):
+            return None
+        key_t = tuple(key)
+        try:
+            _check_key(None, None, key_t)
+        except ValidationError:
+            return None
+        if keyhash(key_t) != subject_name[self._cut:]:
+            return None
+        if deleted is True:
+            encoded = b""
+            digest = _codec.digest(_codec.TOMBSTONE_MARKER)
+        else:
+            try:
+                encoded = _codec.encode(value)
+            except UnicodeEncodeError:
+                return None
+            if len(encoded) > HARD_MAX_VALUE_BYTES:
+                return None
+            digest = _codec.digest(encoded)
+        event: Event = object.__new__(Event)
+        set_ = object.__setattr__
+        set_(event, "source", self.source)
+        set_(event, "key", key_t)
+        set_(event, "version", version)
+        set_(event, "value", value)
+        set_(event, "deleted", deleted is True)
+        set_(event, "seq", seq)
+        set_(event, "encoded", encoded)
+        set_(event, "digest", digest)
+        return event
+
+
+def lane_decoder(cluster: str, host: str | None, source: str) -> LaneDecoder:
+    """The decoder of one host's lane (``host``) or of the cluster's ``_all`` lane
+    (``host=None``) of ``source``."""
+    scope = ALL_HOSTS if host is None else check_host(host)
+    prefix = f"{PREFIX}.{check_cluster(cluster)}.{scope}.{check_source(source)}."
+    return LaneDecoder(prefix, cluster=cluster, host=host, source=source)

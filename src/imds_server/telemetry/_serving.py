@@ -19,6 +19,7 @@ from imds_server._versions import SCHEDULED_EVENTS_KNOWN
 
 from ._admin import Handler
 from ._config import TelemetryConfig
+from ._stream_metrics import StreamSourceCollector
 from ._telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ class ServerTelemetry(Telemetry):
         """Scrape-time collectors over the server and its replica (once it has one)."""
         self.watch_server(server.statistics)
         self.watch_replica(lambda: server.replica)
+        self.metrics.register(StreamSourceCollector(lambda: server.admin.source_details()))
 
     def admin_routes(self) -> dict[str, AdminHandler]:
         by_path: dict[str, AdminHandler] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -129,3 +130,55 @@ async def test_unreachable_nats_does_not_hold_the_replica_and_reports_failure() 
             status = replica.liveliness.status("fleet", replica.now())
             assert status.last_error is not None
             assert status.last_contact is None
+
+
+class _SlowLog(MemoryLog):
+    """Each append takes ``hold`` seconds (an fsync on a slow disk) and is recorded."""
+
+    def __init__(self, trace: list[str], hold: float) -> None:
+        super().__init__()
+        self.trace = trace
+        self.hold = hold
+
+    async def append(self, *args: Any, **kwargs: Any) -> Any:
+        self.trace.append("append")
+        await trio.sleep(self.hold)
+        result = await super().append(*args, **kwargs)
+        self.trace.append("durable")
+        return result
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+async def test_prefetch_decides_whether_a_fetch_overlaps_the_fsync(
+        nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, prefetch: bool) -> None:
+    """``prefetch = false`` is the strict backpressure of the wire contract: a lane's next
+    fetch goes out only once its batch is durable. ``true`` lets one overlap the fsync."""
+    from imds_replica._stream._bridge import Connection
+    from imds_replica._stream._wire import consumer_name
+
+    trace: list[str] = []
+    started: list[int] = []  # per fetch that delivered: batches durable when it started
+    fetch = Connection.fetch
+
+    async def traced(self: Connection, name: str, *args: Any, **kwargs: Any) -> Any:
+        durable = trace.count("durable")
+        result = await fetch(self, name, *args, **kwargs)
+        if name == consumer_name(HOST, "fleet") and result.deliveries:
+            started.append(durable)
+        return result
+
+    monkeypatch.setattr(Connection, "fetch", traced)
+    cluster = fresh_cluster()
+    await create_stream(nats_server.url, cluster)
+    await publish(nats_server.url, cluster,
+                  [Event("fleet", ("vms", f"vm-{n}", "compute", "name"), 1, n)
+                   for n in range(12)], HOST)
+    source = StreamSource("fleet", cluster=cluster, host=HOST, servers=[nats_server.url],
+                          fetch_timeout=1.0, heartbeat=0.25, batch=4, prefetch=prefetch)
+    async with open_replica(_SlowLog(trace, 0.3), sources=[source]):
+        await _wait(lambda: source.statistics().host_seq == 12)
+    assert len(started) == 3  # 12 messages, 4 a fetch
+    # Strict: the k-th fetch starts once the k batches before it are durable; with
+    # prefetch, while the one before it is still being written.
+    relative = [n - started[0] for n in started]
+    assert relative == ([0, 0, 1] if prefetch else [0, 1, 2]), (started, trace)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from imds_replica import ConfigError, Event
+from imds_replica import ConfigError, Event, ValidationError, _codec
 from imds_replica._stream import _wire
 from imds_replica._stream._wire import WireError
 from imds_replica.testing import events as any_event
@@ -26,6 +28,7 @@ def test_names() -> None:
     assert _wire.subject("west-1", None, "fleet", KEY) == f"imds.west-1._all.fleet.{digest}"
     assert _wire.host_filters("c", "h", "s") == ["imds.c.h.s.*", "imds.c._all.s.*"]
     assert _wire.consumer_name("h", "s") == "imds-h-s"
+    assert _wire.all_consumer_name("h", "s") == "imds-h-s-all"
 
 
 @pytest.mark.parametrize(("check", "bad"), [
@@ -86,3 +89,105 @@ def test_source_mismatch_inside_the_payload() -> None:
     payload = _wire.encode_event(Event("other", KEY, 5, "one"))
     with pytest.raises(WireError, match="does not match subject"):
         _wire.decode_event(_subject(), payload)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=5)
+    | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    | st.dictionaries(st.integers(0, 3), inner, min_size=1, max_size=2),
+    max_leaves=12)
+_KEYS = [["a", "b"]] * 6 + [[], ["a", ""], ["a\x00"], "ab", ["x"] * 40, [1]]
+_MODES = ["value"] * 6 + ["deleted", "deleted", "deleted+value", "deleted=false", "missing",
+                          "extra", "seq"]
+
+
+def _make(source: object, key: object, version: object, value: object,
+          mode: str) -> dict[str, Any]:
+    wire: dict[str, Any] = {"source": source, "key": key, "version": version}
+    if mode in ("value", "extra", "seq", "deleted=false", "deleted+value"):
+        wire["value"] = value
+    if mode.startswith("deleted"):
+        wire["deleted"] = mode != "deleted=false"
+    if mode == "extra":
+        wire["extra"] = 1
+    if mode == "seq":
+        wire["seq"] = 3
+    return wire
+
+
+_wire_maps = st.builds(
+    _make, st.sampled_from(["s"] * 5 + ["t", 1]), st.sampled_from(_KEYS),
+    st.sampled_from([1] * 5 + [0, -1, 2**63, True, 1.5]), _json, st.sampled_from(_MODES))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_wire_maps, st.sampled_from(["same"] * 4 + ["h", None, "other"]),
+       st.sampled_from([True] * 4 + [False]), st.sampled_from(["h", None]), st.booleans())
+def test_the_lane_decoder_agrees_with_decode_event(
+        wire: dict[str, Any], scope: str | None, right_hash: bool, lane: str | None,
+        canonical: bool) -> None:
+    """Fast path or not, a lane's decoder returns what decode_event does (field for field,
+    encoding and digest included) or refuses what it refuses (and what is off the lane)."""
+    if scope == "same":
+        scope = lane
+    key = wire.get("key")
+    digest = (_wire.keyhash(tuple(key)) if right_hash and isinstance(key, list)
+              and all(isinstance(p, str) for p in key) else "0" * 32)
+    scope_token = "_all" if scope is None else scope
+    subject = f"imds.c.{scope_token}.s.{digest}"
+    try:
+        payload = (_codec.encode(_codec.normalize(wire)) if canonical
+                   else msgpack.packb(wire, use_bin_type=True))
+    except (ValidationError, ValueError, TypeError, OverflowError):
+        payload = msgpack.packb(repr(wire))
+    decoder = _wire.lane_decoder("c", lane, "s")
+
+    def slow() -> Event:
+        event = _wire.decode_event(subject, payload, seq=7, expect_cluster="c",
+                                   expect_host=lane, expect_source="s")
+        if scope != lane:
+            raise _wire.WireError("off the lane")
+        return event
+
+    try:
+        expected: Event | None = slow()
+    except _wire.WireError:
+        expected = None
+    try:
+        got: Event | None = decoder.decode(subject, payload, 7)
+    except _wire.WireError:
+        got = None
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert (got.source, got.key, got.version, got.value, got.deleted, got.seq,
+                got.encoded, got.digest) == (
+            expected.source, expected.key, expected.version, expected.value,
+            expected.deleted, expected.seq, expected.encoded, expected.digest)
+
+
+def test_the_fast_path_takes_what_encode_event_writes() -> None:
+    event = Event("s", ("a", "b"), 3, {"z": [1, 2.5, None], "a": {"y": True, "b": "x"}})
+    decoder = _wire.lane_decoder("c", "h", "s")
+    subject = _wire.subject("c", "h", "s", event.key)
+    assert decoder._fast(subject, _wire.encode_event(event), 9) == event
+    assert decoder._fast(subject, _wire.encode_event(Event("s", ("a", "b"), 4,
+                                                           deleted=True)), 9) is not None
+
+
+def _deep(n: int) -> object:
+    return 1 if n == 0 else [_deep(n - 1)]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), [1, {"b": 1, "a": 2}], b"x",
+                                   {1: "a"}, _deep(33)])
+def test_the_fast_path_leaves_what_is_not_canonical_to_decode_event(value: object) -> None:
+    decoder = _wire.lane_decoder("c", "h", "s")
+    subject = _wire.subject("c", "h", "s", ("a", "b"))
+    payload = msgpack.packb({"key": ["a", "b"], "source": "s", "value": value, "version": 1},
+                            use_bin_type=True)
+    assert decoder._fast(subject, payload, 1) is None
