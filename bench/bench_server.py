@@ -158,6 +158,14 @@ def read_path() -> dict[str, Any]:
                      for i, o in zip(runs[name], runs["imds_no_telemetry"], strict=True)]
         out[f"{key}_per_round"] = per_round
         out[key] = statistics.median(per_round)
+    # Other tenants only add CPU per request (preemption, cold caches, smaller batches per
+    # wake-up), never take it away: each variant's least disturbed round is the figure
+    # least moved by them, reported beside the medians.
+    best = {name: min(r["cpu_us_per_request"] for r in runs[name]) for name in VARIANTS}
+    out["cpu_best"] = best
+    out["cpu_ratio_best"] = best["imds"] / best["bare"]
+    out["telemetry_share_best"] = 1 - best["imds_no_telemetry"] / best["imds"]
+    out["metrics_share_best"] = 1 - best["imds_no_telemetry"] / best["imds_metrics"]
     return out
 
 
@@ -416,6 +424,12 @@ def main() -> None:
          rp["imds_metrics"]["cpu_us_per_request"], rp["cpu_ratio_metrics"]],
         ["read CPU µs/request (imds without telemetry; ratio)",
          rp["imds_no_telemetry"]["cpu_us_per_request"], rp["cpu_ratio_no_telemetry"]],
+        ["CPU ratio imds/bare, least disturbed round of each (metrics only; no telemetry)",
+         f"{rp['cpu_ratio_best']:.2f}",
+         f"{rp['cpu_best']['imds_metrics'] / rp['cpu_best']['bare']:.2f}; "
+         f"{rp['cpu_best']['imds_no_telemetry'] / rp['cpu_best']['bare']:.2f}"],
+        ["telemetry share of CPU / metrics only, least disturbed rounds",
+         f"{rp['telemetry_share_best']:.1%}", f"{rp['metrics_share_best']:.1%}"],
         ["telemetry share of CPU (goal <= 10%) / metrics only (goal <= 5%)",
          f"{rp['telemetry_share']:.1%}", f"{rp['metrics_share']:.1%} (per round: "
          + " ".join(f"{x:.1%}" for x in rp["telemetry_share_per_round"]) + ")"],

@@ -177,6 +177,12 @@ def read_path(workdir: Path) -> dict[str, Any]:
     out["cpu_overhead_metrics"] = statistics.median(
         1 - a["cpu_us_per_request"] / b["cpu_us_per_request"]
         for a, b in zip(runs["off"], runs["metrics"], strict=True))
+    # Other tenants only add CPU per request: each variant's least disturbed round.
+    best = {name: min(r["cpu_us_per_request"] for r in results)
+            for name, results in runs.items()}
+    out["cpu_best"] = best
+    out["cpu_overhead_on_best"] = 1 - best["off"] / best["on"]
+    out["cpu_overhead_metrics_best"] = 1 - best["off"] / best["metrics"]
     out["access_lines_written"] = logged
     out["lines_on_disk"] = logged
     out["lines_expired"] = accounted["expired"]
@@ -293,6 +299,8 @@ def main() -> None:
         ["**cost of telemetry (metrics + access log), CPU-based (goal <= 10%)**",
          f"**{rp['cpu_overhead_on']:.1%}**",
          "per round: " + " ".join(f"{x:.1%}" for x in rp["cpu_overhead_on_per_round"])],
+        ["cost of telemetry / of metrics only, least disturbed round of each variant",
+         f"{rp['cpu_overhead_on_best']:.1%}", f"{rp['cpu_overhead_metrics_best']:.1%}"],
         ["cost of telemetry, req/s-based (noisy on a shared host)", f"{rp['overhead_on']:.1%}",
          "per round: " + " ".join(f"{x:.1%}" for x in rp["overhead_on_per_round"])],
         ["cost of metrics only, CPU-based / req/s-based", f"{rp['cpu_overhead_metrics']:.1%}",
