@@ -91,6 +91,15 @@ class Recovery:
 CONTACT_PREFIX = "@contact:"
 
 
+def contact_checkpoint(source: str, contact: float) -> Checkpoint:
+    """A contact persisted without a cursor (a batch submitted with none, e.g. through
+    ``POST /events``): the checkpoint of the table entry itself, source
+    ``CONTACT_PREFIX + source`` and the contact as its cursor. Every log stores it like any
+    cursor, so it needs nothing new from a log or its format, leaves the source's cursor
+    alone, and ``split_checkpoints`` returns it as that source's contact."""
+    return Checkpoint(CONTACT_PREFIX + source, float(contact))
+
+
 def keep_checkpoint(table: dict[str, Any], checkpoint: Checkpoint) -> None:
     """Record ``checkpoint`` in a log's table of cursors (and contacts)."""
     table[checkpoint.source] = checkpoint.cursor

@@ -20,9 +20,19 @@ import trio
 from ._errors import ValidationError
 from ._event import DEFAULT_MAX_VALUE_BYTES, Event, Key, validate_batch
 from ._liveliness import LivelinessPolicy, LivelinessTracker
-from ._logport import Checkpoint, EventLog, MemoryLog, Recovery, validate_checkpoint
+from ._logport import (
+    Checkpoint,
+    EventLog,
+    MemoryLog,
+    Recovery,
+    contact_checkpoint,
+    validate_checkpoint,
+)
 from ._source import Source, SourceSink, claimed_source
 from ._view import View, ViewStatistics
+
+#: Seconds between two contacts the replica persists for a source without a cursor.
+CONTACT_EVERY = 1.0
 
 
 @attrs.frozen
@@ -55,6 +65,8 @@ class Replica:
         self._clock = clock
         self._max_value_bytes = max_value_bytes
         self._cursors: dict[str, Any] = dict(recovery.checkpoints)
+        #: Per source: when the replica last queued a contact of its own (``_with_contacts``).
+        self._persisted_contact: dict[str, float] = dict(recovery.contacts)
         #: The names of the sources ``open_replica`` runs (their data is theirs alone).
         self.source_names: tuple[str, ...] = ()
         self._waiters: dict[Key, trio.Event] = {}
@@ -96,9 +108,11 @@ class Replica:
         # whether or not the write then fails).
         now = self.now()
         contact = self.liveliness.contact
-        for src in {event.source for event in batch} | ({source} if source else set()):
+        speakers = {event.source for event in batch} | ({source} if source else set())
+        for src in speakers:
             contact(src, now)
-        changed = await self.log.append(batch, checkpoint)
+        changed = await self.log.append(batch, self._with_contacts(
+            checkpoint, speakers, now))
         self._submitted += 1
         # Liveliness once per source of the batch, not once per event: per source, the
         # greatest version that changed the view (-1: none did, which is contact only).
@@ -119,6 +133,31 @@ class Replica:
             self._cursors[checkpoint.source] = checkpoint.cursor
         n_changed = sum(changed)
         return SubmitResult(len(batch), n_changed)
+
+    def _with_contacts(self, checkpoint: Checkpoint | None, speakers: set[str],
+                       now: float) -> Checkpoint | None:
+        """The checkpoint to append with a batch. A batch submitted without one (e.g.
+        through ``POST /events``) carries its source's contact instead, and queues a
+        contact of their own for its other sources first: a counter-versioned source
+        posted so has nothing else that dates its data after a restart. At most one a
+        second per source: a re-pushed unchanged state then adds one small record a second
+        to the log, not one per push. (A source with a cursor persists its contact with
+        it: ``SourceSink.submit``.)"""
+        if checkpoint is not None:
+            return checkpoint
+        due = sorted(src for src in speakers
+                     if now - self._persisted_contact.get(src, -1e300) >= CONTACT_EVERY)
+        if not due:
+            return None
+        for src in due:
+            self._persisted_contact[src] = now
+        checkpoint = contact_checkpoint(due.pop(), now)  # one rides with the batch
+        for src in due:  # the others go first, in the same group commit
+            try:
+                self.log.append_nowait((), contact_checkpoint(src, now))
+            except trio.WouldBlock:  # a full queue: best effort, a later push persists it
+                self._persisted_contact.pop(src, None)
+        return checkpoint
 
     # -- change notification ---------------------------------------------------------------
     def _on_change(self, doc_key: Key) -> None:

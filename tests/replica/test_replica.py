@@ -243,16 +243,20 @@ async def test_every_source_whose_data_was_replayed_shows_its_real_state() -> No
     async with open_replica(log, sources=[_CursorSource("poll", POLL, submit=False)],
                             policies={"fabric": LivelinessPolicy.pushed()},
                             clock=lambda: 1010.0) as replica:
-        assert replica.recovery.contacts == {"poll": 1000.0}
+        # Submitted without a cursor, "fabric" and "ops" persisted their contact with the
+        # batch (before session 3 "ops", counter-versioned, was unknown here).
+        assert replica.recovery.contacts == {"poll": 1000.0, "fabric": 1000.0, "ops": 1000.0}
         snapshot = replica.liveliness.snapshot(1010.0)
         assert set(snapshot) == {"fabric", "ops", "poll"}
         assert snapshot["poll"].state is SourceState.LIVE
         assert snapshot["poll"].last_contact == 1000.0
         assert snapshot["poll"].newest_version == 1
         assert snapshot["fabric"].state is SourceState.LIVE  # pushed: live by construction
-        assert snapshot["ops"].state is SourceState.UNKNOWN  # nothing says when it spoke
+        assert snapshot["ops"].state is SourceState.LIVE
+        assert snapshot["ops"].last_contact == 1000.0
         assert replica.liveliness.state("poll", 1030.0) is SourceState.STALE
-        assert replica.liveliness.state("ops", 1010.0 + 180.0) is SourceState.STALE
+        assert replica.liveliness.state("ops", 1000.0 + 179.0) is SourceState.LIVE
+        assert replica.liveliness.state("ops", 1000.0 + 180.0) is SourceState.STALE
 
 
 async def test_a_source_that_never_speaks_ages_from_the_replica_start() -> None:

@@ -4,6 +4,7 @@ them; connections made while no server runs wait in the kernel's queue)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -133,3 +134,47 @@ async def test_bad_config_refused_at_start_with_key(tmp_path: Path) -> None:
                                    "169.254.169.254:81"], capture_stderr=True, check=False)
     assert same.returncode == 2
     assert b"admin-listen" in same.stderr
+
+
+async def _ready(admin: tuple[str, int], target: str, **options: Any) -> Any:
+    """The first answer to ``target`` that is not 503 (the server replays its log first)."""
+    for _ in range(400):
+        reply = await get(admin, target, source="127.0.0.1", **options)
+        if reply.status != 503:
+            return reply
+        await trio.sleep(0.05)
+    raise AssertionError(f"{target}: still starting")
+
+
+async def test_a_source_posted_without_a_cursor_keeps_its_contact_across_a_restart(
+        tmp_path: Path) -> None:
+    """Before: ``tags`` posted through ``POST /events`` (counter versions, no cursor) was
+    ``unknown`` after a restart: its contact was only persisted with a cursor."""
+    vm, admin = _listening(), _listening()
+    addr = admin.getsockname()
+    body = json.dumps({"events": [{"source": "tags", "key": ["vms", "demo-vm-1", "compute",
+                                                             "tags"],
+                                   "version": 3, "value": "owner:core"}]}).encode()
+    proc = await _spawn(vm, admin, tmp_path / "data")
+    try:
+        await _pid(addr)
+        reply = await _ready(addr, "/events", method="POST", body=body,
+                             headers={"Content-Type": "application/json"})
+        assert reply.status == 200, reply.body
+        before = (await get(addr, "/sources", headers={}, source="127.0.0.1")).json()["tags"]
+        assert before["state"] == "live"
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await proc.wait() == 0
+        proc = await _spawn(vm, admin, tmp_path / "data")
+        await _pid(addr)
+        after = (await _ready(addr, "/sources", headers={})).json()["tags"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await proc.wait()
+        vm.close()
+        admin.close()
+    assert after["newest_version"] == 3
+    assert after["state"] == "live", after
+    assert after["last_contact"] == pytest.approx(before["last_contact"], abs=1.0)

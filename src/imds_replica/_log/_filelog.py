@@ -47,7 +47,7 @@ from .._logport import (
     keep_checkpoint,
     split_checkpoints,
 )
-from .._view import View
+from .._view import View, _wins_tie
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -281,15 +281,16 @@ class FileLog:
 
     def _changes_nothing(self, batch: tuple[Event, ...]) -> bool:
         """Every event loses the merge against the view's current register (the test of
-        ``View.apply_batch``; stops at the first event that may win, usually the first)."""
+        ``View.apply_batch``, its tie rule included: the same write delivered again with a
+        smaller seq, or none, wins and must be written, or the register kept would depend
+        on arrival order; stops at the first event that may win, usually the first)."""
         get = self._registers_get
         for event in batch:
             old = get(event.key)
             if old is None:
                 return False
             version, old_version = event.version, old.version
-            if version > old_version or (version == old_version and (
-                    event.source, event.digest) > (old.source, old.digest)):
+            if version > old_version or (version == old_version and _wins_tie(event, old)):
                 return False
         return True
 

@@ -3,9 +3,11 @@
 ``check_convergence(events, schedules)`` runs a ``Simulation`` (one replica per schedule,
 each receiving every event at least once, in its schedule's order, with duplicates, lost
 deliveries and crashes) and asserts that every replica ends with the same registers as a
-reference view that applied each event once: identical ``digest()``, and for every document
-the same ``document()`` (compared by canonical encoding, so ``1``, ``1.0`` and ``True`` are
-told apart) and the same content ETag. With ``final_restart`` (default) each replica's log
+reference view that applied each event once: identical ``digest()``, the same delivery
+``seq`` in every register (of two deliveries of one write the smaller is kept, so even that
+must not depend on arrival order), and for every document the same ``document()`` (compared
+by canonical encoding, so ``1``, ``1.0`` and ``True`` are told apart) and the same content
+ETag. With ``final_restart`` (default) each replica's log
 is also reopened and must recover that same view. Point ``make_log`` at your own log and
 ``deliver`` at your own source adapter to check them under the same schedules.
 """
@@ -90,6 +92,7 @@ class _Snapshot:
     documents: dict[Key, Any]
     encoded: dict[Key, bytes]
     etags: dict[Key, str | None]
+    seqs: dict[Key, int | None]  # per register (``digest`` leaves seq out)
 
 
 def _snapshot(view: View, events: Sequence[Event]) -> _Snapshot:
@@ -100,7 +103,8 @@ def _snapshot(view: View, events: Sequence[Event]) -> _Snapshot:
     for k in doc_keys:
         info = view.document_info(k)
         etags[k] = None if info is None else info.etag
-    return _Snapshot(view.digest(), documents, encoded, etags)
+    seqs = {e.key: e.seq for e in view.registers()}
+    return _Snapshot(view.digest(), documents, encoded, etags, seqs)
 
 
 def _compare(expected: _Snapshot, got: _Snapshot, index: int, schedule: Schedule,
@@ -116,6 +120,9 @@ def _compare(expected: _Snapshot, got: _Snapshot, index: int, schedule: Schedule
         elif got.etags.get(key) != expected.etags[key]:
             problems.append(f"document {key!r}: etag {got.etags.get(key)} "
                             f"!= expected {expected.etags[key]}")
+    for key, seq in expected.seqs.items():
+        if key in got.seqs and got.seqs[key] != seq:
+            problems.append(f"register {key!r}: seq {got.seqs[key]} != expected {seq}")
     if problems:
         listing = "\n".join(f"  {i}: {e!r}" for i, e in enumerate(events))
         raise ConvergenceError(

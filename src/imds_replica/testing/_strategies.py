@@ -201,7 +201,9 @@ def convergence_cases(draw: st.DrawFn, *, max_events: int = 12, replicas: int = 
 
 def rivals(event: Event) -> st.SearchStrategy[Event]:
     """Events on ``event``'s key at its version: from the same source with another value or
-    a tombstone (the digest decides), or from another source (the name decides)."""
+    a tombstone (the digest decides), from another source (the name decides), or the very
+    same write delivered with another ``seq`` (none, or a small one: the smaller is kept,
+    so only the seq decides)."""
     same = st.one_of(
         st.just(Event(event.source, event.key, event.version, deleted=True)),
         st.sampled_from(TIGHT_VALUES).map(
@@ -209,4 +211,7 @@ def rivals(event: Event) -> st.SearchStrategy[Event]:
     )
     other = st.sampled_from([s for s in SOURCES if s != event.source]).map(
         lambda s: Event(s, event.key, event.version, event.value, deleted=event.deleted))
-    return st.one_of(same, same, other)
+    again = (st.none() | st.integers(0, 9)).map(
+        lambda q: Event(event.source, event.key, event.version, event.value,
+                        deleted=event.deleted, seq=q))
+    return st.one_of(same, same, other, again)

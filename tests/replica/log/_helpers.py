@@ -16,6 +16,7 @@ from imds_replica import Checkpoint, Event, Recovery, View
 from imds_replica._log import FileLog
 from imds_replica._log._frame import group_header
 from imds_replica._log._segment import read_meta
+from imds_replica._merge import supersedes
 
 from .._helpers import view_of
 
@@ -99,9 +100,7 @@ _NONE = object()
 
 
 def _wins(view: View, e: Event) -> bool:
-    old = view.get(e.key)
-    return old is None or e.version > old.version or (
-        e.version == old.version and (e.source, e.digest) > (old.source, old.digest))
+    return supersedes(e, view.get(e.key))
 
 
 def replay_view(batches: Sequence[Batch]) -> View:
