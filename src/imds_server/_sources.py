@@ -91,6 +91,11 @@ def parse_sources(tables: object, *, reserved: Sequence[str] = ()) -> tuple[Sour
         specs.append(spec)
     for spec in specs:  # build each once now so impossible values fail at start
         build_source(spec)
+    streams = [spec for spec in specs if spec.kind == "stream"]
+    if streams:
+        from imds_replica._stream._wire import check_consumer_names
+
+        check_consumer_names((spec.settings["host"], spec.name) for spec in streams)
     return tuple(specs)
 
 

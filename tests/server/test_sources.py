@@ -137,3 +137,22 @@ directory = "/d"
     assert printed.count("\n[[source]]\n") == 2
     again = _load(tmp_path, printed)
     assert again == config
+
+
+def test_stream_sources_whose_consumer_names_collide_are_refused(tmp_path: Path) -> None:
+    """A source ``x-all`` next to ``x`` on one host: ``x``'s all lane and ``x-all``'s host
+    lane would both be ``imds-host-7-x-all``."""
+    tables = "".join(f"""
+[[source]]
+kind = "stream"
+name = "{name}"
+servers = ["nats://127.0.0.1:4222"]
+cluster = "west"
+host = "host-7"
+""" for name in ("x", "x-all"))
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, tables)
+    message = str(caught.value)
+    assert "imds-host-7-x-all" in message
+    assert "source 'x'" in message
+    assert "source 'x-all'" in message

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -21,7 +21,15 @@ from .._codec import parse_json
 from .._errors import ConfigError, ValidationError
 from .._event import Event
 from ._transport import ConnectOptions, NotFound, TransportError
-from ._wire import check_host, check_source, stream_name, stream_subjects
+from ._wire import (
+    STREAM_SOURCE_RE,
+    check_consumer_names,
+    check_host,
+    check_source,
+    consumer_names,
+    stream_name,
+    stream_subjects,
+)
 
 if TYPE_CHECKING:  # the NATS client loads only when a command talks to NATS
     from ._bridge import Connection
@@ -53,6 +61,13 @@ def register(top: Any) -> None:
     create.add_argument("--replicas", type=int, default=1, metavar="R")
     info = sub.add_parser("info", help="print the stream's configuration and state")
     _connection_args(info)
+    perms = sub.add_parser(
+        "permissions", help="print each host's NATS users entry (deploy/nats/imds-west.conf "
+        "shows the layout); refuses hosts and sources whose consumer names collide")
+    perms.add_argument("--cluster", required=True, help="the cluster (stream IMDS_<CLUSTER>)")
+    perms.add_argument("--source", action="append", required=True, metavar="NAME",
+                       help="a stream source every host reads (repeatable)")
+    perms.add_argument("hosts", nargs="+", metavar="HOST")
     publish = top.add_parser("publish", help="publish events (JSON lines) with compare-and-set")
     _connection_args(publish)
     scope = publish.add_mutually_exclusive_group(required=True)
@@ -75,6 +90,9 @@ def _options(args: argparse.Namespace) -> ConnectOptions:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.area == "stream" and args.command == "permissions":
+            print(permissions(args.cluster, args.hosts, args.source), end="")
+            return EXIT_OK
         options = _options(args)
         stream_name(args.cluster)
         if args.area == "publish":
@@ -90,6 +108,9 @@ def main(args: argparse.Namespace) -> int:
                 except OSError as exc:
                     print(f"imds-replica: {args.file}: {exc.strerror}", file=sys.stderr)
                     return EXIT_USAGE
+            if args.host is not None:  # e.g. "x" and "x-all" for one host: refused
+                check_consumer_names((args.host, source) for source in sorted(
+                    {e.source for e in events if STREAM_SOURCE_RE.match(e.source)}))
             return trio.run(_publish, args, options, events, errors)
         if args.command == "create":
             return trio.run(_create, args, options)
@@ -100,6 +121,38 @@ def main(args: argparse.Namespace) -> int:
     except TransportError as exc:
         print(f"imds-replica: NATS: {exc.message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+
+
+def host_allow(cluster: str, host: str, sources: Sequence[str]) -> tuple[list[str], list[str]]:
+    """One host's NATS permissions (subscribe, publish allow lists) for ``sources``: its
+    own and the cluster's subjects and inbox, stream info, and per source its two
+    consumers, each created on the create subject that names its filter (docs/fleet.md)."""
+    stream = stream_name(cluster)
+    check_host(host)
+    subscribe = [f"imds.{cluster}.{host}.>", f"imds.{cluster}._all.>", f"_INBOX_{host}.>"]
+    publish = [f"$JS.API.STREAM.INFO.{stream}"]
+    for source in sources:
+        own, everyone = consumer_names(host, source)
+        publish += [f"$JS.API.CONSUMER.CREATE.{stream}.{own}.imds.{cluster}.{host}.{source}.*",
+                    f"$JS.API.CONSUMER.CREATE.{stream}.{everyone}.imds.{cluster}._all."
+                    f"{source}.*"]
+        publish += [f"$JS.API.CONSUMER.{verb}.{stream}.{name}"
+                    for verb in ("DELETE", "INFO", "MSG.NEXT") for name in (own, everyone)]
+    return subscribe, publish
+
+
+def permissions(cluster: str, hosts: Sequence[str], sources: Sequence[str]) -> str:
+    """``users`` entries for ``hosts`` (passwords to replace), after refusing any host and
+    source whose consumer name another host or source would share."""
+    check_consumer_names((host, source) for host in hosts for source in sources)
+    out = []
+    for host in dict.fromkeys(hosts):
+        subscribe, publish = host_allow(cluster, host, sources)
+        allow = "".join(f"        {json.dumps(p)},\n" for p in publish)
+        out.append(f"{{\n  user: {json.dumps(host)}, password: \"{host}-change-me\"\n"
+                   f"  permissions: {{\n    subscribe: {{ allow: {json.dumps(subscribe)} }}\n"
+                   f"    publish: {{\n      allow: [\n{allow}      ]\n    }}\n  }}\n}}\n")
+    return "".join(out)
 
 
 #: Stream settings the contract fixes: key in stream info -> the value it must have.

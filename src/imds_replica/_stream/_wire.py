@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -104,6 +104,34 @@ def consumer_name(host: str, source: str) -> str:
 def all_consumer_name(host: str, source: str) -> str:
     """The host's consumer of its cluster's ``_all`` subjects of ``source``."""
     return f"{consumer_name(host, source)}-all"
+
+
+def consumer_names(host: str, source: str) -> tuple[str, str]:
+    """Both lanes' consumer names of one host and source: (host lane, all lane)."""
+    return consumer_name(host, source), all_consumer_name(host, source)
+
+
+def check_consumer_names(pairs: Iterable[tuple[str, str]]) -> None:
+    """Refuse ``(host, source)`` pairs of which two would share a consumer name.
+
+    Hosts and sources may contain ``-``, so ``imds-<host>-<source>[-all]`` is not
+    one-to-one: host ``a`` with source ``b-c`` and host ``a-b`` with source ``c`` are both
+    ``imds-a-b-c``; a source ``x-all`` is the all lane of ``x`` on the same host; a source
+    ``all`` on host ``a-b`` is the all lane of source ``b`` on host ``a``. Either host could
+    then delete or replace the other's consumer (never read its data: the create subject
+    pins the filter). The names are a contract, so they stay as they are for every pair
+    that collides with no other, and a set with a collision is refused: ``ConfigError``
+    naming both pairs and the name."""
+    owners: dict[str, tuple[str, str, str]] = {}
+    for host, source in pairs:
+        for lane, name in zip(("host", "all"), consumer_names(host, source), strict=True):
+            other = owners.setdefault(name, (host, source, lane))
+            if other[:2] != (host, source):
+                raise ConfigError(
+                    f"consumer name {name!r} would be both the {other[2]} lane's of host "
+                    f"{other[0]!r} source {other[1]!r} and the {lane} lane's of host "
+                    f"{host!r} source {source!r}: rename one (each host could delete the "
+                    f"other's consumer)", key="source")
 
 
 def encode_event(event: Event) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,49 @@ def test_concurrent_publishers_leave_the_lww_winner(nats_server: NatsServer) -> 
             assert held[1] == encode_event(winner), key
 
     trio.run(check)
+
+
+def _allow_lists(text: str) -> dict[str, list[str]]:
+    """Per ``user:`` entry of a NATS config, every quoted subject it allows, in order."""
+    users: dict[str, list[str]] = {}
+    user = None
+    for line in text.splitlines():
+        if "user:" in line:
+            user = line.split("user:")[1].split(",")[0].strip().strip('"')
+            users[user] = []
+        elif user is not None:
+            users[user] += re.findall(r'"([^"]+)"', line.split("#")[0])
+    return users
+
+
+def test_permissions_print_the_deploy_configs_entries(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stream", "permissions", "--cluster", "west", "--source", "fleet",
+                 "host-1", "host-2"]) == 0
+    printed = _allow_lists(capsys.readouterr().out)
+    deployed = _allow_lists((Path(__file__).parents[3] / "deploy" / "nats" /
+                             "imds-west.conf").read_text())
+    assert set(printed) == {"host-1", "host-2"}
+    for host in printed:
+        assert printed[host] == [s for s in deployed[host] if not s.endswith("change-me")]
+
+
+def test_permissions_and_publish_refuse_colliding_consumer_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Host ``a`` with source ``b-c`` and host ``a-b`` with source ``c`` would share the
+    consumer ``imds-a-b-c`` (either could delete the other's); ``x`` and ``x-all`` on one
+    host would share ``imds-h-x-all``."""
+    assert main(["stream", "permissions", "--cluster", "west", "--source", "b-c",
+                 "--source", "c", "a", "a-b"]) == 2
+    err = capsys.readouterr().err
+    assert "'imds-a-b-c'" in err
+    assert "host 'a' source 'b-c'" in err
+    assert "host 'a-b' source 'c'" in err
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps({"source": s, "key": KEY, "version": 1, "value": 1})
+                            + "\n" for s in ("x", "x-all")))
+    assert main(["publish", "--nats", "nats://127.0.0.1:1", "--cluster", "west", "--host",
+                 "h", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'imds-h-x-all'" in err
+    assert "source 'x-all'" in err

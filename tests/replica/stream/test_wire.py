@@ -191,3 +191,31 @@ def test_the_fast_path_leaves_what_is_not_canonical_to_decode_event(value: objec
     payload = msgpack.packb({"key": ["a", "b"], "source": "s", "value": value, "version": 1},
                             use_bin_type=True)
     assert decoder._fast(subject, payload, 1) is None
+
+
+@pytest.mark.parametrize(("first", "second", "name"), [
+    (("a", "b-c"), ("a-b", "c"), "imds-a-b-c"),  # both host lanes
+    (("h", "x-all"), ("h", "x"), "imds-h-x-all"),  # a host lane and an all lane, one host
+    (("a-b", "all"), ("a", "b"), "imds-a-b-all"),  # a host lane and another host's all lane
+    (("a-b", "c-all"), ("a", "b-c"), "imds-a-b-c-all"),
+])
+def test_colliding_consumer_names_are_refused_naming_both(
+        first: tuple[str, str], second: tuple[str, str], name: str) -> None:
+    """Before: ``imds-<host>-<source>[-all]`` could be one host's and another's consumer, so
+    either could delete or replace the other's (denial of service)."""
+    for pairs in ([first, second], [second, first]):
+        with pytest.raises(ConfigError) as caught:
+            _wire.check_consumer_names(pairs)
+        message = str(caught.value)
+        assert name in message
+        for host, source in (first, second):
+            assert f"host {host!r} source {source!r}" in message
+
+
+def test_names_that_cannot_collide_keep_their_consumer_names() -> None:
+    pairs = [("host-7", "fleet"), ("host-8", "fleet"), ("host-7", "tags"), ("a", "b-c"),
+             ("a", "c"), ("host", "fleet")]
+    _wire.check_consumer_names(pairs)  # no error
+    _wire.check_consumer_names([("h", "s"), ("h", "s")])  # the same pair twice is one host
+    assert _wire.consumer_names("host-7", "fleet") == ("imds-host-7-fleet",
+                                                       "imds-host-7-fleet-all")
