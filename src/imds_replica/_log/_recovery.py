@@ -256,6 +256,7 @@ def scan_groups(buf: Buffer, start: int, *, salt: int, segment: int, last_segmen
             if follows:
                 detail += "; later writes follow it"
             elif offset < sealed:
-                detail += "; it was sealed by compaction, so it is no torn write"
+                detail += ("; it was sealed (by a compaction, a repair or a clean stop), so it is "
+                           "no torn write")
         return SegmentScan(records, offset, size, outcome, detail, state)
     return SegmentScan(records, offset, size, Outcome.ACCEPT, "")

@@ -57,6 +57,22 @@ inputs derived from what the server said:
 - ``SILENCE`` (a fetch that no heartbeat answered: consumer deleted, server restarted,
   leadership moved) and ``LOST`` (an error, a disconnect): recreate.
 
+The resync's tombstones are the one event a host makes up, and they are not a pure
+function of the stream: a register is tombstoned at ``held.version + 1`` (the least version
+that beats it), so a later write of that key beats the tombstone only if its version is
+higher, or equal with a digest that orders above the tombstone marker's (the order of
+``_merge``: version, source, digest). A write published after the resync at exactly
+``held.version + 1`` (the next value of a counter-versioned source) whose digest orders
+below is therefore lost on a host that resynced before it was published, and shown by one
+that resynced after it, or never held the key: two hosts that read the same stream
+diverge (``test_a_write_at_the_resync_tombstones_version_wins_on_every_host``, xfail). No
+tombstone fixes this inside the order: it would have to sort just above ``held`` and below
+every other write, and a tombstone's digest is fixed. Hybrid-clock writes after a
+recreation are far above ``held + 1``; for counter versions, docs/fleet.md asks publishers
+to refill or continue at ``held + 2`` or above. A real fix needs the log to *forget* a
+register (the host then equals one that never held it) or a tie rule by which a value
+beats a tombstone of the same version and source; both change merge or log semantics.
+
 Every transition is a row of ``TRANSITIONS``; ``Follower._step`` is the one function that
 consults it. Messages that break the wire contract are refused — counted, reported with
 their stream sequence, never applied — and the lane's cursor moves past them.

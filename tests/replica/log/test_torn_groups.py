@@ -5,6 +5,7 @@ commit of several records, and of a compacted generation, is checked."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,46 @@ async def test_every_flipped_byte_of_a_group_commit(tmp_path: Path) -> None:
             view, _ = await reopen(directory)
             assert view.digest() == digests[1], i
             assert segment.stat().st_size == last, i
+
+
+async def test_damage_to_the_last_group_after_a_clean_stop_is_refused_not_cut(
+        tmp_path: Path) -> None:
+    """Before: a clean stop left the marker unsealed, so a flipped byte in the last group
+    (acknowledged, durable) was cut as a torn write at the next open, losing the batch
+    without a word. Now the clean stop seals the log at its end; a crash image (no clean
+    stop) still has its last group cut as a torn tail, and the seal does not stop a later
+    crash's torn tail from being cut."""
+    directory, crashed = tmp_path / "log", tmp_path / "crashed"
+    batches = make_batches(40, seed=5)
+    log = FileLog(directory)  # fsync="always": only then is anything known durable
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        for events, cp in batches:
+            await log.append(events, cp)
+        shutil.copytree(directory, crashed)  # what a kill -9 here leaves
+        nursery.cancel_scope.cancel()
+    for d in (directory, crashed):
+        segment = only_segment(d)
+        buf = bytearray(segment.read_bytes())
+        buf[-3] ^= 0xFF  # inside the last group's last record
+        segment.write_bytes(bytes(buf))
+    view, recovery = await reopen(crashed)
+    assert view.digest() == replay_view(batches[:-1]).digest()
+    assert any("torn tail" in note for note in recovery.notes)
+    await _refused(directory)
+    repair_log(directory)  # the operator's way out, as for any mid-log corruption
+    view, _ = await reopen(directory)
+    assert view.digest() == replay_view(batches[:-1]).digest()
+    # Reopened and written again, a crash's torn tail after the sealed end is still cut.
+    again = tmp_path / "crashed-again"
+    log = FileLog(directory)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        await log.append([Event("s", ("vms", "v", "x"), 10**6, 1)])
+        shutil.copytree(directory, again)
+        nursery.cancel_scope.cancel()
+    segment = only_segment(again)
+    segment.write_bytes(segment.read_bytes()[:-3])
+    view, recovery = await reopen(again)
+    assert view.digest() == replay_view(batches[:-1]).digest()
+    assert any("torn tail" in note for note in recovery.notes)
