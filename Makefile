@@ -27,6 +27,7 @@ tools:
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)

@@ -81,7 +81,8 @@ def latency(port: int) -> dict[str, Any]:
     cold = _latencies(port, [f"{TOKEN}https://cold-{i}.example/" for i in range(SAMPLES)])
     cached = _latencies(port, [TOKEN + resource] * SAMPLES)
     instance = _latencies(port, [INSTANCE] * SAMPLES)
-    out = {"cold": _summary(cold), "cached": _summary(cached), "instance": _summary(instance)}
+    out: dict[str, Any] = {"cold": _summary(cold), "cached": _summary(cached),
+                           "instance": _summary(instance)}
     out["cold_over_cached"] = out["cold"]["median_us"] / out["cached"]["median_us"]
     out["cached_over_instance"] = out["cached"]["median_us"] / out["instance"]["median_us"]
     return out
