@@ -288,14 +288,22 @@ class View:
                                                 versions, strict=True):
                 had = last_get(doc_key)
                 last[doc_key] = (change, version if had is None else max(had[1], version))
-        owners = Counter(zip(doc_keys, map(_source_of, values), strict=True))
         docs = staged.docs
         for doc_key, (counter, top) in last.items():
             doc = docs[doc_key] = _Doc()
             doc.counter = counter
             doc.max_version = top
-        for (doc_key, source), count in owners.items():
-            docs[doc_key].sources[source] = count
+        sources = list(map(_source_of, values))
+        if len(only := set(sources)) == 1:
+            # One source owns every register (a host fed by one source): count keys per
+            # document, without a (document, source) pair per register.
+            (source,) = only
+            for doc_key, count in Counter(doc_keys).items():
+                docs[doc_key].sources[source] = count
+        else:
+            for (doc_key, source), count in Counter(zip(doc_keys, sources,
+                                                        strict=True)).items():
+                docs[doc_key].sources[source] = count
         staged.tombstones = sum(map(_deleted_of, values))
         staged.history = list(zip(range(base + n - min(n, CHANGE_HISTORY) + 1, base + n + 1),
                                   doc_keys[-CHANGE_HISTORY:], strict=True))
