@@ -87,7 +87,8 @@ class Reducer:
     versions are all below that record's (the usual shape: an agent re-pushing the same
     keys with newer hybrid-clock stamps), loses every event to it and is dropped right
     after it was decoded, with no per-event dict work (see ``_fold_window``). What is kept
-    is folded per event at the end (``finish``), in log order. Every record is still
+    is folded per event at the end of the segment (``finish``), in log order, so an
+    unreadable record is refused before anything after it is cut or read. Every record is still
     decoded in full, so a record whose checksum holds but whose payload does not decode is
     refused as before, at its place. A subclass that overrides ``add_events`` (to see
     every event) and a log with compaction floors (see ``note_state``) get the per-event
@@ -118,7 +119,8 @@ class Reducer:
         self._pending: list[tuple[bytes, str, int]] = []
         self._pending_bytes = 0
         #: Decoded records kept for ``finish``, in log order: [events, keys or None,
-        #: lowest version or None, highest version or None]; events None once dropped.
+        #: lowest version or None, highest version or None, segment, offset]; events
+        #: None once dropped.
         self._kept: list[list[Any]] = []
         #: (first key, last key, count) -> the newest-looked-at kept record with them.
         self._by_sig: dict[tuple[Any, Any, int], list[Any]] = {}
@@ -265,7 +267,8 @@ class Reducer:
         batches = events_seen = 0
         for i in range(len(pending) - 1, -1, -1):
             self._failed_at = i
-            batch = unpack(pending[i][0])
+            data, segment, offset = pending[i]
+            batch = unpack(data)
             events, checkpoint = batch[0], batch[1]
             batches += 1
             events_seen += len(events)
@@ -274,7 +277,7 @@ class Reducer:
             if not events:
                 continue
             sig = (events[0][1], events[-1][1], len(events))
-            entry: list[Any] = [events, None, None, None]
+            entry: list[Any] = [events, None, None, None, segment, offset]
             prev = get(sig)
             if prev is not None:
                 keys = entry[1] = tuple(map(_key, events))
@@ -308,9 +311,13 @@ class Reducer:
             return
         kept, self._kept = self._kept, []
         self._by_sig.clear()
-        for entry in kept:
-            if entry[0] is not None:
-                self._fold(entry[0])
+        fold = self._fold
+        for events, _, _, _, segment, offset in kept:
+            if events is not None:
+                try:
+                    fold(events)
+                except (ValueError, TypeError, IndexError, KeyError) as exc:
+                    raise unreadable_payload(exc, segment, offset) from None
 
     @property
     def counters(self) -> Counters:
@@ -448,7 +455,9 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
         if header is FileHeader.OK:
             fold = _fold_stream if version == 1 else _fold_groups
             start, clean = fold(f, start, reducer, name, max_record, salt, seq)
-            reducer.flush()  # what this segment's records hold, before anything is cut
+            # Everything this segment's records hold is folded (and so any unreadable one
+            # refused) before anything is cut or the next segment is read.
+            reducer.finish()
             if clean:
                 return start, version
     buf = path.read_bytes()
@@ -478,7 +487,7 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
             reducer.add_record(rtype, payload, (name, offset))
         except (ValueError, TypeError) as exc:
             raise unreadable_payload(exc, name, offset) from None
-    reducer.flush()
+    reducer.finish()
     if scan.outcome is Outcome.REFUSE:
         raise CorruptLogError(f"mid-log corruption: {scan.detail}", segment=name,
                               offset=scan.end)

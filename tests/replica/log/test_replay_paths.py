@@ -196,6 +196,21 @@ def test_a_record_every_later_one_supersedes_is_still_refused_if_malformed(
     assert rec.reducer.events == 3
 
 
+def test_a_kept_record_with_a_version_that_is_not_a_number_is_refused_at_its_place(
+        tmp_path: Path) -> None:
+    """A record no later one supersedes is folded event by event at the end of its
+    segment: a wrong type there is refused naming that record, not raised bare."""
+    directory = tmp_path / "log"
+    trio.run(_append_and_close, directory, [Event("a", ("vms", "y", "k"), 1, 1)])
+    segment = directory / segment_name(1, 1)
+    at = append_group(segment, frame(RecordType.BATCH,
+                                     _batch_bytes(b"a", "7", ["vms", "z", "k"]))) + GROUP_SIZE
+    append_group(segment, frame(RecordType.BATCH, _batch_bytes(b"a", 50, ["vms", "x", "k"])))
+    with pytest.raises(CorruptLogError, match="unreadable payload") as info:
+        recover_directory(directory, writable=False, fsync=False, max_record=2**26)
+    assert (info.value.segment, info.value.offset) == (segment.name, at)
+
+
 async def _append_and_close(directory: Path, events_: list[Event]) -> None:
     log = FileLog(directory, fsync="none", snapshot_every=None, compact_ratio=None)
     async with trio.open_nursery() as nursery:
