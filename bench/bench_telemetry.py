@@ -240,8 +240,8 @@ def observer_cost(log_dir: Path, n: int = 2000) -> dict[str, float]:
     answered = observer.answered  # type: ignore[attr-defined]
 
     def answered_loop() -> None:  # the server's path: no AccessRecord (see _observe.py)
-        for r in records:
-            answered(r.time, r.request_id, r.caller, r.method, r.path, response, r.bytes,
+        for i, r in enumerate(records):
+            answered(r.time, "1a2b-3c4d-", i, r.caller, r.method, r.path, response, r.bytes,
                      r.seconds)
         pipeline.queue.clear()
 
