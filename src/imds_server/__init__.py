@@ -16,7 +16,7 @@ from ._listen import Address, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._ratelimit import TokenBuckets
 from ._render import parse_tags, render_instance, render_tags, stringify
-from ._request import BadQuery, Park, Request, Response, Submit, parse_query
+from ._request import BadQuery, Offload, Park, Request, Response, Submit, parse_query
 from ._schedule import APPROVAL_SOURCE, approval_key, render_events
 from ._server import Server, ServerStatistics
 from ._storage import open_log
@@ -43,6 +43,7 @@ __all__ = [
     "Listener",
     "ListenerStatistics",
     "NullObserver",
+    "Offload",
     "Park",
     "ProtocolError",
     "Request",

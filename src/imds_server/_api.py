@@ -26,6 +26,7 @@ from ._request import (
     JSON,
     TEXT,
     BadQuery,
+    Offload,
     Park,
     Request,
     Response,
@@ -125,7 +126,7 @@ class VmApi:
 
     # -- the handler -----------------------------------------------------------------------
     def handle(self, request: Request, caller: str,
-               now: float) -> Response | Park | Submit | Issue:
+               now: float) -> Response | Park | Submit | Issue | Offload:
         self.stats.requests += 1
         if self.view is None:
             retry = str(self.policy.retry_after_starting)
@@ -156,7 +157,7 @@ class VmApi:
         return parsed
 
     def _handle(self, request: Request, caller: str, vm: str,
-                now: float) -> Response | Park | Submit:
+                now: float) -> Response | Park | Submit | Offload:
         target = self._target(request.target)
         if target.bad_query is not None:
             return _bad(f"Bad request. {target.bad_query}", vm)
@@ -407,7 +408,7 @@ class VmApi:
                             vm=vm, api_version=version)
 
     def _attested_document(self, params: dict[str, str], vm: str, version: str,
-                           now: float) -> Response:
+                           now: float) -> Response | Offload:
         route = ATTESTED
         nonce = params.get("nonce")
         problem = _attested.nonce_error(nonce)
@@ -418,10 +419,16 @@ class VmApi:
                                       route=route), vm=vm, api_version=version)
         assert self.view is not None
         compute = self.view.document(("vms", vm, "compute"))
-        body = self.attested.document(compute if isinstance(compute, dict) else {}, version,
-                                      nonce, now)
-        return Response(200, body, JSON, (("Cache-Control", "no-store"),), route=route,
-                        vm=vm, api_version=version)
+        signer = self.attested
+        content = _attested.signed_content(compute if isinstance(compute, dict) else {},
+                                           version, nonce, now, signer.lifetime)
+
+        def sign() -> Response:  # ~1 ms of RSA that releases the GIL: off the loop
+            return Response(200, signer.envelope(content), JSON,
+                            (("Cache-Control", "no-store"),), route=route, vm=vm,
+                            api_version=version)
+
+        return Offload(sign)
 
     def _tags_from_list(self, vm: str) -> bool:
         """Which published tag form is newer: the deepest register at or above each."""

@@ -5,7 +5,7 @@ may ask its I/O shell to do for it (park a watcher, submit events) before it can
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -141,6 +141,16 @@ class Park:
     doc_key: tuple[str, ...]
     last_etag: str
     timeout: float
+
+
+@attrs.frozen(slots=True, eq=False)
+class Offload:
+    """Ask the shell to run ``work()`` in a worker thread and send the ``Response`` it
+    returns. For CPU work that releases the GIL (signing): the loop keeps answering
+    everyone else meanwhile. ``work`` must touch nothing the loop owns (read the view
+    before building it)."""
+
+    work: Callable[[], Response]
 
 
 @attrs.frozen(slots=True, eq=False)

@@ -38,7 +38,7 @@ from ._http import HttpLimits
 from ._listen import ADMIN_NAME, Address, bind, check_separate, inherited, set_ttl
 from ._observe import AccessRecord, NullObserver, RequestObserver
 from ._refusals import AGGREGATED, RefusalDigest
-from ._request import Park, Request, Response, Submit, error, failure
+from ._request import Offload, Park, Request, Response, Submit, error, failure
 from ._schedule import APPROVAL_SOURCE
 from ._sources import build_source
 from ._storage import open_log
@@ -129,6 +129,8 @@ class Server:
         self._waiters: dict[tuple[str, ...], trio.Event] = {}
         self._stop = trio.Event()
         self._ready = trio.Event()
+        #: Worker threads for ``Offload`` work (attested signing); two cores is the norm.
+        self.offload_limiter = trio.CapacityLimiter(2)
         #: Set when ``run`` has returned (drained, or failed).
         self.stopped = trio.Event()
         self._ids = itertools.count(1)
@@ -430,6 +432,10 @@ class _VmApp:
             return await server.submit(result)
         if isinstance(result, Issue):
             return await answer_issue(server.api.identity, result, server.clock)
+        if isinstance(result, Offload):
+            # A few threads at most: each VM is rate-limited, and waiting here costs the
+            # loop nothing.
+            return await trio.to_thread.run_sync(result.work, limiter=server.offload_limiter)
         return result
 
     def answered(self, request: Request, peer: str, response: Response, received: float,

@@ -8,6 +8,7 @@ import datetime
 import json
 import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from imds_server._attested import NONCE_RULE, AttestedSigner, make_demo_chain, s
 
 from .._serve import listening_socket, spawn_server
 from .._tools import require_tool
-from .conftest import MD, VM_A, get, make_config, running
+from .conftest import CALLER_B, MD, VM_A, get, make_config, running, wait_until
 
 ATTESTED = "/metadata/attested/document"
 NONCE = "aZ09bY18cX27dW36eV45fU54gT63hS72"  # 32 mixed-case letters and digits
@@ -75,6 +76,39 @@ async def test_document_verifies_with_openssl_and_echoes_the_nonce(
     expires = datetime.datetime.strptime(content["timeStamp"]["expiresOn"],
                                          "%m/%d/%y %H:%M:%S -0000")
     assert expires - created == datetime.timedelta(hours=6)
+
+
+async def test_signing_runs_off_the_loop_while_other_guests_are_answered(
+        signer: AttestedSigner) -> None:
+    """RSA signing releases the GIL: in a worker thread it costs the loop nothing. A
+    signature that waits until another VM has been answered can only finish if the loop
+    kept serving meanwhile (on the loop, it would wait out its 5 s and report it)."""
+    answered_meanwhile = threading.Event()
+    threads: list[bool] = []
+    sign = signer.sign
+
+    def slow_sign(content: bytes) -> bytes:
+        threads.append(threading.current_thread() is threading.main_thread())
+        answered_meanwhile.wait(5)
+        return sign(content)
+
+    signer.sign = slow_sign  # type: ignore[method-assign]
+    async with running(make_config()) as server, trio.open_nursery() as nursery:
+        server.api.attested = signer
+        replies: list[Any] = []
+
+        async def attested() -> None:
+            replies.append(await get(server.vm_address, f"{ATTESTED}?api-version=2021-02-01"))
+
+        nursery.start_soon(attested)
+        await wait_until(lambda: bool(threads))
+        other = await get(server.vm_address, "/metadata/instance?api-version=2021-02-01",
+                          source=CALLER_B)
+        assert other.status == 200
+        answered_meanwhile.set()
+    assert threads == [False]  # signed in a worker thread
+    assert replies[0].status == 200
+    assert signature(replies[0].body)
 
 
 def test_structure_is_what_the_wire_reference_says(signer: AttestedSigner,

@@ -4,7 +4,7 @@ PINNED = {
     "APPROVAL_SOURCE", "NEWEST_THREE", "SETTINGS", "VERSIONS", "AccessRecord", "Address",
     "AdminApi", "AdminHandler", "AdminResult", "Answer", "AnswerCache", "ApiPolicy",
     "ApiStatistics", "BadQuery", "ConnectionLimits", "HttpConnection", "HttpLimits",
-    "Listener", "ListenerStatistics", "NullObserver", "Park", "ProtocolError", "Request",
+    "Listener", "ListenerStatistics", "NullObserver", "Offload", "Park", "ProtocolError", "Request",
     "RequestObserver", "Response", "Server", "ServerConfig", "ServerStatistics", "Submit",
     "TokenBuckets", "VmApi", "approval_key", "check_separate", "config_from_mapping",
     "freshness", "gate_compute", "inherited", "load_config", "open_log", "parse_query",
