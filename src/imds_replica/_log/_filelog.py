@@ -47,7 +47,7 @@ from .._logport import (
     keep_checkpoint,
     split_checkpoints,
 )
-from .._view import View
+from .._view import StagedLoad, View
 from ._compact import CompactionResult, compact_directory
 from ._frame import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -197,12 +197,11 @@ class FileLog:
             # never rescans the recovered registers (a young collection over 1,000,000 of
             # them took a second at the first allocation after the pause).
             with gc_paused(freeze=True):
-                lock_fd, rec = await trio.to_thread.run_sync(self._open_sync)
-                # The winners go in as stored tuples, in one step (no Event is built: see
-                # View.load_stored). Its per-document pass holds the loop: ~10 ms at 10,000
-                # keys, about a second at 1,000,000 on a loaded 2-core machine (requests
-                # then wait that long for "starting"; the old chunked load yielded).
-                view.load_stored(rec.reducer.take_winners())
+                lock_fd, rec, staged = await trio.to_thread.run_sync(self._open_sync, view)
+                # The winners go in as stored tuples (no Event is built: see
+                # View.load_stored); the per-document pass (about a second at 1,000,000
+                # keys) ran in the worker thread, so the loop only installs its result.
+                view.load_staged(staged)
                 # After the registers (held, so the floors do not apply to them); change
                 # numbers go on above any the last run can have reached.
                 view.restore(self._state)
@@ -326,7 +325,9 @@ class FileLog:
         return result
 
     # -- the appender ----------------------------------------------------------------------
-    def _open_sync(self) -> tuple[int, Recovered]:
+    def _open_sync(self, view: View) -> tuple[int, Recovered, StagedLoad]:
+        """Lock, recover, and stage the winners for ``view`` (``View.stage_stored``: the
+        view is not read or written by anyone while the log recovers it)."""
         try:
             ensure_ours(self.directory)  # before creating a LOCK file in someone else's dir
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -336,6 +337,7 @@ class FileLog:
         try:
             rec = recover_directory(self.directory, writable=True, fsync=self._fsync,
                                     max_record=self._max_record)
+            staged = view.stage_stored(rec.reducer.take_winners())
             self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
                                          salt=rec.meta.salt, fsync=self._fsync)
             if rec.last_version != FORMAT_VERSION:  # never append format 2 to a v1 file
@@ -354,7 +356,7 @@ class FileLog:
         if state is not None:
             self._state = CompactionState.from_json(state)
             del rec.reducer.checkpoints[STATE_SOURCE]
-        return lock_fd, rec
+        return lock_fd, rec, staged
 
     async def _serve(self) -> None:
         while True:

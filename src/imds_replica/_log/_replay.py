@@ -62,6 +62,7 @@ from ._segment import (
 from ._snapshot import Counters, SnapshotDamaged, load_snapshot
 
 _key = operator.itemgetter(1)
+_version = operator.itemgetter(2)
 _BATCH = int(RecordType.BATCH)
 _CHECKPOINT = int(RecordType.CHECKPOINT)
 #: Bytes read at a time while replaying a segment. Records are checked and folded out of
@@ -77,11 +78,29 @@ def _tie_key(t: EventTuple) -> tuple[str, bytes, int]:
 
 
 class Reducer:
-    """Folds stored records, in log order, into per-key winners and the latest cursors."""
+    """Folds stored records, in log order, into per-key winners and the latest cursors.
+
+    Batch records that come with a place (``add_record(..., where=...)``: replay) are not
+    folded one event at a time as they arrive. They are kept as bytes until the end of the
+    segment (or the next CHECKPOINT record) and then decoded newest first, folding *whole
+    records*: a record whose key list equals that of a record already kept, and whose
+    versions are all below that record's (the usual shape: an agent re-pushing the same
+    keys with newer hybrid-clock stamps), loses every event to it and is dropped right
+    after it was decoded, with no per-event dict work (see ``_fold_window``). What is kept
+    is folded per event at the end of the segment (``finish``), in log order, so an
+    unreadable record is refused before anything after it is cut or read. Every record is still
+    decoded in full, so a record whose checksum holds but whose payload does not decode is
+    refused as before, at its place. A subclass that overrides ``add_events`` (to see
+    every event) and a log with compaction floors (see ``note_state``) get the per-event
+    fold throughout.
+    """
+
+    #: Payload bytes kept before a window is folded even inside a segment.
+    WINDOW_BYTES = 64 * 2**20
 
     def __init__(self, counters: Counters | None = None) -> None:
         counters = counters or Counters()
-        self.best: dict[Key, EventTuple] = {}
+        self._best: dict[Key, EventTuple] = {}
         self.checkpoints: dict[str, Any] = {}
         self.records = counters.records
         self.batches = counters.batches
@@ -94,6 +113,24 @@ class Reducer:
         self._unshared_events = 0
         #: Compaction floors (``_horizon``), once a compacted generation's state is read.
         self._floors: CompactionState | None = None
+        #: Whole-record folding (see the class docstring): only the base fold can skip.
+        self._defer = type(self).add_events is Reducer.add_events
+        #: Batch records not decoded yet: (payload bytes, segment, offset), in log order.
+        self._pending: list[tuple[bytes, str, int]] = []
+        self._pending_bytes = 0
+        #: Decoded records kept for ``finish``, in log order: [events, keys or None,
+        #: lowest version or None, highest version or None, segment, offset]; events
+        #: None once dropped.
+        self._kept: list[list[Any]] = []
+        #: (first key, last key, count) -> the newest-looked-at kept record with them.
+        self._by_sig: dict[tuple[Any, Any, int], list[Any]] = {}
+        self._failed_at = 0  # the pending record ``_fold_window`` is at (for errors)
+
+    @property
+    def best(self) -> dict[Key, EventTuple]:
+        """Key -> winning stored event (everything added so far is folded first)."""
+        self.finish()
+        return self._best
 
     def note_state(self) -> None:
         """Take the compaction state from ``checkpoints`` (a compacted generation or a
@@ -103,13 +140,18 @@ class Reducer:
         self._floors = None if raw is None else CompactionState.from_json(raw)
 
     def add_events(self, events: Iterable[EventTuple]) -> None:
+        if self._pending or self._kept:
+            self.finish()  # what came before these events is folded before them
+        self._fold(events)
+
+    def _fold(self, events: Iterable[EventTuple]) -> None:
         if not isinstance(events, (list, tuple)):
             events = list(events)
+        best = self._best
         if self._floors is not None:
-            events = self._floors.admit(events, self.best)
+            events = self._floors.admit(events, best)
         if not events:
             return
-        best = self.best
         versions = [t[2] for t in events]
         # Fast path, the usual shape of a log (versions are hybrid-clock stamps that grow
         # with log position): when every event of the batch is newer than everything
@@ -147,17 +189,26 @@ class Reducer:
         step per folded event, and nothing on a log of distinct keys.
         """
         canon = self._parts.setdefault
-        self.best = {tuple(map(canon, k, k)): t for k, t in self.best.items()}
-        self._shared_size = len(self.best)
+        self._best = {tuple(map(canon, k, k)): t for k, t in self._best.items()}
+        self._shared_size = len(self._best)
         self._unshared_events = 0
 
-    def add_record(self, rtype: int, payload: memoryview) -> None:
+    def add_record(self, rtype: int, payload: memoryview,
+                   where: tuple[str, int] | None = None) -> None:
         """Fold one whole record; ValueError/TypeError if its payload is unreadable.
 
         ``payload`` is only read during the call (replay reuses its buffer afterwards).
+        With ``where`` (segment, offset) a batch may be kept undecoded until ``flush``,
+        which raises ``CorruptLogError`` naming that place if it is unreadable.
         """
         self.records += 1
         if rtype == _BATCH:
+            if where is not None and self._defer and self._floors is None:
+                self._pending.append((bytes(payload), where[0], where[1]))
+                self._pending_bytes += len(payload)
+                if self._pending_bytes >= self.WINDOW_BYTES:
+                    self.flush()
+                return
             batch = unpack(payload)  # [events, checkpoint, ...later fields, ignored]
             events, checkpoint = batch[0], batch[1]
             self.add_events(events)
@@ -167,13 +218,110 @@ class Reducer:
                 keep_checkpoint(self.checkpoints, decode_checkpoint(checkpoint))
         elif rtype == _CHECKPOINT:
             checkpoint = decode_checkpoint(unpack(payload))
+            # The cursors of the batches before it go in first (the latest one counts).
+            self.flush()
             keep_checkpoint(self.checkpoints, checkpoint)
             if checkpoint.source == STATE_SOURCE:
+                self.finish()  # the floors apply only to events after everything so far
                 self.note_state()
         # SNAPSHOT markers carry nothing replay needs.
 
+    def flush(self) -> None:
+        """Decode and fold the batches kept as bytes (newest first: ``_fold_window``);
+        ``CorruptLogError`` at the first one in log order that is unreadable."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending, self._pending_bytes = [], 0
+        self._failed_at = len(pending) - 1
+        try:
+            self._fold_window(pending)
+        except (ValueError, TypeError, IndexError, KeyError) as exc:
+            # Name the first unreadable record in log order, as a fold in log order would
+            # have (the reducer is unusable after this anyway).
+            for data, segment, offset in pending:
+                try:
+                    self.add_record(_BATCH, memoryview(data))
+                except (ValueError, TypeError, IndexError, KeyError) as first:
+                    raise unreadable_payload(first, segment, offset) from None
+            _, segment, offset = pending[self._failed_at]
+            raise unreadable_payload(exc, segment, offset) from None
+
+    def _fold_window(self, pending: list[tuple[bytes, str, int]]) -> None:
+        """Decode ``pending`` newest first, dropping each record that loses every event.
+
+        Two records with the same key list (same keys, same order: compared in C) where
+        every version of one is below every version of the other: each event of the first
+        loses to the second's event of the same key, so the first is dropped whole (and,
+        being the older one in the usual shape, it is freed right after its decode, while
+        still in the CPU cache). Dropping only what a strictly greater version of the
+        same key beats keeps the fold a max over the same order: a dropped event's key
+        always ends with a kept event of a greater version. The cursors are taken in log
+        order afterwards.
+        """
+        by_sig = self._by_sig
+        get = by_sig.get
+        kept: list[list[Any]] = []
+        keep = kept.append
+        cursors = []
+        batches = events_seen = 0
+        for i in range(len(pending) - 1, -1, -1):
+            self._failed_at = i
+            data, segment, offset = pending[i]
+            batch = unpack(data)
+            events, checkpoint = batch[0], batch[1]
+            batches += 1
+            events_seen += len(events)
+            if checkpoint is not None:
+                cursors.append(decode_checkpoint(checkpoint))
+            if not events:
+                continue
+            sig = (events[0][1], events[-1][1], len(events))
+            entry: list[Any] = [events, None, None, None, segment, offset]
+            prev = get(sig)
+            if prev is not None:
+                keys = entry[1] = tuple(map(_key, events))
+                if prev[1] is None:
+                    prev[1] = tuple(map(_key, prev[0]))
+                if keys == prev[1]:
+                    if prev[2] is None:
+                        versions = tuple(map(_version, prev[0]))
+                        prev[2], prev[3] = min(versions), max(versions)
+                    # The usual case (older, all below) needs only this record's highest.
+                    high = entry[3] = max(map(_version, events))
+                    if high < prev[2]:
+                        continue  # every event loses to prev's of the same key
+                    low = entry[2] = min(map(_version, events))
+                    if low > prev[3]:
+                        prev[0] = None  # every event of prev loses to this one's
+            keep(entry)
+            by_sig[sig] = entry
+        self.batches += batches
+        self.events += events_seen
+        kept.reverse()
+        self._kept.extend(kept)
+        for checkpoint in reversed(cursors):
+            keep_checkpoint(self.checkpoints, checkpoint)
+
+    def finish(self) -> None:
+        """Fold everything kept (``flush``, then the kept records per event, in log
+        order) into ``best``."""
+        self.flush()
+        if not self._kept:
+            return
+        kept, self._kept = self._kept, []
+        self._by_sig.clear()
+        fold = self._fold
+        for events, _, _, _, segment, offset in kept:
+            if events is not None:
+                try:
+                    fold(events)
+                except (ValueError, TypeError, IndexError, KeyError) as exc:
+                    raise unreadable_payload(exc, segment, offset) from None
+
     @property
     def counters(self) -> Counters:
+        self.flush()
         return Counters(self.records, self.batches, self.events)
 
     def winners(self) -> list[Event]:
@@ -182,7 +330,7 @@ class Reducer:
     def take_winners(self) -> dict[Key, EventTuple]:
         """The winners as stored tuples, handed over (for ``View.load_stored``): the
         reducer holds none afterwards."""
-        best, self.best = self.best, {}
+        best, self._best = self.best, {}
         return best
 
 
@@ -287,6 +435,7 @@ def _replay(directory: Path, meta: Meta, listing: Listing, notes: list[str],
             reducer, notes, last=seq == segments[-1], writable=writable, fsync=fsync,
             max_record=max_record, salt=meta.salt, sealed=sealed)
         sizes[seq] = end if seq == segments[-1] else sizes[seq]
+    reducer.finish()  # here, in the worker thread, not where the winners are taken
     return Recovered(generation, reducer, segments, segments[-1], end, sum(sizes.values()),
                      tuple(notes), used, listing, meta, meta.version, version)
 
@@ -306,6 +455,9 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
         if header is FileHeader.OK:
             fold = _fold_stream if version == 1 else _fold_groups
             start, clean = fold(f, start, reducer, name, max_record, salt, seq)
+            # Everything this segment's records hold is folded (and so any unreadable one
+            # refused) before anything is cut or the next segment is read.
+            reducer.finish()
             if clean:
                 return start, version
     buf = path.read_bytes()
@@ -332,9 +484,10 @@ def _replay_segment(directory: Path, generation: int, seq: int, start: int,
                            sealed=sealed, max_record=max_record)
     for offset, rtype, payload in scan.records:
         try:
-            reducer.add_record(rtype, payload)
+            reducer.add_record(rtype, payload, (name, offset))
         except (ValueError, TypeError) as exc:
             raise unreadable_payload(exc, name, offset) from None
+    reducer.finish()
     if scan.outcome is Outcome.REFUSE:
         raise CorruptLogError(f"mid-log corruption: {scan.detail}", segment=name,
                               offset=scan.end)
@@ -392,7 +545,7 @@ def _fold_groups(f: io.FileIO, start: int, reducer: Reducer, segment: str,
                 return base + pos, False
             for at, rtype, stop in found:
                 try:
-                    add(rtype, view[at + HEADER_SIZE:stop])
+                    add(rtype, view[at + HEADER_SIZE:stop], (segment, base + at))
                 except (ValueError, TypeError) as exc:
                     raise unreadable_payload(exc, segment, base + at) from None
             pos = end
@@ -434,7 +587,7 @@ def _fold_stream(f: io.FileIO, start: int, reducer: Reducer, segment: str,
             if rtype not in known or crc32c_(view[pos + 4:end]) != crc:
                 return base + pos, False
             try:
-                add(rtype, view[pos + HEADER_SIZE:end])
+                add(rtype, view[pos + HEADER_SIZE:end], (segment, base + pos))
             except (ValueError, TypeError) as exc:
                 raise unreadable_payload(exc, segment, base + pos) from None
             pos = end

@@ -3,7 +3,9 @@
 * ``View.apply_batch`` (every group commit) and ``View.load`` (recovery) == ``View.apply``
   event by event: flags, registers, digest, statistics, documents, change history; and the
   lazily synced sorted index agrees with the registers whatever reads come in between.
-* ``Reducer.add_events`` (C-level update when versions grow) == a per-event LWW fold.
+* ``Reducer.add_events`` (C-level update when versions grow) == a per-event LWW fold, and
+  replay's whole-record fold (records decoded newest first, losers dropped whole) == folding
+  every record in log order.
 * ``View.load_stored`` (recovery's winners as stored tuples, Events built on first read)
   == ``View.load`` of the built Events, and so is everything done to the view afterwards.
 * ``batch_payload`` writes the very bytes of the documented record layout.
@@ -17,7 +19,7 @@ from typing import Any
 
 import msgpack
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imds_replica import Checkpoint, Event, Horizons, View, open_replica
@@ -26,8 +28,11 @@ from imds_replica._liveliness import newest_versions
 from imds_replica._log import FileLog
 from imds_replica._log._frame import (
     DEFAULT_MAX_RECORD_BYTES,
+    RecordType,
     batch_payload,
+    cursor_pair,
     event_tuple,
+    pack,
     stored_digest,
     trusted_event,
 )
@@ -266,3 +271,68 @@ def test_load_stored_into_a_view_in_use_is_load() -> None:
     got = view.get(("vms", "v", "x"))
     assert got is not None
     assert got.value == 2
+
+
+#: Key lists that recur (so whole records repeat their keys), one with a key twice.
+_KEY_LISTS = [[("vms", "a", "x"), ("vms", "a", "y")], [("vms", "b", "x")],
+              [("vms", "a", "x"), ("vms", "a", "y"), ("vms", "a", "x")], [("k",)],
+              [("vms", "b", "x"), ("vms", "a", "y")]]
+_records = st.lists(st.one_of(
+    # a batch over a recurring key list: versions from a base (growing, equal, or falling
+    # with log position) plus steps, so ranges overlap, tie and are disjoint both ways
+    st.tuples(st.just("batch"), st.sampled_from(range(len(_KEY_LISTS))),
+              st.sampled_from([0, 1, 2, 3, 10, 20, 30]),
+              st.lists(st.integers(-1, 2), min_size=3, max_size=3),
+              st.sampled_from(["a", "b"]), st.booleans(), st.none() | st.integers(0, 9)),
+    st.tuples(st.just("empty"), st.none() | st.integers(0, 9)),
+    st.tuples(st.just("checkpoint"), st.integers(0, 9)),
+), max_size=30)
+
+
+def _record(spec: tuple[Any, ...]) -> tuple[int, bytes]:
+    if spec[0] == "checkpoint":
+        return int(RecordType.CHECKPOINT), pack(cursor_pair(Checkpoint("c", spec[1])))
+    if spec[0] == "empty":
+        cp = None if spec[1] is None else Checkpoint("b", spec[1])
+        return int(RecordType.BATCH), batch_payload([], cp)
+    _, which, base, steps, source, deleted, cursor = spec
+    events = [Event(source, key, max(0, base + steps[i % 3]), None if deleted else base % 2,
+                    deleted=deleted) for i, key in enumerate(_KEY_LISTS[which])]
+    cp = None if cursor is None else Checkpoint("b", cursor)
+    return int(RecordType.BATCH), batch_payload(events, cp)
+
+
+@settings(max_examples=300)
+@given(_records, st.sampled_from([1, 64, 10**9]), st.lists(st.integers(0, 30), max_size=3))
+def test_whole_record_fold_equals_folding_every_record(
+        specs: list[tuple[Any, ...]], window: int, segment_ends: list[int]) -> None:
+    """Replay's whole-record fold (batches kept as bytes, decoded newest first, records
+    that lose every event dropped) gives the winners, cursors and counters of folding
+    every record in log order, whatever the windows (``WINDOW_BYTES``, segment ends)."""
+    records = [_record(spec) for spec in specs]
+    eager, deferred = Reducer(), Reducer()
+    deferred.WINDOW_BYTES = window
+    for i, (rtype, payload) in enumerate(records):
+        eager.add_record(rtype, memoryview(payload))
+        deferred.add_record(rtype, memoryview(payload), ("seg", i))
+        if i in segment_ends:
+            deferred.flush()
+    assert deferred.best == eager.best
+    assert deferred.checkpoints == eager.checkpoints
+    assert deferred.counters == eager.counters
+    assert (deferred.records, deferred.batches, deferred.events) == (
+        eager.records, eager.batches, eager.events)
+
+
+def test_whole_record_fold_drops_records_that_lose_every_event() -> None:
+    """The point of it: the older copies of a re-pushed key list are never folded."""
+    keys = _KEY_LISTS[0]
+    reducer = Reducer()
+    for n in range(10):
+        payload = batch_payload([Event("a", k, 10 * n + i, n) for i, k in enumerate(keys)],
+                                None)
+        reducer.add_record(int(RecordType.BATCH), memoryview(payload), ("seg", n))
+    reducer.flush()
+    assert [entry[0] is not None for entry in reducer._kept] == [True]
+    assert {k: t[2] for k, t in reducer.best.items()} == {keys[0]: 90, keys[1]: 91}
+    assert reducer.events == 20

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imds_replica import Checkpoint, Event, Horizons, View
+from imds_replica import Checkpoint, CorruptLogError, Event, Horizons, View
 from imds_replica._liveliness import newest_versions
 from imds_replica._log import FileLog
 from imds_replica._log._frame import (
+    GROUP_SIZE,
     SEGMENT_MAGIC,
     RecordType,
     batch_payload,
@@ -37,6 +39,7 @@ from imds_replica._log._segment import FORMAT_NAME, META_NAME, segment_name
 from imds_replica._log._tools import _segment_scans
 
 from .._helpers import view_of
+from ._helpers import append_group
 
 KEYS = [("vms", "v1", "compute", "name"), ("vms", "v1", "compute"), ("vms", "v1"),
         ("vms", "v2", "tags", "0"), ("vms", "v2", "tags"), ("vms", "v3", "x"),
@@ -155,3 +158,62 @@ def test_fast_replay_equals_applying_every_stored_event(
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(_run, Path(tmp) / "log", *plan)
+
+
+def _batch_bytes(source: bytes, version: Any, key: list[str]) -> bytes:
+    """A BATCH payload of one event, its source given as the raw bytes of a msgpack str
+    (so it can be invalid UTF-8)."""
+    body = msgpack.packb([[["\x00", key, version, False, msgpack.packb(1), None]], None],
+                         use_bin_type=True)
+    return body.replace(b"\xa1\x00", bytes([0xa0 | len(source)]) + source, 1)
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(_batch_bytes(b"\xff\xfe", 1, ["vms", "x", "k"]), id="invalid-utf8"),
+    pytest.param(_batch_bytes(b"a", "1", ["vms", "x", "k"]), id="version-not-an-int"),
+])
+def test_a_record_every_later_one_supersedes_is_still_refused_if_malformed(
+        tmp_path: Path, bad: bytes) -> None:
+    """Replay drops a record whose every event loses to a later record of the same keys
+    without folding it, but it still decodes it: a malformed one (its checksum holds) is
+    refused at its place, not skipped."""
+    directory = tmp_path / "log"
+    trio.run(_append_and_close, directory, [Event("a", ("vms", "y", "k"), 1, 1)])
+    segment = directory / segment_name(1, 1)
+    at = append_group(segment, frame(RecordType.BATCH, bad)) + GROUP_SIZE
+    later = _batch_bytes(b"a", 50, ["vms", "x", "k"])
+    for _ in range(3):
+        append_group(segment, frame(RecordType.BATCH, later))
+    with pytest.raises(CorruptLogError, match="unreadable payload") as info:
+        recover_directory(directory, writable=False, fsync=False, max_record=2**26)
+    assert (info.value.segment, info.value.offset) == (segment.name, at)
+    # The well-formed twin of the bad record is dropped the same way and opens.
+    segment.write_bytes(segment.read_bytes()[:at - GROUP_SIZE])
+    append_group(segment, frame(RecordType.BATCH, _batch_bytes(b"a", 1, ["vms", "x", "k"])))
+    append_group(segment, frame(RecordType.BATCH, later))
+    rec = recover_directory(directory, writable=False, fsync=False, max_record=2**26)
+    assert rec.reducer.best[("vms", "x", "k")][2] == 50
+    assert rec.reducer.events == 3
+
+
+def test_a_kept_record_with_a_version_that_is_not_a_number_is_refused_at_its_place(
+        tmp_path: Path) -> None:
+    """A record no later one supersedes is folded event by event at the end of its
+    segment: a wrong type there is refused naming that record, not raised bare."""
+    directory = tmp_path / "log"
+    trio.run(_append_and_close, directory, [Event("a", ("vms", "y", "k"), 1, 1)])
+    segment = directory / segment_name(1, 1)
+    at = append_group(segment, frame(RecordType.BATCH,
+                                     _batch_bytes(b"a", "7", ["vms", "z", "k"]))) + GROUP_SIZE
+    append_group(segment, frame(RecordType.BATCH, _batch_bytes(b"a", 50, ["vms", "x", "k"])))
+    with pytest.raises(CorruptLogError, match="unreadable payload") as info:
+        recover_directory(directory, writable=False, fsync=False, max_record=2**26)
+    assert (info.value.segment, info.value.offset) == (segment.name, at)
+
+
+async def _append_and_close(directory: Path, events_: list[Event]) -> None:
+    log = FileLog(directory, fsync="none", snapshot_every=None, compact_ratio=None)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(log.run, View())
+        await log.append(events_)
+        nursery.cancel_scope.cancel()
