@@ -12,13 +12,15 @@
    runs in its own process pinned to core 1 and the servers are pinned to core 0, so the
    load generator's CPU is not in the server's figure and the server (its event loop *and*
    its log-writer thread) has exactly one core: every µs telemetry spends, on whichever
-   thread, comes out of throughput. Runs alternate off/metrics/on for ``ROUNDS`` rounds
-   (the machines are shared and noisy, so drift hits every variant alike). Reported per
-   variant: requests/s (median over rounds) and server CPU µs per request (from
-   ``/proc/PID/task/*/stat``: event loop and other threads). The headline cost is
-   ``1 - CPU(off)/CPU(on)`` per round, median over rounds: the throughput a saturated core
-   loses. On a shared host the server is rarely saturated (other tenants hold the cores),
-   so the req/s ratio is reported too, every round's value listed; it swings widely.
+   thread, comes out of throughput. Runs alternate off/metrics/on for ``ROUNDS`` short
+   rounds, the order rotated each round (the machines are shared and noisy, so drift hits
+   every variant alike). CPU comes from runs on ``wrk``'s plain path and the scheduler's
+   clock (``schedstat``: event loop and other threads), latency from separate runs
+   (``bench._load.measured_wrk``; bench/bench_server.py's ``read_path`` says why). The
+   headline cost is ``1 - CPU(off)/CPU(on)`` per round, median over rounds: the throughput
+   a saturated core loses. Each run's ``server_busy`` (CPU / wall) says whether the server
+   was saturated; on a shared host it often is not (other tenants starve ``wrk``), and
+   the req/s ratio, also reported, then swings widely.
 2. The observer alone, single-threaded: µs per ``request(record)`` on the request path,
    and the writer thread's µs per line, which with one core is paid by the same core.
 """
@@ -41,19 +43,19 @@ from typing import Any
 from bench._common import write_results
 from bench._load import (
     free_port,
+    measured_wrk,
     pin,
-    process_cpu,
     stop_process,
-    thread_cpu,
     wait_http,
-    wrk,
 )
 from imds_server._observe import AccessRecord, NullObserver
 
 TARGET = "/metadata/instance?api-version=2021-02-01"
 CONNECTIONS = 32
-SECONDS = 4
-ROUNDS = 5
+SECONDS = 2
+ROUNDS = 8
+LATENCY_ROUNDS = 3
+LATENCY_SECONDS = 2
 #: variant → the server's ``[telemetry]`` table.
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"metrics": False, "access_log": False},
@@ -121,47 +123,51 @@ class _Server:
         return total
 
 
-def _wrk(server: _Server, seconds: float = SECONDS) -> dict[str, float]:
-    pid = server.proc.pid
-    before = process_cpu(pid)
-    loop_before, _ = thread_cpu(pid)
-    result = wrk(f"http://127.0.0.1:{server.port}{TARGET}", seconds=seconds,
-                 connections=CONNECTIONS, latency=True)
-    cpu = process_cpu(pid) - before
-    loop = thread_cpu(pid)[0] - loop_before
+def _wrk(server: _Server, seconds: float = SECONDS, latency: bool = False
+         ) -> dict[str, float]:
+    """One run: CPU from ``wrk``'s plain path, latency (a Lua hook) from separate runs, as
+    bench/bench_server.py measures (its ``read_path`` says why)."""
+    result = measured_wrk(f"http://127.0.0.1:{server.port}{TARGET}", server.proc.pid,
+                          seconds=seconds, connections=CONNECTIONS, latency=latency)
     if result["non_2xx"]:
         raise RuntimeError(f"{server.name}: {result['non_2xx']:.0f} non-2xx answers")
-    requests = result["requests"]
-    return {"requests": requests, "rps": requests / seconds,
-            "p50_ms": result["p50_ms"], "p99_ms": result["p99_ms"],
-            "p999_ms": result["p999_ms"], "max_ms": result["max_ms"],
-            "cpu_us_per_request": cpu / requests * 1e6,
-            "loop_cpu_us_per_request": loop / requests * 1e6,
-            "threads_cpu_us_per_request": (cpu - loop) / requests * 1e6}
+    result["threads_cpu_us_per_request"] = (result["cpu_us_per_request"]
+                                            - result["loop_us_per_request"])
+    result["loop_cpu_us_per_request"] = result["loop_us_per_request"]
+    return result
 
 
 def read_path(workdir: Path) -> dict[str, Any]:
     servers = {name: _Server(name, table, workdir) for name, table in VARIANTS.items()}
+    names = list(servers)
     try:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
+        lat: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         warm_up = {name: _wrk(server, 1)["requests"]  # caches filled, log file opened
                    for name, server in servers.items()}
-        for _ in range(ROUNDS):
-            for name, server in servers.items():
-                runs[name].append(_wrk(server))
+        for n in range(ROUNDS):  # alternating, the order rotated each round
+            for name in names[n % len(names):] + names[:n % len(names)]:
+                runs[name].append(_wrk(servers[name]))
+        for n in range(LATENCY_ROUNDS):
+            for name in names[n % len(names):] + names[:n % len(names)]:
+                lat[name].append(_wrk(servers[name], LATENCY_SECONDS, latency=True))
     finally:
         for server in servers.values():
             server.stop()
     logged = servers["on"].logged_lines()  # a stopped server has drained its log queue
     accounted = servers["on"].accounted
-    out: dict[str, Any] = {"rounds": ROUNDS, "seconds": SECONDS, "connections": CONNECTIONS}
+    out: dict[str, Any] = {"rounds": ROUNDS, "seconds": SECONDS, "connections": CONNECTIONS,
+                           "latency_rounds": LATENCY_ROUNDS}
     for name, results in runs.items():
         out[name] = {
             "rps_median": statistics.median(r["rps"] for r in results),
             "rps_runs": [round(r["rps"]) for r in results],
+            "server_busy_runs": [round(r["server_busy"], 2) for r in results],
             **{f"{k}_median": statistics.median(r[k] for r in results) for k in (
                 "cpu_us_per_request", "loop_cpu_us_per_request",
-                "threads_cpu_us_per_request", "p50_ms", "p99_ms", "p999_ms", "max_ms")},
+                "threads_cpu_us_per_request", "server_busy", "others_core1")},
+            **{f"{k}_median": statistics.median(r[k] for r in lat[name]) for k in (
+                "p50_ms", "p99_ms", "p999_ms", "max_ms")},
         }
     off, on, met = out["off"], out["on"], out["metrics"]
     out["overhead_on"] = 1 - on["rps_median"] / off["rps_median"]
@@ -212,6 +218,8 @@ def _best(fn: Callable[[], object], per: int, repeat: int = 30) -> float:
 
 def observer_cost(log_dir: Path, n: int = 2000) -> dict[str, float]:
     """Single-threaded µs: the observer on the request path, and the writer per line."""
+    from isal import isal_zlib
+
     from imds_server.telemetry import Telemetry, TelemetryConfig
     from imds_server.telemetry._cold import GZIP_LEVEL
     from imds_server.telemetry._jsonlog import ACCESS_LOGGER, AccessRenderer, access_line, iso_time
@@ -240,8 +248,8 @@ def observer_cost(log_dir: Path, n: int = 2000) -> dict[str, float]:
     answered = observer.answered  # type: ignore[attr-defined]
 
     def answered_loop() -> None:  # the server's path: no AccessRecord (see _observe.py)
-        for r in records:
-            answered(r.time, r.request_id, r.caller, r.method, r.path, response, r.bytes,
+        for i, r in enumerate(records):
+            answered(r.time, "1a2b-3c4d-", i, r.caller, r.method, r.path, response, r.bytes,
                      r.seconds)
         pipeline.queue.clear()
 
@@ -260,7 +268,8 @@ def observer_cost(log_dir: Path, n: int = 2000) -> dict[str, float]:
         "render_template_us": _best(lambda: [access_line(r) for r in records], n),
         "render_batch_us": _best(lambda: AccessRenderer().render(queued), n),
         # paid at rotation, by the writer thread (the best run above has no rotation)
-        "gzip_us_per_line": _best(lambda: zlib.compress(text, GZIP_LEVEL), n, 10),
+        "gzip_us_per_line": _best(lambda: isal_zlib.compress(text, GZIP_LEVEL), n, 10),
+        "zlib3_us_per_line": _best(lambda: zlib.compress(text, 3), n, 10),  # before s3
     }
     pipeline.stop()
     try:
@@ -317,7 +326,8 @@ def main() -> None:
          f"request(AccessRecord) {micro['observer_on_loop_us']:.2f}, "
          f"NullObserver {micro['null_observer_us']:.2f}"],
         ["log writer thread, µs/line (render + join + write)", micro["writer_us_per_line"],
-         f"+ gzip at rotation {micro['gzip_us_per_line']:.2f}"],
+         f"+ gzip at rotation {micro['gzip_us_per_line']:.2f} (ISA-L; zlib level 3 "
+         f"{micro['zlib3_us_per_line']:.2f})"],
         ["render one access line: writer's batch renderer", micro["render_batch_us"], ""],
         ["render one access line: template (render_access)", micro["render_template_us"],
          f"orjson {micro['orjson_version']}: {micro['render_orjson_us']:.2f}"

@@ -24,7 +24,9 @@ Cost on the read path. This loop is most of the server's CPU per request, so:
   by a bound instead: a client that waits for each answer makes the next receive block
   (a yield); bytes already waiting, and pipelined requests already parsed, are processed
   at once, but after ``_YIELD_EVERY`` such steps without a blocking receive the
-  connection takes a checkpoint, so a pipelining client cannot starve the others.
+  connection takes a checkpoint, so a pipelining client cannot starve the others. A VM
+  over its rate limit gets less: one answer per scheduler pass among all its connections
+  (``_Turn``), so that a flood's many connections cannot fill a pass between two polls.
 * A receive holding a pipelined burst is parsed ``_FEED_SLICE`` bytes at a time, as its
   requests are answered, so one receive's parse is bounded too.
 * Answers are sent from ``WireCache``: the VM API reuses one immutable ``Response`` per
@@ -165,6 +167,28 @@ class _Conn:
         self.sending = False  # waiting for the client to read (a timeout is not a 408)
 
 
+class _Turn:
+    """A VM over its rate limit (a 429 less than ``_REFUSAL_RESET`` ago): its connections
+    take turns, one answer per scheduler pass among all of them.
+
+    Without it, a flood's connections paused after their 429s woke in the same scheduler
+    pass and were all answered in it (32 connections: several milliseconds in which no
+    other VM's request was even read, since I/O is polled between passes). The turn is a
+    fair lock taken and given back before each answer: taking it always yields (a lock
+    free at once still ends the task's step), and giving it back hands it to the next
+    waiting connection, which runs only in the next pass."""
+
+    __slots__ = ("lock", "until")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()
+        self.until = 0.0  # perf_counter time at which the last 429 stops counting
+
+    async def wait(self) -> None:
+        await self.lock.acquire()
+        self.lock.release()
+
+
 class _HangupMonitor:
     """Notices clients that hang up while their request is parked.
 
@@ -224,6 +248,7 @@ class Listener:
                                        max_keys=4096)
                           if limits.unknown_rate_limit > 0 else None)
         self._per_caller: Counter[str] = Counter()
+        self._turns: dict[str, _Turn] = {}  # VMs over their rate limit (see _Turn)
         self._conns: set[_Conn] = set()
         self._accepting = trio.CancelScope()
         self._wire = WireCache()
@@ -267,6 +292,11 @@ class Listener:
                     state.timed_out = True
                     state.deadline = _INF
                     state.scope.cancel()
+            if self._turns:  # forget the turns of VMs back under their limit
+                clock = time.perf_counter()
+                for peer in [p for p, t in self._turns.items()
+                             if t.until <= clock and not t.lock.locked()]:
+                    del self._turns[peer]
 
     def _deadline(self, timeout: float) -> float:
         # The coarse clock lags by up to a tick: adding one keeps a timeout from firing early.
@@ -448,6 +478,9 @@ class Listener:
             body_started = False
             state.deadline = _INF  # no timeout while answering (a watcher parks)
             received = clock()
+            turn = self._turns.get(peer)
+            if turn is not None and received < turn.until:
+                await turn.wait()  # over its limit: one answer per pass among its connections
             try:
                 if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
                     response = await self._respond_watching(sock, state, request, peer)
@@ -478,6 +511,10 @@ class Listener:
                 refusals += 1
                 last_refusal = received
                 pause = True
+                turn = self._turns.get(peer)
+                if turn is None:
+                    turn = self._turns[peer] = _Turn()
+                turn.until = received + _REFUSAL_RESET
                 if limits.refusals_before_close and refusals >= limits.refusals_before_close:
                     keep_alive = False
                     self.stats.closed_after_refusals += 1

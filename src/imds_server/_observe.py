@@ -43,13 +43,16 @@ class AnswerObserver(Protocol):
     for each (building one cost about as much as the rest of telemetry): the server calls
     ``answered`` for every answer that is not a refusal (``response.refused`` is None) and
     ``request`` for the rest. Both describe the same request; the record's fields are
-    ``time``, ``request_id``, ``caller``, ``method``, ``path``, ``bytes`` (``sent``) and
-    ``seconds`` as given, the rest from ``response``."""
+    ``time``, ``caller``, ``method``, ``bytes`` (``sent``) and ``seconds`` as given,
+    ``request_id`` is ``f"{id_prefix}{id_number:x}"`` (made only if a line needs it),
+    ``path`` is ``target`` without its query (the request's ``path``: given whole, it is
+    compared rather than split per request), the rest from ``response``."""
 
     def request(self, record: AccessRecord) -> None: ...
 
-    def answered(self, time: float, request_id: str, caller: str, method: str, path: str,
-                 response: Response, sent: int, seconds: float) -> None: ...
+    def answered(self, time: float, id_prefix: str, id_number: int, caller: str,
+                 method: str, target: str, response: Response, sent: int,
+                 seconds: float) -> None: ...
 
 
 class NullObserver:

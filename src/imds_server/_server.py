@@ -393,15 +393,17 @@ class Server:
                     api_version=answer.api_version)
         return submit.response
 
-    def record(self, request: Request, peer: str, response: Response, sent: int,
-               seconds: float) -> None:
+    def record(self, request: Request, peer: str, response: Response, received: float,
+               sent: int, seconds: float) -> None:
+        """Tell the observer of one answered VM request (``App.answered``: ``_VmApp`` has
+        this very method as its ``answered``, one call fewer per request)."""
         if self._silent:
             return
         refused = response.refused
         answered = self._answered
         if refused is None and answered is not None:
-            answered(self.clock() - seconds, f"{self._id_prefix}{next(self._ids):x}", peer,
-                     request.method, request.path, response, sent, seconds)
+            answered(self.clock() - seconds, self._id_prefix, next(self._ids), peer,
+                     request.method, request.target, response, sent, seconds)
             return
         count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
@@ -417,6 +419,8 @@ class Server:
 class _VmApp:
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.answered: Callable[[Request, str, Response, float, int, float], None] = \
+            server.record
 
     async def respond(self, request: Request, peer: str) -> Response:
         server = self.server
@@ -437,10 +441,6 @@ class _VmApp:
             # loop nothing.
             return await trio.to_thread.run_sync(result.work, limiter=server.offload_limiter)
         return result
-
-    def answered(self, request: Request, peer: str, response: Response, received: float,
-                 sent: int, seconds: float) -> None:
-        self.server.record(request, peer, response, sent, seconds)
 
 
 class _AdminApp:

@@ -95,4 +95,6 @@ def test_admin_ingest_and_recovery_share_the_helper() -> None:
             pass
         assert not gc.isenabled()  # one count: the inner exit does not re-enable
     assert gc.isenabled()
-    assert gc.get_freeze_count() > 0  # the admin batch's objects are frozen
+    # An admin batch freezes nothing: its request, alive at the end of the pause, would be
+    # frozen with it and never freed (tests/server/test_ingest.py, readpath session 3).
+    assert gc.get_freeze_count() == 0

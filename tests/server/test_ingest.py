@@ -163,3 +163,37 @@ async def test_a_key_shorter_than_a_document_is_refused_before_any_part_is_submi
         await decode_events(body, "application/json", min_key_parts=2)
     assert info.value.index == 5
     assert len(await decode_events(body, "application/json")) == 6  # the default: 1 part
+
+
+async def test_repeated_admin_batches_do_not_keep_their_garbage() -> None:
+    # Found by the RSS-per-VM bench (readpath, session 3): admin ingest used to end its
+    # collector pause with gc.freeze(), which also froze what was alive only for the
+    # request (its body, held by the HTTP parser's reference cycle). Frozen objects are
+    # never collected, so every batch's body stayed in memory for good. (The events
+    # themselves are kept by the memory log: that is not what is measured here.)
+    import gc
+    import tracemalloc
+
+    body = json.dumps({"events": [
+        {"source": "fabric", "key": ["vms", f"vm-{i}", "compute"], "version": 1,
+         "value": {"name": "x" * 200, "i": i}} for i in range(1000)]}).encode()
+    async with running(make_config(rate_limit=0.0)) as server:
+        async def post() -> None:
+            reply = await get(server.admin_address, "/events", method="POST",
+                              headers={"Content-Type": "application/json"}, body=body)
+            assert reply.status == 200
+
+        await post()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for _ in range(10):
+                await post()
+            gc.collect()
+            kept = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, "*imds_server/_http.py")])
+        finally:
+            tracemalloc.stop()
+            gc.unfreeze()  # whatever the code under test froze: not other tests' problem
+    held = sum(stat.size for stat in kept.statistics("filename"))
+    assert held < len(body), f"{held} bytes of requests kept after 10 batches of {len(body)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections import Counter
 from typing import Any
 
 import msgpack
@@ -213,6 +214,60 @@ async def test_a_connection_that_keeps_hammering_after_429_is_closed() -> None:
         assert server.statistics().closed_after_refusals == 1
         assert replies[-1].headers["connection"] == "close"
         assert (await get(server.vm_address, INSTANCE)).status == 200  # the neighbour
+
+
+class _Passes(trio.abc.Instrument):
+    """Counts the scheduler's passes: each ends in one poll for I/O, which is when another
+    VM's request is first seen."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_io_wait(self, timeout: float) -> None:
+        self.count += 1
+
+
+async def test_a_vm_over_its_limit_gets_one_answer_per_scheduler_pass() -> None:
+    # 32 flood connections woke from their pauses after 429 in the same pass and were
+    # answered all in it: several milliseconds during which no other VM's request was even
+    # read. Over its limit, a VM's connections take turns: one answer per pass among them.
+    config = make_config(rate_limit=1.0, refusals_before_close=1000)
+    async with running(config) as server:
+        passes = _Passes()
+        handled: list[tuple[int, str, int]] = []  # (pass, caller, status)
+        handle = server.api.handle
+
+        def counting(request: Request, caller: str, now: float) -> Any:
+            result = handle(request, caller, now)
+            handled.append((passes.count, caller, getattr(result, "status", 0)))
+            return result
+
+        server.api.handle = counting  # type: ignore[method-assign]
+        streams = [await connect(server.vm_address, CALLER_B) for _ in range(8)]
+        flood = request_bytes("GET", INSTANCE, MD, close=False) * 40
+
+        async def drain(stream: trio.SocketStream) -> None:
+            while await stream.receive_some(65536):
+                pass
+
+        trio.lowlevel.add_instrument(passes)
+        try:
+            async with trio.open_nursery() as nursery:
+                for stream in streams:
+                    nursery.start_soon(drain, stream)
+                    await stream.send_all(flood)
+                await wait_until(lambda: len(handled) >= 60)
+                reply = await get(server.vm_address, INSTANCE)  # the neighbour meanwhile
+                nursery.cancel_scope.cancel()
+        finally:
+            trio.lowlevel.remove_instrument(passes)
+            for stream in streams:
+                await stream.aclose()
+        assert reply.status == 200
+        first = next(n for n, caller, status in handled if status == 429)
+        per_pass = Counter(n for n, caller, _ in handled if caller == CALLER_B and n > first)
+        assert sum(per_pass.values()) >= 40
+        assert max(per_pass.values()) == 1, sorted(per_pass.values())[-5:]
 
 
 # -- finding 11: an admin body has its own deadline ------------------------------------------

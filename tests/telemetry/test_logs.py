@@ -88,6 +88,25 @@ def test_rotation_compresses_and_keeps_max_files(tmp_path: Path) -> None:
     assert all(os.path.getsize(tmp_path / n) < 2048 for n in names)
 
 
+def test_large_batches_keep_every_line_in_order_across_rotations(tmp_path: Path) -> None:
+    # The cold file writes a batch in slices of WRITE_SLICE lines (and rotates inside a
+    # batch): whatever the slicing, every line is kept once, in order, in plain gzip.
+    from imds_server.telemetry._cold import WRITE_SLICE, ColdFileHandler
+
+    cold = ColdFileHandler(tmp_path, config(max_file_bytes=20_000, max_files=50).cold)
+    batch = [f'{{"request_id":"r-{n}","pad":"{"x" * (n % 97)}"}}\n'
+             for n in range(WRITE_SLICE * 7 + 3)]
+    cold.write_lines(batch[:5])
+    cold.write_lines(batch[5:])
+    cold.close()
+    assert len(list(tmp_path.glob("*.gz"))) > 2  # rotated inside the batch
+    assert [d["request_id"] for d in lines(tmp_path)] == [
+        f"r-{n}" for n in range(len(batch))]
+    for path in tmp_path.glob("*.gz"):  # ordinary gzip, as before
+        with gzip.open(path, "rt") as f:
+            assert all(json.loads(line) for line in f)
+
+
 def test_retention_by_age(tmp_path: Path) -> None:
     pipeline = LogPipeline(config(max_file_bytes=1024, max_files=10, max_age_seconds=60),
                            tmp_path, TelemetryMetrics(process=False))

@@ -123,8 +123,11 @@ def test_queued_records_leave_the_garbage_collector_alone(tmp_path: Path) -> Non
 ANSWERS = st.builds(
     AccessRecord,
     time=st.floats(min_value=0, max_value=4e9, allow_nan=False),
-    request_id=st.from_regex(r"[0-9a-f]{1,8}-[0-9a-f]{1,8}-[0-9a-f]{1,8}", fullmatch=True),
-    caller=TEXT, vm=st.none() | TEXT, method=TEXT, route=TEXT, path=TEXT,
+    # The server's ids: a prefix, then a number in hex (no leading zeros).
+    request_id=st.from_regex(r"[0-9a-f]{1,8}-[0-9a-f]{1,8}-(0|[1-9a-f][0-9a-f]{0,7})",
+                             fullmatch=True),
+    caller=TEXT, vm=st.none() | TEXT, method=TEXT, route=TEXT,
+    path=TEXT.filter(lambda p: "?" not in p),  # a request's path: its target before "?"
     api_version=st.none() | st.sampled_from(["2021-02-01", "2017-08-01"]) | TEXT,
     status=st.integers(100, 999), bytes=st.integers(0, 2**40),
     seconds=st.floats(min_value=0, max_value=1e5, allow_nan=False), watch=st.booleans())
@@ -147,8 +150,10 @@ def _told(records: list[AccessRecord], fast: bool,
         key = (r.status, r.route, r.vm, r.api_version, r.watch)
         response = responses.setdefault(key, Response(  # reused, as the server does
             r.status, route=r.route, vm=r.vm, api_version=r.api_version, watch=r.watch))
-        observer.answered(r.time, r.request_id, r.caller, r.method, r.path, response,
-                          r.bytes, r.seconds)
+        target = r.path + ("?api-version=x" if r.status % 2 else "")  # the server's
+        prefix, _, number = r.request_id.rpartition("-")
+        observer.answered(r.time, prefix + "-", int(number, 16), r.caller, r.method, target,
+                          response, r.bytes, r.seconds)
     assert observer.errors == 0
     lines, _, _ = AccessRenderer().render(list(pipeline.queue))
     return lines, metrics.exposition()[0]
@@ -167,3 +172,24 @@ def test_answered_counts_and_renders_as_the_record_would(
     lines, exposition = _told(records, False, tmp / "record")
     assert fast_lines == lines == [access_line(r) for r in records]
     assert fast_metrics == exposition
+
+
+def test_answered_counts_survive_the_observer_table_being_refilled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The observer counts an answer's requests in its table entry and adds them to the
+    # metrics at scrape time: an entry dropped (the table full, or another caller of the
+    # same response) must hand its counts over first.
+    from imds_server.telemetry import _observer
+
+    monkeypatch.setattr(_observer, "MAX_ANSWERS", 2)
+    records = [AccessRecord(time=1e9 + n, request_id=f"a-b-{n + 1:x}",
+                            caller=f"10.0.0.{n % 3}", vm=f"vm-{n % 5}", method="GET",
+                            route="/metadata/instance", path=f"/metadata/instance/{n % 5}",
+                            api_version="2021-02-01", status=200, bytes=100 + n % 5,
+                            seconds=0.0001 * (n % 7)) for n in range(40)]
+    fast_lines, fast_metrics = _told(records, True, tmp_path / "fast")
+    lines, exposition = _told(records, False, tmp_path / "record")
+    assert fast_lines == lines
+    assert fast_metrics == exposition
+    assert b'imds_http_requests_total{api_version="2021-02-01",code="200",' \
+        b'route="/metadata/instance"} 40.0' in fast_metrics

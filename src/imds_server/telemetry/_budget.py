@@ -94,7 +94,7 @@ class WarmBudget:
         self._used = 0
         self.counts = BudgetCounts()
 
-    def choose(self, batch: Sequence[QueuedAccess | RenderedAccess | Line],
+    def choose(self, batch: Sequence[QueuedAccess | RenderedAccess | str | Line],
                lines: Sequence[str], levels: Sequence[int] | None,
                now: float) -> tuple[list[str], BudgetCounts]:
         """The lines of ``batch`` to upload (``lines[i]`` rendered from ``batch[i]``) and
@@ -106,6 +106,10 @@ class WarmBudget:
         items: Sequence[Any] = batch  # access fields by position: ``_jsonlog.QUEUED_FIELDS``
         for i, item in enumerate(items):
             line = lines[i]
+            if type(item) is str:
+                # An access line queued without its fields (the observer queues them when
+                # there is a budget): sampled on its text, as an ordinary answer.
+                item = (item, item, 200, 0.0, False, None)
             if type(item) is tuple:
                 if self.level > logging.INFO:
                     continue  # access lines are info

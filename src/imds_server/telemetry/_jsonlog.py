@@ -151,10 +151,11 @@ class AccessRenderer:
         self._second = -1
         self._prefix = ""
 
-    def render(self, batch: Sequence[QueuedAccess | RenderedAccess | Line]
+    def render(self, batch: Sequence[QueuedAccess | RenderedAccess | str | Line]
                ) -> tuple[list[str], list[int] | None, int]:
         """``batch``: queued access records (``queued()``), access lines rendered already
-        (``RenderedAccess``) and component ``Line``s (both passed through). Returns the
+        (``RenderedAccess``, or the line alone) and component ``Line``s (all passed
+        through). Returns the
         lines (each ending in a newline), each line's level (None when every line is an
         access line: info) and how many access lines."""
         out: list[str] = []
@@ -167,6 +168,11 @@ class AccessRenderer:
         items: Sequence[Any] = batch  # fields by position: see QUEUED_FIELDS
         try:
             for i, item in enumerate(items):
+                if type(item) is str:  # an access line rendered on the request path
+                    if levels is not None:
+                        levels.append(logging.INFO)
+                    append(item)
+                    continue
                 if type(item) is not tuple:  # a component Line
                     if levels is None:
                         levels = [logging.INFO] * i
@@ -196,7 +202,8 @@ class AccessRenderer:
                        f'{int(item[2])},"seconds":{float(item[3]):.7f}{tail}')
         finally:
             self._second, self._prefix = second, prefix
-        count = len(out) if levels is None else sum(1 for x in batch if type(x) is tuple)
+        count = len(out) if levels is None else sum(
+            1 for x in batch if type(x) is tuple or type(x) is str)
         return out, levels, count
 
 

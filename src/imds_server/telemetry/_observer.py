@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from imds_server._observe import AccessRecord
@@ -10,10 +11,15 @@ from imds_server._observe import AccessRecord
 from ._jsonlog import answer_segments, second_prefix
 from ._metrics import TelemetryMetrics
 from ._pipeline import LogPipeline
-from ._requests import Slot
+from ._requests import LATENCY_BUCKETS, Tally
 
 if TYPE_CHECKING:
     from imds_server._request import Response
+
+#: What the observer keeps of one answer (a response to one caller, target and method):
+#: (response, caller, target, method, its tally (None without metrics), its body size,
+#: the line's head, middle (before the size), middle with the size, tail, status, watch).
+_Answer = tuple["Response", str, str, str, Tally | None, int, str, str, str, str, int, bool]
 
 #: Answers whose metric slot and line segments are kept (``answered``); a full table is
 #: dropped and refilled, so one-off answers (a fresh 304 each time) cost a refill only.
@@ -52,12 +58,16 @@ class TelemetryObserver:
         self._count = metrics.requests.observe if metrics is not None else _skip
         self._queue = pipeline.access if pipeline is not None else _skip
         self._counts = metrics.requests if metrics is not None else None
+        if self._counts is not None:
+            self._counts.before_collect.append(self._fold)
         self._lines = pipeline.queue if pipeline is not None else None
         self._limit = pipeline.queue_limit if pipeline is not None else 0
-        #: id(response) → (response, caller, path, method, slot, head, middle, tail, status,
-        #: watch): the response is held so that its id is not reused meanwhile.
-        self._answers: dict[int, tuple[Response, str, str, str, Slot | None, str, str, str,
-                                       int, bool]] = {}
+        #: Queue the line alone (a string), or with the fields the warm path's budget
+        #: reads (``RenderedAccess``): only a pipeline with a budget needs them.
+        self._fields = pipeline is not None and pipeline.budget is not None
+        #: id(response) → ``_Answer``: the response is held so that its id is not reused
+        #: meanwhile.
+        self._answers: dict[int, _Answer] = {}
         self._second = -1
         self._prefix = ""
         self.errors = 0
@@ -76,21 +86,30 @@ class TelemetryObserver:
         except Exception as error:
             self._failed(error)
 
-    def answered(self, time: float, request_id: str, caller: str, method: str, path: str,
-                 response: Response, sent: int, seconds: float) -> None:
+    def answered(self, time: float, id_prefix: str, id_number: int, caller: str,
+                 method: str, target: str, response: Response, sent: int,
+                 seconds: float) -> None:
         """An answer that is not a refusal (``response.refused`` is None): the same count
-        and line as ``request`` of its ``AccessRecord``. ``request_id`` must need no JSON
-        escaping (the server's own ids are hex digits and dashes)."""
+        and line as ``request`` of its ``AccessRecord`` (``_observe.AnswerObserver``).
+        ``id_prefix`` must need no JSON escaping (the server's is hex digits and
+        dashes)."""
         try:
             entry = self._answers.get(id(response))
             if entry is None or entry[0] is not response or entry[1] != caller \
-                    or entry[2] != path or entry[3] != method:
-                entry = self._entry(caller, method, path, response)
-            counts = self._counts
-            if counts is not None:
-                slot = entry[4]
-                assert slot is not None
-                counts.count(slot, seconds, sent)
+                    or entry[2] != target or entry[3] != method:
+                entry = self._entry(caller, method, target, response, sent)
+            tally = entry[4]
+            sized = sent == entry[5]
+            if tally is not None:
+                if sized:
+                    tally.n += 1
+                    duration = tally.duration
+                    if duration is not None:
+                        duration.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+                        duration.sum += seconds
+                else:  # not the size this answer had before (a stream): counted in full
+                    assert self._counts is not None
+                    self._counts.count(tally.slot, seconds, sent)
             lines = self._lines
             if lines is not None:
                 if len(lines) >= self._limit:
@@ -100,25 +119,51 @@ class TelemetryObserver:
                 second = int(time)
                 if second != self._second:
                     self._second, self._prefix = second, second_prefix(second)
-                lines.append((
-                    f"{self._prefix}{int((time - second) * 1e6):06d}{entry[5]}{request_id}"
-                    f'{entry[6]}{sent},"seconds":{seconds:.7f}{entry[7]}',
-                    request_id, entry[8], seconds, entry[9], None))
+                if sized:
+                    line = (f"{self._prefix}{int((time - second) * 1e6):06d}{entry[6]}"
+                            f"{id_prefix}{id_number:x}{entry[8]}{seconds:.7f}{entry[9]}")
+                else:
+                    line = (f"{self._prefix}{int((time - second) * 1e6):06d}{entry[6]}"
+                            f"{id_prefix}{id_number:x}{entry[7]}{sent},\"seconds\":"
+                            f"{seconds:.7f}{entry[9]}")
+                if self._fields:
+                    lines.append((line, f"{id_prefix}{id_number:x}", entry[10], seconds,
+                                  entry[11], None))
+                else:
+                    lines.append(line)
         except Exception as error:
             self._failed(error)
 
-    def _entry(self, caller: str, method: str, path: str, response: Response
-               ) -> tuple[Response, str, str, str, Slot | None, str, str, str, int, bool]:
+    def _entry(self, caller: str, method: str, target: str, response: Response, sent: int
+               ) -> _Answer:
         status, watch = int(response.status), bool(response.watch)
-        slot = (self._counts.slot(response.route, response.api_version, status, watch)
-                if self._counts is not None else None)
+        path = target.partition("?")[0]
+        counts = self._counts
+        tally = (Tally(counts.slot(response.route, response.api_version, status, watch), sent)
+                 if counts is not None else None)
         head, middle, tail = answer_segments(method, path, status, response.vm, caller,
                                              response.route, response.api_version, watch)
-        entry = (response, caller, path, method, slot, head, middle, tail, status, watch)
-        if len(self._answers) >= MAX_ANSWERS:
-            self._answers.clear()
-        self._answers[id(response)] = entry
+        entry = (response, caller, target, method, tally, sent, head, middle,
+                 f'{middle}{sent},"seconds":', tail, status, watch)
+        answers = self._answers
+        if len(answers) >= MAX_ANSWERS:
+            self._fold()
+            answers.clear()
+        old = answers.get(id(response))
+        if old is not None and old[4] is not None:
+            assert counts is not None
+            counts.fold(old[4])
+        answers[id(response)] = entry
         return entry
+
+    def _fold(self) -> None:
+        """Every tally's counts into the metrics (before a scrape, or a clear)."""
+        counts = self._counts
+        if counts is None:
+            return
+        for entry in self._answers.values():
+            if entry[4] is not None:
+                counts.fold(entry[4])
 
     def _failed(self, error: Exception) -> None:
         self.errors += 1

@@ -62,8 +62,9 @@ WRITER_NICE = 10
 _INFO = logging.INFO
 _LOGGER = "imds_server.telemetry"
 #: What the queue holds: access records to render, access lines rendered on the request
-#: path, component lines.
-Queued = QueuedAccess | RenderedAccess | Line
+#: path (the line alone, or with the fields the warm budget reads when there is one),
+#: component lines.
+Queued = QueuedAccess | RenderedAccess | str | Line
 
 
 def _lower_priority(by: int) -> None:
@@ -320,9 +321,13 @@ class LogPipeline:
         """(lines, each line's level or None when all are access lines (info), access
         lines rendered, the items rendered: ``lines[i]`` is of ``items[i]``)."""
         # The usual batch: access lines the request path rendered, and nothing else.
-        ready: list[str] = [item[0] for item in batch if type(item[0]) is str]
+        ready: list[str] = [item for item in batch if type(item) is str]
         if len(ready) == len(batch):
             return ready, None, len(ready), batch
+        if not ready:
+            ready = [item[0] for item in batch if type(item[0]) is str]  # with fields
+            if len(ready) == len(batch):
+                return ready, None, len(ready), batch
         try:
             return (*self._renderer.render(batch), batch)
         except Exception:

@@ -10,7 +10,7 @@ this collector yields.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -87,6 +87,22 @@ class Slot:
         self.watch = watch
 
 
+class Tally:
+    """Answers of one slot and one body size, counted by the observer with one increment
+    each: their count, size histogram and watches reach the slot when ``RequestCounts``
+    folds them (before every collect, and when the observer drops the tally). The duration
+    histogram (``duration``: None for watches) is counted per request, in order, as
+    ``count`` does, so the exposition is the same as if each request had been counted."""
+
+    __slots__ = ("duration", "n", "size", "slot")
+
+    def __init__(self, slot: Slot, size: int) -> None:
+        self.slot = slot
+        self.size = size
+        self.n = 0
+        self.duration = None if slot.watch else slot.route.duration
+
+
 class RequestCounts(Collector):
     """Counts answered requests; register it in the registry that is scraped."""
 
@@ -94,6 +110,8 @@ class RequestCounts(Collector):
         self._known = frozenset(known_api_versions)
         self._routes: dict[str, _Route] = {}
         self._refused: dict[str, int] = {}
+        #: Called first by ``collect``: the observer folds its tallies (``fold``).
+        self.before_collect: list[Callable[[], None]] = []
 
     def observe(self, record: AccessRecord) -> None:
         # Once per request on the event loop: the histograms' updates are inlined (a method
@@ -154,12 +172,29 @@ class RequestCounts(Collector):
         histogram.buckets[bisect_left(SIZE_BUCKETS, size)] += 1
         histogram.sum += size
 
+    def fold(self, tally: Tally) -> None:
+        """Add what ``tally`` counted since its last fold to its slot."""
+        n = tally.n
+        if not n:
+            return
+        tally.n = 0
+        slot = tally.slot
+        slot.requests[slot.key] += n
+        route = slot.route
+        if slot.watch:
+            route.watches += n
+        size = route.size
+        size.buckets[bisect_left(SIZE_BUCKETS, tally.size)] += n
+        size.sum += tally.size * n
+
     def _new_route(self, name: str) -> _Route:
         if name not in self._routes and len(self._routes) >= MAX_ROUTES:
             name = "other"
         return self._routes.setdefault(name, _Route(name))
 
     def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        for fold in self.before_collect:
+            fold()
         requests = CounterMetricFamily(
             "imds_http_requests", "Answered metadata requests by route, api-version and code.",
             labels=["route", "api_version", "code"])
