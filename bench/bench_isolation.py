@@ -17,6 +17,13 @@ the baseline of that attack's ratio):
    refuses them (a connect flood: ~15,000 a second here);
 3. idle, then admin batch: a maximum-size (``admin-max-body-bytes``, 16 MiB) JSON batch posted
    while the probe reads. Goal: probe p99 <= 50 ms during the ingest.
+4. disk full (once, after the rounds; ``python -m bench.bench_isolation --disk-full`` runs
+   it alone): a server whose data directory is a real 8 MiB tmpfs, the probe reading
+   throughout; the file system is filled for ``DISK_FULL_SECONDS`` (60) while a write is
+   posted every second, then space comes back. Goal: 0 failed reads; every write while
+   full refused cleanly (503 + Retry-After) or, if it still fit, acknowledged; writes
+   accepted again once space is back; after a restart every acknowledged event is there.
+   Needs root (mount); without it the part reports that it did not run.
 
 ``ROUNDS`` rounds. A phase's p99 is over its samples of every round pooled (3,000 at the
 defaults: a p99 of one 6 s window is its 6th-worst sample, which one scheduling hiccup of
@@ -28,18 +35,22 @@ ratios, not the absolute numbers.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import re
 import resource
 import select
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +337,158 @@ BASELINE = {"flood": "idle_flood", "strangers": "idle_strangers",
 IDLE = ("idle_flood", "idle_strangers", "idle_batch")
 
 
+# -- disk full ---------------------------------------------------------------------------
+DISK_FULL_SECONDS = 60.0
+DISK_FULL_VM = "disk-full"
+
+
+def _disk_batch(n: int) -> bytes:
+    events = [{"source": "agent", "key": ["vms", DISK_FULL_VM, "compute", f"f{n}-{i}"],
+               "version": n * 100 + i, "value": {"n": n, "pad": "x" * 4000}} for i in range(4)]
+    return json.dumps({"events": events}).encode()
+
+
+def _post_status(admin: int, body: bytes) -> tuple[int, bool]:
+    """(status, whether a 503 carried Retry-After)."""
+    with socket.create_connection(("127.0.0.1", admin), timeout=30) as sock:
+        sock.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+    status = int(head.split(b" ", 2)[1])
+    return status, b"\r\nretry-after:" in head.lower()
+
+
+def _fill(path: Path) -> None:
+    """Write until the file system has no byte left."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    return
+                chunk = chunk[: len(chunk) // 2]
+
+
+def _probe_in_thread(port: int, seconds: float) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: out.update(probe(port, seconds)))
+    thread.start()
+    return thread, out
+
+
+def disk_full(seconds: float = DISK_FULL_SECONDS) -> dict[str, Any]:
+    """Part 4 (see the module docstring): reads during a full disk, writes refused and
+    taken again, nothing acknowledged lost after a restart."""
+    with tempfile.TemporaryDirectory() as tmp:
+        mount = Path(tmp) / "mnt"
+        mount.mkdir()
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs",
+                                  str(mount)], capture_output=True, check=False)
+        if mounted.returncode:
+            return {"ran": False, "why": "cannot mount a tmpfs (needs root and mount(8)): "
+                    + mounted.stderr.decode(errors="replace").strip()}
+        try:
+            return _disk_full_on(mount, seconds)
+        finally:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _disk_full_on(mount: Path, seconds: float) -> dict[str, Any]:
+    data = mount / "data"
+    proc, port, admin = _start_server(data)
+    acked: list[int] = []
+    try:
+        for n in range(5):
+            if _post_status(admin, _disk_batch(n))[0] == 200:
+                acked.append(n)
+        thread, before = _probe_in_thread(port, SECONDS)
+        thread.join()
+        filler = mount / "filler"
+        _fill(filler)
+        thread, during = _probe_in_thread(port, seconds)
+        refused = refused_with_retry_after = fitted = other = 0
+        n = 100
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            status, retry_after = _post_status(admin, _disk_batch(n))
+            if status == 200:  # still fitted in a page the log already had
+                acked.append(n)
+                fitted += 1
+            elif status == 503:
+                refused += 1
+                refused_with_retry_after += retry_after
+            else:
+                other += 1
+            n += 1
+            time.sleep(1.0)
+        health = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{admin}/healthz", timeout=10).read())
+        filler.unlink()  # space is back: the log must take writes again by itself
+        back = time.perf_counter()
+        accepted_after_s = None
+        for n in range(1000, 1100):
+            if _post_status(admin, _disk_batch(n))[0] == 200:
+                acked.append(n)
+                accepted_after_s = time.perf_counter() - back
+                break
+            time.sleep(0.1)
+        thread.join()
+        for n in range(1100, 1105):
+            if _post_status(admin, _disk_batch(n))[0] == 200:
+                acked.append(n)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        proc, port, admin = _start_server(data)  # a restart on the same directory
+        view = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{admin}/view?prefix=vms/{DISK_FULL_VM}", timeout=30).read())
+    finally:
+        stop_process(proc)
+    keys = {"/".join(r["key"]) for r in view["registers"]}
+    lost = [(n, i) for n in acked for i in range(4)
+            if f"vms/{DISK_FULL_VM}/compute/f{n}-{i}" not in keys]
+    def brief(part: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in part.items() if k != "latencies"}
+
+    ok = (during["failures"] == 0 and before["failures"] == 0 and other == 0
+          and refused == refused_with_retry_after and refused > 0
+          and accepted_after_s is not None and not lost)
+    return {"ran": True, "seconds_full": seconds, "reads_before": brief(before),
+            "reads_while_full": brief(during), "writes_refused_503": refused,
+            "refused_with_retry_after": refused_with_retry_after,
+            "writes_acknowledged_while_full": fitted, "writes_other_status": other,
+            "health_while_full": {"status": health.get("status"),
+                                  "log": health.get("log")},
+            "writes_accepted_again_after_s": accepted_after_s,
+            "acknowledged_events": 4 * len(acked), "acknowledged_lost": len(lost),
+            "met": ok}
+
+
+def _disk_full_rows(d: dict[str, Any]) -> list[list[Any]]:
+    if not d["ran"]:
+        return [["disk full", "not run", d["why"], "", "", "", "", "", ""]]
+    during = d["reads_while_full"]
+    return [["disk full (reads while full)", f"{during['p50_ms']:.2f}",
+             f"{during['p99_ms']:.2f}", f"{during['requests']} reads over "
+             f"{d['seconds_full']:g} s", f"{during['p99_ms'] / d['reads_before']['p99_ms']:.2f}",
+             f"writes: {d['writes_refused_503']} refused 503 ({d['refused_with_retry_after']} "
+             f"with Retry-After), {d['writes_acknowledged_while_full']} fitted, "
+             f"{d['writes_other_status']} other; taken again "
+             f"{d['writes_accepted_again_after_s']:.2f} s after space came back; "
+             f"{d['acknowledged_lost']} of {d['acknowledged_events']} acknowledged events "
+             "lost after a restart",
+             during["failures"], "0 failed reads, refusals clean, nothing lost",
+             "yes" if d["met"] else "**no**"]]
+
+
 def main() -> None:
     if PROBE_CORE is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {PROBE_CORE})  # the probe is a guest: not on the server's core
@@ -383,6 +546,8 @@ def main() -> None:
         rows.append([phase, f"{mine['p50_ms']:.2f}", f"{mine['p99_ms']:.2f}",
                      _range([r[phase]["p99_ms"] for r in rounds]), f"{ratio:.2f}",
                      _range(per_round), failed, goal, "yes" if ok else "**no**"])
+    figures["disk_full"] = full = disk_full()
+    rows += _disk_full_rows(full)
     figures["batch"]["max_ms"] = _spread([r["batch"]["max_ms"] for r in rounds])
     figures["batch_ingest_s"] = _spread([r["batch"]["ingest_s"] for r in rounds])
     figures["batch_status"] = [r["batch"]["status"] for r in rounds]
@@ -403,7 +568,12 @@ def main() -> None:
     print(md.read_text(), flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] == ["--disk-full"]:
+    if PROBE_CORE is not None and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {PROBE_CORE})
+    print(json.dumps(disk_full(float(sys.argv[2]) if len(sys.argv) > 2 else
+                               DISK_FULL_SECONDS), indent=1))
+elif __name__ == "__main__":
     # Attackers yield to the probe when they share its core: on a real host a guest has
     # its own CPUs, and the figure is the server's, not the probe's own scheduling.
     os.nice(19)
