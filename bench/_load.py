@@ -119,12 +119,16 @@ def wrk(url: str, *, seconds: float, connections: int = 32,
     result: dict[str, float] = {"requests": requests,
                                 "non_2xx": int(non2xx.group(1)) if non2xx else 0}
     if latency:
-        found = re.search(r"imds-percentiles (\d+) (\d+) (\d+) (\d+)", out)
-        assert found is not None, out
-        for name, value in zip(("p50_ms", "p99_ms", "p999_ms", "max_ms"), found.groups(),
-                               strict=True):
-            result[name] = int(value) / 1000
+        result.update(_percentiles(out))
     return result
+
+
+def _percentiles(out: str) -> dict[str, float]:
+    """p50/p99/p99.9/max in ms from the line our wrk Lua ``done()`` prints."""
+    found = re.search(r"imds-percentiles (\d+) (\d+) (\d+) (\d+)", out)
+    assert found is not None, out
+    return {name: int(value) / 1000 for name, value in
+            zip(("p50_ms", "p99_ms", "p999_ms", "max_ms"), found.groups(), strict=True)}
 
 
 def task_cpu_ns(pid: int) -> tuple[int, int]:
@@ -230,11 +234,7 @@ def measured_wrk(url: str, pid: int, *, seconds: float, connections: int = 32,
         "steal": steal1 - steal0,
     }
     if latency:
-        found = re.search(r"imds-percentiles (\d+) (\d+) (\d+) (\d+)", out)
-        assert found is not None, out
-        for name, value in zip(("p50_ms", "p99_ms", "p999_ms", "max_ms"), found.groups(),
-                               strict=True):
-            result[name] = int(value) / 1000
+        result.update(_percentiles(out))
     return result
 
 
