@@ -17,6 +17,7 @@ import trio.testing
 from imds_replica import Checkpoint, Event, MemoryLog, StorageError, Unavailable, View
 from imds_server import AccessRecord, Request, Response, Server, open_log
 
+from .._loop import loop_ticks
 from .conftest import (
     CALLER_A,
     CALLER_B,
@@ -534,22 +535,9 @@ async def test_checking_a_large_batch_for_owned_sources_lets_the_loop_run() -> N
     async with open_replica() as replica:
         admin = AdminApi(clock=replica.now)
         admin.replica = replica
-        ticks = 0
-        done = False
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not done:
-                ticks += 1
-                await trio.lowlevel.checkpoint()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(ticker)
-            await trio.lowlevel.checkpoint()
-            before = ticks
+        async with loop_ticks() as ticks:
             await admin._refuse_owned(events)
-            during = ticks - before
-            done = True
+            during = ticks()
         # 30,000 events: 7 checkpoints (one every 4,096); the run order within a
         # scheduler pass is random, so the ticker's count may be one off at either end.
         assert during >= 5

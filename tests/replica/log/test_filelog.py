@@ -27,6 +27,7 @@ from imds_replica._log._replay import recover_directory
 from imds_replica._log._segment import Meta, SegmentWriter, write_meta
 from imds_replica._replica import open_replica
 
+from ..._loop import loop_ticks
 from ._helpers import (
     FailingFdatasync,
     append_group,
@@ -177,20 +178,9 @@ async def test_recovery_lets_other_tasks_run(tmp_path: Path) -> None:
     batches = [([Event("s", ("k", str(i)), 1, i) for i in range(j, j + 100)], None)
                for j in range(0, 20_000, 100)]
     await write_log(tmp_path / "log", batches, snapshot_every=None)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await trio.lowlevel.checkpoint()
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(ticker)
-        await trio.lowlevel.checkpoint()
-        before = ticks
+    async with loop_ticks() as ticks, trio.open_nursery() as nursery:
         await nursery.start(FileLog(tmp_path / "log", fsync="none").run, View())
-        assert ticks > before + 5
+        assert ticks() > 5
         nursery.cancel_scope.cancel()
 
 
