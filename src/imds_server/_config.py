@@ -50,7 +50,7 @@ SETTINGS: Mapping[str, tuple[str, tuple[type, ...], str]] = {
     "unknown-rate-burst": ("unknown_rate_burst", (int, float),
                            "burst of new connections per unknown caller address"),
     "refusals-before-close": ("refusals_before_close", (int,),
-                              "429s in a row after which a connection is closed"),
+                              "429s in a row after which a connection is closed; 0: never"),
     "refusal-log-interval": ("refusal_log_interval", (int, float),
                              "seconds per aggregated refusal line (per caller and reason)"),
     "send-timeout": ("send_timeout", (int, float),
@@ -105,11 +105,11 @@ _PATHS = {"identity_signing_key", "identity_token_service_credential",
 _POSITIVE = {"max_connections", "max_connections_per_caller", "header_timeout",
              "idle_timeout", "max_request_line", "max_header_bytes", "max_body_bytes",
              "admin_max_body_bytes", "max_watch_timeout", "max_unknown_connections",
-             "unknown_rate_burst", "refusals_before_close", "refusal_log_interval",
+             "unknown_rate_burst", "refusal_log_interval",
              "send_timeout", "admin_body_timeout", "attested_lifetime"}
 _NON_NEGATIVE = {"rate_limit", "max_watchers_per_vm", "ip_ttl", "shutdown_grace",
                  "startup_hold", "tombstone_retention", "unknown_rate_limit", "identity_rate_limit",
-                 "identity_max_concurrent"}
+                 "identity_max_concurrent", "refusals_before_close"}
 
 
 @attrs.frozen

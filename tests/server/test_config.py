@@ -42,6 +42,7 @@ def test_file_then_flags(tmp_path: Path) -> None:
     ('listen = "169.254.169.254:80"\nadmin-listen = "169.254.169.254:81"', "admin-listen"),
     ("telemetry = 3", "telemetry"),
     ("tombstone-retention = -1", "tombstone-retention"),
+    ("refusals-before-close = -1", "refusals-before-close"),
     ('tombstone-retention = "7d"', "tombstone-retention"),
     ("[[", "config"),
 ])
@@ -52,6 +53,13 @@ def test_bad_config_names_key_and_reason(tmp_path: Path, text: str, key: str) ->
         load_config(path)
     assert info.value.key == key
     assert str(info.value).startswith(f"{key}: ")
+
+
+def test_refusals_before_close_zero_means_never(tmp_path: Path) -> None:
+    # ConnectionLimits documents 0 as "never close"; the config file refused it.
+    path = tmp_path / "c.toml"
+    path.write_text("refusals-before-close = 0\n")
+    assert load_config(path).refusals_before_close == 0
 
 
 def test_missing_file_refused(tmp_path: Path) -> None:

@@ -216,6 +216,19 @@ async def test_a_connection_that_keeps_hammering_after_429_is_closed() -> None:
         assert (await get(server.vm_address, INSTANCE)).status == 200  # the neighbour
 
 
+async def test_refusals_before_close_zero_never_closes_a_hammering_connection() -> None:
+    config = make_config(rate_limit=5.0, refusals_before_close=0)
+    async with running(config) as server:
+        flood = request_bytes("GET", INSTANCE, MD, close=False) * 40
+        with trio.fail_after(20):
+            replies = await exchange(server.vm_address, flood, source=CALLER_B, expect=40)
+        statuses = [r.status for r in replies]
+        assert len(statuses) == 40  # every request answered on the one connection
+        assert statuses.count(429) > 16  # more than the default's limit, and still open
+        assert server.statistics().closed_after_refusals == 0
+        assert all(r.headers.get("connection") != "close" for r in replies)
+
+
 class _Passes(trio.abc.Instrument):
     """Counts the scheduler's passes: each ends in one poll for I/O, which is when another
     VM's request is first seen."""
