@@ -24,6 +24,7 @@ from .conftest import (
     MD,
     VM_A,
     VM_B,
+    Reply,
     V,
     connect,
     exchange,
@@ -201,32 +202,36 @@ async def test_repeated_refusals_are_one_line_per_caller_and_reason(
 
 
 # -- finding 5: a flooding VM gets less of the loop and is closed when it keeps on ----------
-async def test_a_connection_that_keeps_hammering_after_429_is_closed() -> None:
-    config = make_config(rate_limit=5.0, refusals_before_close=8)
+async def _hammer(refusals_before_close: int, count: int) -> tuple[list[Reply], int, int]:
+    """``count`` pipelined reads on one connection from a VM limited to 5/s: the replies,
+    connections closed after refusals, and a neighbour's status after."""
+    config = make_config(rate_limit=5.0, refusals_before_close=refusals_before_close)
     async with running(config) as server:
-        flood = request_bytes("GET", INSTANCE, MD, close=False) * 200
+        flood = request_bytes("GET", INSTANCE, MD, close=False) * count
         with trio.fail_after(20):
-            replies = await exchange(server.vm_address, flood, source=CALLER_B, expect=200)
-        statuses = [r.status for r in replies]
-        assert statuses.count(429) == 8  # asked again within a second of each: closed
-        assert statuses[-1] == 429
-        assert len(statuses) < 40  # the rest of the flood was never answered
-        assert server.statistics().closed_after_refusals == 1
-        assert replies[-1].headers["connection"] == "close"
-        assert (await get(server.vm_address, INSTANCE)).status == 200  # the neighbour
+            replies = await exchange(server.vm_address, flood, source=CALLER_B, expect=count)
+        neighbour = (await get(server.vm_address, INSTANCE)).status
+        return replies, server.statistics().closed_after_refusals, neighbour
+
+
+async def test_a_connection_that_keeps_hammering_after_429_is_closed() -> None:
+    replies, closed, neighbour = await _hammer(8, 200)
+    statuses = [r.status for r in replies]
+    assert statuses.count(429) == 8  # asked again within a second of each: closed
+    assert statuses[-1] == 429
+    assert len(statuses) < 40  # the rest of the flood was never answered
+    assert closed == 1
+    assert replies[-1].headers["connection"] == "close"
+    assert neighbour == 200
 
 
 async def test_refusals_before_close_zero_never_closes_a_hammering_connection() -> None:
-    config = make_config(rate_limit=5.0, refusals_before_close=0)
-    async with running(config) as server:
-        flood = request_bytes("GET", INSTANCE, MD, close=False) * 40
-        with trio.fail_after(20):
-            replies = await exchange(server.vm_address, flood, source=CALLER_B, expect=40)
-        statuses = [r.status for r in replies]
-        assert len(statuses) == 40  # every request answered on the one connection
-        assert statuses.count(429) > 16  # more than the default's limit, and still open
-        assert server.statistics().closed_after_refusals == 0
-        assert all(r.headers.get("connection") != "close" for r in replies)
+    replies, closed, _ = await _hammer(0, 40)
+    statuses = [r.status for r in replies]
+    assert len(statuses) == 40  # every request answered on the one connection
+    assert statuses.count(429) > 16  # more than the default's limit, and still open
+    assert closed == 0
+    assert all(r.headers.get("connection") != "close" for r in replies)
 
 
 class _Passes(trio.abc.Instrument):
