@@ -182,6 +182,11 @@ class HttpConnection:
         return self._proto.in_message
 
     @property
+    def pending(self) -> bool:
+        """A complete request is parsed and waits for ``next_request``."""
+        return bool(self._proto.done)
+
+    @property
     def in_body(self) -> bool:
         """A request's head is complete and its body is still arriving."""
         return self._proto.in_message and not self._proto.in_head
