@@ -95,8 +95,16 @@ async def test_dial_tone_failure_inhibits_the_clusters_latency_and_error_alerts(
                 _alert("ImdsSourceStale", "warning", cluster="c1", machine="m1", source="t"),
             ])
             assert posted.status_code == 200, posted.text
-            alerts = (await client.get(f"{url}/alerts")).json()
-            groups = (await client.get(f"{url}/alerts/groups")).json()
+            # Alertmanager inhibits and groups asynchronously (its inhibitor and dispatcher
+            # follow the alert store from their own goroutines), so a read straight after
+            # the post can predate both: wait until they have caught up, then assert.
+            for _ in range(300):
+                alerts = (await client.get(f"{url}/alerts")).json()
+                groups = (await client.get(f"{url}/alerts/groups")).json()
+                if len(groups) == 5 and sum(
+                        a["status"]["state"] == "suppressed" for a in alerts) >= 2:
+                    break
+                await trio.sleep(0.1)
     finally:
         process.kill()
         await process.wait()
