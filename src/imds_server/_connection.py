@@ -54,7 +54,7 @@ import sys
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import attrs
@@ -81,6 +81,7 @@ from ._http import (
 from ._listen import peer_host, set_ttl
 from ._ratelimit import TokenBuckets
 from ._request import Request, Response, error
+from ._watch import Reply
 
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _ACCEPT_SKIP = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
@@ -199,16 +200,21 @@ class _HangupMonitor:
     hang-up would go unseen until the park ends. Rather than a reader task per parked
     request, one task per listener waits on a private epoll set of the parked sockets,
     registered for ``EPOLLRDHUP`` only (the peer shut its side; pipelined data does not
-    wake it), and cancels the request of each socket that reports a hang-up or an error."""
+    wake it), and cancels the request of each socket that reports a hang-up or an error.
+
+    Registered one-shot: a watcher answered by a change's fan-out (``_watch``) whose
+    client read the answer and closed reports its hang-up once, and is left for ``forget``
+    to unregister when its task runs; unregistering there and then cost the fan-out of
+    10,000 watchers a quarter of its time (the monitor ran between its batches)."""
 
     def __init__(self, stats: ListenerStatistics) -> None:
         self._stats = stats
         self._epoll = select.epoll()
-        self._conns: dict[int, _Conn] = {}
+        self._conns: dict[int, tuple[_Conn, Reply | None]] = {}
 
-    def watch(self, fd: int, state: _Conn) -> None:
-        self._epoll.register(fd, select.EPOLLRDHUP)
-        self._conns[fd] = state
+    def watch(self, fd: int, state: _Conn, reply: Reply | None = None) -> None:
+        self._epoll.register(fd, select.EPOLLRDHUP | select.EPOLLONESHOT)
+        self._conns[fd] = (state, reply)
 
     def forget(self, fd: int) -> None:
         if self._conns.pop(fd, None) is not None:
@@ -218,8 +224,15 @@ class _HangupMonitor:
         while True:
             await wait_readable(self._epoll)
             for fd, _events in self._epoll.poll(0):  # only hang-ups and errors are asked
-                state = self._conns.pop(fd, None)
-                if state is not None:
+                entry = self._conns.get(fd)
+                if entry is not None:
+                    state, reply = entry
+                    if reply is not None and reply.response is not None:
+                        # Answered by a change's fan-out, its task not run yet: a client
+                        # that read its answer and left is no disconnected watcher (and
+                        # one-shot, the socket does not report again: ``forget`` it later).
+                        continue
+                    del self._conns[fd]
                     self._epoll.unregister(fd)
                     self._stats.disconnected_watchers += 1
                     state.scope.cancel()
@@ -256,6 +269,10 @@ class Listener:
         self._accepting = trio.CancelScope()
         self._wire = WireCache()
         self._hangups = _HangupMonitor(self.stats)
+        #: The app's ``respond_watching(request, peer, reply)``, if it has one: a request
+        #: that may park is then answered with a ``Reply`` (see ``_watch``).
+        self._respond_with_reply: Callable[[Request, str, Reply], Awaitable[Response]] | \
+            None = getattr(app, "respond_watching", None)
         shortest = min(limits.header_timeout, limits.idle_timeout)
         self._tick = min(1.0, max(0.01, shortest / 10))
         self._now = 0.0  # the sweeper's coarse clock (trio time); set in serve()
@@ -484,9 +501,13 @@ class Listener:
             turn = self._turns.get(peer)
             if turn is not None and received < turn.until:
                 await turn.wait()  # over its limit: one answer per pass among its connections
+            reply = None
+            head_only = request.method == "HEAD"
             try:
                 if "wait_for_change" in request.target and request.method in ("GET", "HEAD"):
-                    response = await self._respond_watching(sock, state, request, peer)
+                    if self._respond_with_reply is not None:
+                        reply = Reply(sock, self._wire, keep_alive, head_only)
+                    response = await self._respond_watching(sock, state, request, peer, reply)
                 else:
                     try:
                         response = await self.app.respond(request, peer)
@@ -521,14 +542,24 @@ class Listener:
                 if limits.refusals_before_close and refusals >= limits.refusals_before_close:
                     keep_alive = False
                     self.stats.closed_after_refusals += 1
-            head_only = request.method == "HEAD"
-            if response.stream is None:
+            done = 0.0  # when the answer was sent, if that was not just now
+            if reply is not None and reply.response is response:
+                # A change's fan-out answered on this connection (encoded with the request's
+                # keep-alive: closing now after all, when draining, is allowed). It sent
+                # ``reply.sent`` bytes; a full socket buffer leaves the rest to us.
+                if reply.sent < len(reply.data):
+                    await self._send_all(sock, memoryview(reply.data)[reply.sent:], state)
+                else:
+                    done = reply.sent_at
+                sent = 0 if head_only else len(response.body)
+            elif response.stream is None:
                 await self._send_all(sock, self._wire.encode(response, keep_alive, head_only),
                                      state)
                 sent = 0 if head_only else len(response.body)
             else:
                 sent = await self._send_stream(sock, state, response, keep_alive, head_only)
-            self.app.answered(request, peer, response, received, sent, clock() - received)
+            self.app.answered(request, peer, response, received, sent,
+                              (done or clock()) - received)
             if not keep_alive:
                 return
             if pause:
@@ -574,15 +605,18 @@ class Listener:
         return error(500, "Internal error")
 
     async def _respond_watching(self, sock: socket.socket, state: _Conn, request: Request,
-                                peer: str) -> Response:
+                                peer: str, reply: Reply | None) -> Response:
         """Answer a request that may park; if the client hangs up meanwhile, the hang-up
         monitor cancels the connection's scope, which ends the request (releasing its
         per-VM watcher slot at once, not at its timeout) and the connection. The
         connection's own scope is used, rather than one more per request, because a
         hang-up ends the connection anyway."""
         fd = sock.fileno()
-        self._hangups.watch(fd, state)
+        self._hangups.watch(fd, state, reply)
         try:
+            if reply is not None:
+                assert self._respond_with_reply is not None
+                return await self._respond_with_reply(request, peer, reply)
             return await self.app.respond(request, peer)
         except CloseConnection:
             raise

@@ -42,6 +42,7 @@ from ._request import Offload, Park, Request, Response, Submit, error, failure
 from ._schedule import APPROVAL_SOURCE
 from ._sources import build_source
 from ._storage import open_log
+from ._watch import Reply, Watches
 from .identity._endpoint import IdentityPolicy, Issue
 
 #: Liveliness policies of the sources this server itself writes or seeds.
@@ -126,7 +127,8 @@ class Server:
         self.vm_listeners: list[Listener] = []
         self.admin_listeners: list[Listener] = []
         self.draining = False
-        self._waiters: dict[tuple[str, ...], trio.Event] = {}
+        #: Parked watchers, and the fan-out that answers them after a change.
+        self.watches = Watches(self.api, clock)
         self._stop = trio.Event()
         self._ready = trio.Event()
         #: Worker threads for ``Offload`` work (attested signing); two cores is the norm.
@@ -144,8 +146,6 @@ class Server:
         self._answered: Callable[..., None] | None = getattr(self.observer, "answered", None)
         #: Nothing to tell (no telemetry): no record is built at all.
         self._silent = type(self.observer) is NullObserver
-        #: caller address -> documents its parked watchers wait on (and how many).
-        self._parked_callers: dict[str, dict[tuple[str, ...], int]] = {}
 
     # -- addresses and statistics ------------------------------------------------------
     @property
@@ -269,6 +269,8 @@ class Server:
             outer.start_soon(serve_all)
             refusal_lines = trio.CancelScope()
             outer.start_soon(self._log_refusals, refusal_lines)
+            fan_out = trio.CancelScope()
+            outer.start_soon(self._fan_out, fan_out)
             await started.wait()
             task_status.started()
             log = self._log if self._log is not None else open_log(
@@ -290,6 +292,7 @@ class Server:
                     await finished.wait()  # every connection ended (watchers answered)
                 serving.cancel()
                 refusal_lines.cancel()
+                fan_out.cancel()
                 self._refusals.log(cfg.refusal_log_interval)  # the last interval's lines
 
     def _vm_app(self) -> App:
@@ -324,55 +327,43 @@ class Server:
                 await trio.sleep(interval)
                 self._refusals.log(interval)
 
+    async def _fan_out(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self.watches.run()
+
     def _drain(self, listeners: list[Listener]) -> None:
         self.draining = True
         for listener in listeners:
             listener.drain()
-        for waiter in self._waiters.values():
-            waiter.set()
-        self._waiters.clear()
+        self.watches.drain()
 
     # -- what the pure handlers ask for ---------------------------------------------------
     def _wake(self, doc_key: tuple[str, ...]) -> None:
-        waiter = self._waiters.pop(doc_key, None)
-        if waiter is not None:
-            waiter.set()
-        if len(doc_key) == 2 and doc_key[0] == "callers":
-            # The address was re-pointed (or unmapped): its watchers re-check at once, and
-            # answer 403 now rather than at their timeout.
-            for parked_doc in self._parked_callers.get(doc_key[1], ()):
-                other = self._waiters.pop(parked_doc, None)
-                if other is not None:
-                    other.set()
+        self.watches.changed(doc_key)
 
-    async def park(self, park: Park) -> Response:
+    async def park(self, park: Park, reply: Reply | None = None) -> Response:
         """Wait without polling for the VM's document to change (or the deadline, or the
-        drain), re-checking the value's ETag at each wake-up."""
+        drain), re-checking the value's ETag at each wake-up. With a ``reply`` (the
+        connection's), a change's fan-out may answer on the connection itself first: the
+        answer returned is then ``reply.response``, already sent (``reply.sent`` bytes)."""
         deadline = trio.current_time() + park.timeout
-        docs = self._parked_callers.setdefault(park.caller, {})
-        docs[park.doc_key] = docs.get(park.doc_key, 0) + 1
+        watches = self.watches
+        watcher = watches.add(park, reply)
         try:
             while True:
                 timed_out = self.draining
                 if not timed_out:
-                    waiter = self._waiters.get(park.doc_key)
-                    if waiter is None:
-                        waiter = self._waiters[park.doc_key] = trio.Event()
                     with trio.move_on_at(deadline) as scope:
-                        await waiter.wait()
+                        await watches.wait(watcher)
                     timed_out = scope.cancelled_caught or self.draining
+                if reply is not None and reply.response is not None:
+                    return reply.response  # the fan-out answered (whatever woke us since)
                 result = self.api.resume(park, self.clock(), timed_out)
                 if isinstance(result, Response):
                     return result
         finally:
+            watches.remove(watcher)
             self.api.release(park)
-            left = docs[park.doc_key] - 1
-            if left:
-                docs[park.doc_key] = left
-            else:
-                del docs[park.doc_key]
-                if not docs:
-                    self._parked_callers.pop(park.caller, None)
 
     async def submit(self, submit: Submit) -> Response:
         assert self.replica is not None
@@ -402,15 +393,19 @@ class Server:
         refused = response.refused
         answered = self._answered
         if refused is None and answered is not None:
-            answered(self.clock() - seconds, self._id_prefix, next(self._ids), peer,
-                     request.method, request.target, response, sent, seconds)
+            # The request's start, from ``received``: a watcher answered by the fan-out is
+            # recorded after its answer left (``seconds`` ends at the send).
+            answered(self.clock() - (time.perf_counter() - received), self._id_prefix,
+                     next(self._ids), peer, request.method, request.target, response, sent,
+                     seconds)
             return
         count: Callable[[AccessRecord], None] = self.observer.request
         if refused is not None and refused in AGGREGATED and self._count_only is not None \
                 and not self._refusals.first(peer, refused):
             count = self._count_only  # counted; its line is the interval's summary
         count(AccessRecord(
-            time=self.clock() - seconds, request_id=f"{self._id_prefix}{next(self._ids):x}",
+            time=self.clock() - (time.perf_counter() - received),
+            request_id=f"{self._id_prefix}{next(self._ids):x}",
             caller=peer, vm=response.vm, method=request.method, route=response.route,
             path=request.path, api_version=response.api_version, status=response.status,
             bytes=sent, seconds=seconds, refused=refused, watch=response.watch))
@@ -425,22 +420,42 @@ class _VmApp:
     async def respond(self, request: Request, peer: str) -> Response:
         server = self.server
         if server.replica is None:
-            # A short replay (a restart) is waited out rather than refused: the guest sees
-            # a slow answer, not a 410. A long one gets 410 + Retry-After.
-            with trio.move_on_after(server.config.startup_hold):
-                await server._ready.wait()
+            await self._hold()
         result = server.api.handle(request, peer, server.clock())
         if isinstance(result, Park):
             return await server.park(result)
+        if isinstance(result, Response):
+            return result
+        return await self._act(result)
+
+    async def respond_watching(self, request: Request, peer: str, reply: Reply) -> Response:
+        """``respond`` for a request that may park, with the connection's ``reply``: a
+        change's fan-out may answer on the connection itself (see ``Server.park``)."""
+        server = self.server
+        if server.replica is None:
+            await self._hold()
+        result = server.api.handle(request, peer, server.clock())
+        if isinstance(result, Park):
+            return await server.park(result, reply)
+        if isinstance(result, Response):
+            return result
+        return await self._act(result)
+
+    async def _act(self, result: Submit | Issue | Offload) -> Response:
+        server = self.server
         if isinstance(result, Submit):
             return await server.submit(result)
         if isinstance(result, Issue):
             return await answer_issue(server.api.identity, result, server.clock)
-        if isinstance(result, Offload):
-            # A few threads at most: each VM is rate-limited, and waiting here costs the
-            # loop nothing.
-            return await trio.to_thread.run_sync(result.work, limiter=server.offload_limiter)
-        return result
+        # A few threads at most: each VM is rate-limited, and waiting here costs the loop
+        # nothing.
+        return await trio.to_thread.run_sync(result.work, limiter=server.offload_limiter)
+
+    async def _hold(self) -> None:
+        # A short replay (a restart) is waited out rather than refused: the guest sees a
+        # slow answer, not a 410. A long one gets 410 + Retry-After.
+        with trio.move_on_after(self.server.config.startup_hold):
+            await self.server._ready.wait()
 
 
 class _AdminApp:

@@ -207,8 +207,9 @@ async def test_watch_change_arrives_while_parked() -> None:
             await wait_until(lambda: server.statistics().parked_watchers == 1)
             await server.replica.submit([Event("tags", ("vms", VM_A, "compute", "tags"), 50,
                                                "unrelated:change")])
-            # The watcher has been woken, compared ETags and parked again (everything in
-            # this process is blocked): a change elsewhere in the document does not answer.
+            # The change's fan-out has compared ETags and left the watcher parked
+            # (everything in this process is blocked): a change elsewhere in the document
+            # does not answer.
             await trio.testing.wait_all_tasks_blocked()
             assert not results
             assert server.statistics().parked_watchers == 1
