@@ -20,7 +20,7 @@
 #define EVENTS 9
 #define KEYS 6
 #define NONE 255
-#define TOMB 9            /* the digest of the tombstone marker */
+#define TOMB 0            /* a tombstone's digest: empty, below every value's */
 
 /* Keys: P and X are parents of C and D (shallower keys on their paths); Q and Q2 belong to
  * the counter source K alone (the stated assumption for counter-versioned data). */

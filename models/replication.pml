@@ -37,7 +37,7 @@
 #define TAIL 2                    /* group-commit window: records appended, not yet durable */
 #endif
 #define NONE 255                  /* an empty register */
-#define TOMB 3                    /* the digest of the tombstone marker (one fixed value) */
+#define TOMB 0                    /* a tombstone's digest: empty, below every value's (one fixed value) */
 #define ALL 15                    /* bitmask of every event */
 
 #define SRC(e) ((e) / SEQS)

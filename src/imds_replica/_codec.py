@@ -18,9 +18,9 @@ from ._errors import ValidationError
 
 #: Values nest at most this deep (a list or object counts as one level).
 MAX_DEPTH = 32
-#: What a tombstone's digest is taken over. 0xc1 is the one byte msgpack never uses, so no
-#: value's canonical encoding equals it and a tombstone never ties with a value in the merge
-#: order (``b"\x01"`` would: it is the encoding of the integer 1).
+#: The one byte msgpack never uses, so no value's canonical encoding equals it. Until
+#: session 5 a tombstone's merge digest was taken over it (an arbitrary place among the
+#: values' digests); it is now ``_event.TOMBSTONE_DIGEST`` (empty: below every value).
 TOMBSTONE_MARKER = b"\xc1"
 
 JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]

@@ -26,6 +26,13 @@ MAX_VERSION = 2**63 - 1
 DEFAULT_MAX_VALUE_BYTES = 64 * 1024
 #: Absolute ceiling an event's value may never exceed, whatever the configuration.
 HARD_MAX_VALUE_BYTES = 16 * 1024 * 1024
+#: A tombstone's digest in the merge order: empty, so it sorts below every value's 16-byte
+#: digest, and a value beats a tombstone of the same version and source. A stream resync
+#: tombstones at ``held + 1`` (``_stream._cursor``); a write published later at exactly that
+#: version must win on a host that made the tombstone as on one that never did, whatever
+#: its value's digest. Every order of events (merge, replay, the wire decoder, the
+#: document rule) reads this one constant.
+TOMBSTONE_DIGEST = b""
 
 Key = tuple[str, ...]
 
@@ -116,7 +123,8 @@ class Event:
     seq: int | None = attrs.field(default=None, kw_only=True, validator=_check_seq)
     #: Canonical msgpack encoding of the value (``b""`` for a tombstone).
     encoded: bytes = attrs.field(init=False)
-    #: 16-byte digest of ``encoded``: the last tie-break of the merge order.
+    #: 16-byte digest of ``encoded``, the last tie-break of the merge order; a tombstone's
+    #: is ``TOMBSTONE_DIGEST`` (empty: below every value's).
     digest: bytes = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -139,8 +147,7 @@ class Event:
                 )
         object.__setattr__(self, "encoded", encoded)
         object.__setattr__(
-            self, "digest", _codec.digest(_codec.TOMBSTONE_MARKER if self.deleted else encoded)
-        )
+            self, "digest", TOMBSTONE_DIGEST if self.deleted else _codec.digest(encoded))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):

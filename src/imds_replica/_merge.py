@@ -1,7 +1,11 @@
 """The last-writer-wins order: the whole of the merge semantics in one place.
 
 Events on the same key are ordered by ``(version, source, digest)``; a tombstone's digest is
-that of a fixed marker, so it orders like any other value. Because this is a total order on
+empty (``_event.TOMBSTONE_DIGEST``), below every value's, so at equal version and source a
+value beats a tombstone. That is what lets a stream resync tombstone a register at
+``held + 1`` (the least version that beats it) without hiding a later genuine write at that
+version on the hosts that resynced before it was published (``_stream._cursor``). Because
+this is a total order on
 distinct events and the register keeps the maximum, merge is commutative, associative and
 idempotent: the view depends only on the *set* of events received. Events equal in that
 order differ at most in their delivery ``seq`` (the same write delivered twice); the one

@@ -28,7 +28,7 @@ import msgpack
 from sortedcontainers import SortedList
 
 from . import _codec
-from ._event import Event, Key
+from ._event import TOMBSTONE_DIGEST, Event, Key
 from ._horizon import HLC_SPACE_MIN, CompactionState, Horizons, is_hlc
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 #: a replica starting on 1,000,000 keys otherwise spent most of its start building
 #: Events (a value decode and a digest each) that no one would read for a long time.
 Stored = tuple[str, tuple[str, ...], int, bool, bytes, "int | None"]
-_TOMBSTONE_DIGEST = _codec.digest(_codec.TOMBSTONE_MARKER)
 _source_of, _version_of, _deleted_of = itemgetter(0), itemgetter(2), itemgetter(3)
 
 
@@ -61,7 +60,7 @@ def stored_event(t: Stored) -> Event:
     setattr_(event, "encoded", encoded)
     if deleted:
         setattr_(event, "value", None)
-        setattr_(event, "digest", _TOMBSTONE_DIGEST)
+        setattr_(event, "digest", TOMBSTONE_DIGEST)
     else:
         setattr_(event, "value", _codec.decode(encoded))
         setattr_(event, "digest", _codec.digest(encoded))
@@ -572,10 +571,12 @@ class View:
         A register takes part only if no ancestor register (a shallower key on its path,
         live or tombstone) has a greater order key (``_merge.order_key``): a write of a
         whole subtree replaces every older register beneath it, and a tombstone deletes
-        every older register beneath it. Each register taking part places its value at its
-        path (over its ancestors' values: it is newer than all of them); a tombstone taking
-        part removes its path (a removed list element leaves the list, later elements
-        moving up). A path part addresses a list element only when it is a canonical
+        every older register beneath it (a tombstone orders below every value of its
+        version and source, so it takes no part under a parent value of its version).
+        Each register taking part places its value at its path (over its ancestors'
+        values: it is newer than all of them); a tombstone taking part removes its path
+        (a removed list element leaves the list, later elements moving up). A path part
+        addresses a list element only when it is a canonical
         decimal index within that list (``"0"``, ``"12"``, as in JSON Pointer); a register
         whose path runs through a list by anything else places nothing (a list never
         changes shape), and one whose path runs through a scalar replaces it with an
@@ -729,7 +730,8 @@ def _below_floor(event: Event, hlc_floor: int, floors: dict[str, int]) -> bool:
 
 
 def _wins_tie(new: Event, old: Event) -> bool:
-    """Between events of equal version: source, then digest, then the smaller delivery
+    """Between events of equal version: source, then digest (a tombstone's is empty, so a
+    value beats a tombstone of the same version and source), then the smaller delivery
     ``seq`` (none before any), so the register kept never depends on arrival order."""
     a, b = (new.source, new.digest), (old.source, old.digest)
     if a != b:

@@ -99,14 +99,34 @@ def test_deeper_register_replaces_a_scalar_with_an_object() -> None:
 
 
 def test_tombstoned_paths_are_absent() -> None:
+    # The child's tombstone is newer than its parent's value. (Until session 5 this test
+    # had both at version 1 and relied on the tombstone marker's digest ordering above the
+    # parent's; a tombstone now orders below every value of its version and source, see
+    # the next test.)
     view = view_of(w((*VM, "compute"), {"name": "a", "tags": {"x": 1}}),
-                   dead((*VM, "compute", "tags")),
+                   dead((*VM, "compute", "tags"), 2),
                    w((*VM, "network"), {"ip": "1"}),
                    dead((*VM, "network"), 2))
     assert view.document(VM) == {"compute": {"name": "a"}}
     assert view.document((*VM, "compute", "tags")) is None
     assert view.document((*VM, "network")) is None
     assert view.document((*VM, "network", "ip")) is None
+
+
+def test_a_tombstone_under_a_value_of_its_version_and_source_is_hidden() -> None:
+    """The document rule compares with the merge order, where a tombstone is below every
+    value of its version and source: a child's tombstone hides nothing of a parent value
+    written at its version, and a parent's tombstone hides no child written at its
+    version. A stream resync tombstones what it lost at ``held + 1``; a write republished
+    at that version then shows as on a host that never held the key (docs/fleet.md)."""
+    parent = w((*VM, "compute"), {"name": "a", "tags": {"x": 1}})
+    view = view_of(parent, dead((*VM, "compute", "tags")))
+    assert view.document(VM) == {"compute": {"name": "a", "tags": {"x": 1}}}
+    assert view.document(VM) == view_of(parent).document(VM)
+    child = w((*VM, "compute", "tags"), {"y": 2})
+    view = view_of(dead((*VM, "compute")), child)
+    assert view.document(VM) == {"compute": {"tags": {"y": 2}}}
+    assert view.document(VM) == view_of(child).document(VM)
 
 
 def test_deeper_live_register_under_a_tombstone_still_places() -> None:

@@ -59,19 +59,20 @@ inputs derived from what the server said:
 
 The resync's tombstones are the one event a host makes up, and they are not a pure
 function of the stream: a register is tombstoned at ``held.version + 1`` (the least version
-that beats it), so a later write of that key beats the tombstone only if its version is
-higher, or equal with a digest that orders above the tombstone marker's (the order of
-``_merge``: version, source, digest). A write published after the resync at exactly
-``held.version + 1`` (the next value of a counter-versioned source) whose digest orders
-below is therefore lost on a host that resynced before it was published, and shown by one
-that resynced after it, or never held the key: two hosts that read the same stream
-diverge (``test_a_write_at_the_resync_tombstones_version_wins_on_every_host``, xfail). No
-tombstone fixes this inside the order: it would have to sort just above ``held`` and below
-every other write, and a tombstone's digest is fixed. Hybrid-clock writes after a
-recreation are far above ``held + 1``; for counter versions, docs/fleet.md asks publishers
-to refill or continue at ``held + 2`` or above. A real fix needs the log to *forget* a
-register (the host then equals one that never held it) or a tie rule by which a value
-beats a tombstone of the same version and source; both change merge or log semantics.
+that beats it). A write published after the resync at exactly ``held.version + 1`` (the
+next value of a counter-versioned source) must still show on that host, as it does on a
+host that resynced after it was published or never held the key. It does because a
+tombstone's digest is empty (``_event.TOMBSTONE_DIGEST``): at equal version and source a
+value beats a tombstone, on the register and in the document rule alike (a tombstone at
+``held + 1`` hides no write of that version above or below it). Until session 5 the
+tombstone's digest was that of a fixed marker, and such a write whose digest ordered below
+it was lost on the host that resynced first
+(``test_a_write_at_the_resync_tombstones_version_wins_on_every_host``). A genuine
+tombstone published at ``held + 1`` ties with the resync's exactly (same order key); the
+resync's carries ``seq = RESYNC_SEQ``, above every stream sequence, so the tie-break on the
+smaller ``seq`` keeps the published one, the register every other host holds. What stays
+outside the fix: a write of *another* source at exactly ``held + 1`` is still ordered by
+source name against the tombstone (docs/fleet.md, the resync caveat).
 
 Every transition is a row of ``TRANSITIONS``; ``Follower._step`` is the one function that
 consults it. Messages that break the wire contract are refused — counted, reported with
@@ -88,6 +89,10 @@ import attrs
 
 from .._event import MAX_VERSION, Event, Key
 from ._wire import WireError, lane_decoder
+
+#: The delivery ``seq`` of a resync's tombstones: above every stream sequence, so a
+#: published tombstone of the same key and version (an equal order key) is the one kept.
+RESYNC_SEQ = MAX_VERSION
 
 
 class Lane(enum.Enum):
@@ -443,7 +448,7 @@ class Follower:
         seen = self._seen | {e.key for e in events}
         self._seen = None
         tombstones = [
-            Event(self.source, held.key, held.version + 1, deleted=True)
+            Event(self.source, held.key, held.version + 1, deleted=True, seq=RESYNC_SEQ)
             for held in self._held()
             if held.source == self.source and not held.deleted and held.key not in seen
             and held.version < MAX_VERSION

@@ -27,7 +27,14 @@ import msgpack
 
 from .. import _codec
 from .._errors import ConfigError, ValidationError
-from .._event import HARD_MAX_VALUE_BYTES, MAX_VERSION, Event, Key, _check_key
+from .._event import (
+    HARD_MAX_VALUE_BYTES,
+    MAX_VERSION,
+    TOMBSTONE_DIGEST,
+    Event,
+    Key,
+    _check_key,
+)
 
 PREFIX = "imds"
 ALL_HOSTS = "_all"
@@ -291,7 +298,7 @@ class LaneDecoder:
             return None
         if deleted is True:
             encoded = b""
-            digest = _codec.digest(_codec.TOMBSTONE_MARKER)
+            digest = TOMBSTONE_DIGEST
         else:
             try:
                 encoded = _codec.encode(value)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imds_replica import Event, merge
+from imds_replica import Event, _codec, merge
 from imds_replica._stream import _wire
 from imds_replica._stream._cursor import (
     LANES,
@@ -453,22 +453,24 @@ def test_a_write_above_the_resync_tombstone_wins_on_every_host(version_after: in
 
 
 def test_a_write_at_the_resync_tombstones_version_is_decided_by_its_digest() -> None:
-    """Pinned (docs/fleet.md, the resync caveat): a resync tombstones at ``held + 1``, so a
-    write published at exactly that version ties with it, and the digest decides."""
+    """A resync tombstones at ``held + 1``, so a write published at exactly that version
+    ties with it on version and source. A write whose digest ordered above the old
+    tombstone marker's won before session 5 too; now every value beats the tombstone (its
+    digest is empty), and this one still does."""
     tombstone = Event(SOURCE, KEYS[0], 6, deleted=True)
-    above = "w"  # its digest orders above the tombstone marker's at this key and version
-    assert Event(SOURCE, KEYS[0], 6, above).digest > tombstone.digest
+    above = "w"  # its digest orders above the old tombstone marker's at this key and version
+    assert Event(SOURCE, KEYS[0], 6, above).digest > _codec.digest(_codec.TOMBSTONE_MARKER)
+    assert Event(SOURCE, KEYS[0], 6, above).digest > tombstone.digest == b""
     a, c, stream = _resynced_then_published(above, 1)
     assert a.live() == c.live() == stream.expected()
 
 
-@pytest.mark.xfail(strict=True, reason="known divergence (session 3 core report): a write at "
-                   "exactly held + 1 whose digest orders below the tombstone marker's loses "
-                   "on a host that resynced before it was published")
 def test_a_write_at_the_resync_tombstones_version_wins_on_every_host() -> None:
+    """The session 3 divergence: "v"'s digest ordered below the old tombstone marker's
+    (blake2b of 0xc1), so a host that resynced before the publish kept its tombstone at 6.
+    A tombstone's digest is now empty: a value beats it at equal version and source."""
     below = "v"
-    assert Event(SOURCE, KEYS[0], 6, below).digest < Event(SOURCE, KEYS[0], 6,
-                                                            deleted=True).digest
+    assert Event(SOURCE, KEYS[0], 6, below).digest < _codec.digest(_codec.TOMBSTONE_MARKER)
     a, c, stream = _resynced_then_published(below, 1)
     assert c.live() == stream.expected()  # the host that resynced after the publish
-    assert a.live() == stream.expected()  # fails: its tombstone at 6 beats the write
+    assert a.live() == stream.expected()  # the host that resynced before it
