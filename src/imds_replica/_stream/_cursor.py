@@ -158,6 +158,22 @@ TRANSITIONS: Mapping[tuple[Phase, Input], tuple[Phase, Action]] = {
 del P, In, A
 
 
+def worth_submitting(events: Iterable[Event],
+                     held: Callable[[Key], Event | None]) -> list[Event]:
+    """The events of a ``Step`` the shell submits: not those the view already holds
+    exactly (``held(key)``; a resync re-reads everything, and costs reading, not log
+    growth), except over a resync's own tombstone: a tombstone published at its version
+    equals it but for the seq, and its smaller seq must replace ``RESYNC_SEQ`` (the
+    register a host that resynced after the publish holds)."""
+    out = []
+    for event in events:
+        current = held(event.key)
+        if current != event or (current is not None and current.seq == RESYNC_SEQ
+                                and event.seq != RESYNC_SEQ):
+            out.append(event)
+    return out
+
+
 class ProtocolError(RuntimeError):
     """The shell fed the follower an input its state does not take (our bug)."""
 

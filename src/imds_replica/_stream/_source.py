@@ -27,7 +27,7 @@ from .._event import Event
 from .._liveliness import LivelinessPolicy
 from .._source import SourceSink
 from ._bridge import Connection
-from ._cursor import LANES, Action, Cursor, Follower, Lane, Phase, Step
+from ._cursor import LANES, Action, Cursor, Follower, Lane, Phase, Step, worth_submitting
 from ._transport import ConnectOptions, Fetched, TransportError
 from ._wire import (
     all_consumer_name,
@@ -285,9 +285,7 @@ class StreamSource:
                            refusal.stream_seq, refusal.subject, refusal.reason)
         if step.cursor is None or (not step.events and step.cursor == self._applied):
             return
-        # What the view already holds exactly (a resync re-reads everything) is left out,
-        # so a resync costs reading, not log growth.
-        events = [e for e in step.events if sink.view.get(e.key) != e]
+        events = worth_submitting(step.events, sink.view.get)
         while True:
             try:
                 await sink.submit(events, step.cursor.to_wire())

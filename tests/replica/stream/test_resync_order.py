@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from imds_replica import Event, supersedes
 from imds_replica._stream import _wire
-from imds_replica._stream._cursor import LANES, RESYNC_SEQ, Cursor, Lane
+from imds_replica._stream._cursor import LANES, RESYNC_SEQ, Cursor, Lane, worth_submitting
 from imds_replica._view import View
 
 from .test_cursor import CLUSTER, HOST, SOURCE, SimHost, SimStream
@@ -98,7 +98,8 @@ class Port(SimStream):
 
 
 class ViewHost(SimHost):
-    """A host whose registers are a real ``View`` (so documents are compared too)."""
+    """A host whose registers are a real ``View`` (so documents are compared too), fed
+    what the trio shell feeds it."""
 
     def __init__(self, hub: Hub) -> None:
         self.store = View()
@@ -109,7 +110,8 @@ class ViewHost(SimHost):
         return [e for e in self.store.registers() if e.source == SOURCE and not e.deleted]
 
     def submit(self, events: Iterable[Event], cursor: Cursor | None) -> None:
-        self.store.apply_batch(events)
+        # What the shell submits (``StreamSource._apply``): not what the view holds exactly.
+        self.store.apply_batch(worth_submitting(events, self.store.get))
         if cursor is not None:
             self.persisted = cursor
 

@@ -182,3 +182,38 @@ async def test_prefetch_decides_whether_a_fetch_overlaps_the_fsync(
     # prefetch, while the one before it is still being written.
     relative = [n - started[0] for n in started]
     assert relative == ([0, 0, 1] if prefetch else [0, 1, 2]), (started, trace)
+
+
+async def test_a_tombstone_published_at_the_resync_tombstones_version_replaces_it(
+        nats_server: NatsServer) -> None:
+    """A resync tombstones what the recreated stream lacks at ``held + 1``; a tombstone
+    published later at that version equals it but for its ``seq``, and the register must
+    take the published one (the smaller seq, what a host that resynced after it holds):
+    the shell's "already held exactly" filter must not drop it."""
+    from imds_replica._stream._bridge import Connection
+    from imds_replica._stream._cursor import RESYNC_SEQ
+    from imds_replica._stream._wire import stream_name
+
+    cluster = fresh_cluster()
+    await create_stream(nats_server.url, cluster)
+    source = StreamSource("fleet", cluster=cluster, host=HOST, servers=[nats_server.url],
+                          fetch_timeout=1.0, heartbeat=0.25)
+    async with open_replica(MemoryLog(), sources=[source]) as replica:
+        await publish(nats_server.url, cluster, [Event("fleet", KEY, 5, "old")], HOST)
+        await _wait(lambda: source.statistics().cursor_seq == 1)
+        conn = await Connection.open(ConnectOptions(servers=(nats_server.url,)))
+        try:
+            await conn.delete_stream(stream_name(cluster))
+        finally:
+            await conn.aclose()
+        await create_stream(nats_server.url, cluster)
+        await _wait(lambda: source.statistics().tombstoned == 1)
+        assert replica.view.get(KEY) == Event("fleet", KEY, 6, deleted=True)
+        assert replica.view.get(KEY).seq == RESYNC_SEQ  # type: ignore[union-attr]
+        await publish(nats_server.url, cluster, [Event("fleet", KEY, 6, deleted=True)],
+                      HOST)
+        await _wait(lambda: source.statistics().host_seq == 1)
+        register = replica.view.get(KEY)
+        assert register == Event("fleet", KEY, 6, deleted=True)
+        assert register is not None
+        assert register.seq == 1
