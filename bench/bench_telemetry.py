@@ -21,14 +21,31 @@
    a saturated core loses. Each run's ``server_busy`` (CPU / wall) says whether the server
    was saturated; on a shared host it often is not (other tenants starve ``wrk``), and
    the req/s ratio, also reported, then swings widely.
-2. The observer alone, single-threaded: µs per ``request(record)`` on the request path,
+2. Slices (the headline CPU figures): one server, one continuous ``wrk``, the server's
+   observer switched between ``off``, ``metrics`` and ``on`` every ``SLICE_SECONDS`` by a
+   task inside the server (``serve_slices``: exactly the attributes ``Server.__init__``
+   sets for each configuration), its CPU per slice from its own schedstat clock and
+   requests from its own count. Why: separate processes and separate ``wrk`` runs seconds
+   apart met different neighbours on this shared machine, and the rounds disagreed by
+   tens of percent (-10%..31%); slices a second apart meet the same ones. Each cycle
+   (one slice of each mode, the order rotated per cycle) gives one share; the median and
+   quartiles over cycles are reported, and the pooled share (all CPU / all requests of
+   each mode). A short unmeasured guard after each switch lets the writer finish the
+   previous slice's lines, so they are not billed to the next mode.
+3. The observer alone, single-threaded: µs per ``request(record)`` on the request path,
    and the writer thread's µs per line, which with one core is paid by the same core.
+
+Lines against requests (is any line lost?): the ``on`` server's own count of answered
+requests (``imds_http_requests_total``, scraped once the load is over, just before it
+stops: the same window as its lines, warm-up and latency runs included) against its
+access lines on disk after it stopped, plus those deleted by retention or dropped.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -56,6 +73,13 @@ SECONDS = 2
 ROUNDS = 8
 LATENCY_ROUNDS = 3
 LATENCY_SECONDS = 2
+#: The slices part: seconds of each slice, of the unmeasured guard after each switch, of
+#: the one ``wrk`` run (the first ``SLICES_WARMUP`` of it not measured).
+SLICE_SECONDS = 0.5
+SLICE_GUARD = 0.1
+SLICES_SECONDS = 40
+SLICES_WARMUP = 2.0
+SLICE_MODES = ("off", "metrics", "on")
 #: variant → the server's ``[telemetry]`` table.
 VARIANTS: dict[str, dict[str, Any]] = {
     "off": {"metrics": False, "access_log": False},
@@ -95,7 +119,8 @@ class _Server:
 
         names = {"imds_telemetry_log_lines_total": "accepted",
                  "imds_telemetry_log_lines_expired_total": "expired",
-                 "imds_telemetry_log_lines_dropped_total": "dropped"}
+                 "imds_telemetry_log_lines_dropped_total": "dropped",
+                 "imds_http_requests_total": "answered"}
         out = dict.fromkeys(names.values(), 0.0)
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/metrics",
@@ -109,18 +134,18 @@ class _Server:
                 out[names[name]] += float(line.rsplit(" ", 1)[1])
         return out
 
-    def logged_lines(self) -> int:
-        total = 0
-        for path in self.log_dir.glob("imds.log*"):
-            if path.suffix == ".gz":
-                import gzip
+    def logged_lines(self) -> tuple[int, int]:
+        """(lines on disk, access lines among them)."""
+        import gzip
 
-                with gzip.open(path, "rb") as f:
-                    total += sum(1 for _ in f)
-            else:
-                with open(path, "rb") as f:
-                    total += sum(1 for _ in f)
-        return total
+        total = access = 0
+        marker = b'"logger":"imds_server.access"'
+        for path in self.log_dir.glob("imds.log*"):
+            with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+                for line in f:
+                    total += 1
+                    access += marker in line
+        return total, access
 
 
 def _wrk(server: _Server, seconds: float = SECONDS, latency: bool = False
@@ -154,7 +179,7 @@ def read_path(workdir: Path) -> dict[str, Any]:
     finally:
         for server in servers.values():
             server.stop()
-    logged = servers["on"].logged_lines()  # a stopped server has drained its log queue
+    logged, access_logged = servers["on"].logged_lines()  # stopped: its queue drained
     accounted = servers["on"].accounted
     out: dict[str, Any] = {"rounds": ROUNDS, "seconds": SECONDS, "connections": CONNECTIONS,
                            "latency_rounds": LATENCY_ROUNDS}
@@ -189,13 +214,176 @@ def read_path(workdir: Path) -> dict[str, Any]:
     out["cpu_best"] = best
     out["cpu_overhead_on_best"] = 1 - best["off"] / best["on"]
     out["cpu_overhead_metrics_best"] = 1 - best["off"] / best["metrics"]
-    out["access_lines_written"] = logged
+    out["access_lines_written"] = access_logged
     out["lines_on_disk"] = logged
+    out["access_lines_on_disk"] = access_logged
     out["lines_expired"] = accounted["expired"]
     out["lines_dropped"] = accounted["dropped"]
     out["lines_accepted"] = accounted["accepted"]
-    out["requests_answered_on"] = warm_up["on"] + sum(r["requests"] for r in runs["on"])
+    # The server's own count, over its whole life like its lines (the old figure, wrk's
+    # count of the plain runs, left out the latency runs: 834,328 lines "for" 626,672).
+    out["requests_answered_on"] = accounted["answered"]
+    out["requests_wrk_on"] = warm_up["on"] + sum(
+        r["requests"] for r in runs["on"] + lat["on"])
+    out["access_lines_missing"] = (accounted["answered"] - access_logged
+                                   - accounted["expired"] - accounted["dropped"])
     return out
+
+
+def serve_slices(config_path: str, port: int, admin: int, out_path: str,
+                 slice_seconds: float, guard: float, modes: tuple[str, ...]) -> None:
+    """``imds-server serve --demo`` as the CLI runs it, telemetry on, whose observer a task
+    switches between ``modes`` (off, metrics, on) every ``slice_seconds`` (plus ``guard``
+    unmeasured after each switch), the order rotated each cycle; on exit, each slice's
+    (mode, wall start and end, event-loop and all-threads CPU ns, requests) as JSON."""
+    import trio
+
+    from bench._load import task_cpu_ns
+    from imds_server import Server
+    from imds_server._cli import _telemetry_for, serve_until_signalled
+    from imds_server._config import load_config
+    from imds_server.telemetry import TelemetryObserver
+
+    config = load_config(config_path, {"listen": f"127.0.0.1:{port}",
+                                       "admin-listen": f"127.0.0.1:{admin}", "demo": True,
+                                       "rate-limit": 0})
+    tel = _telemetry_for(config)
+    arguments: dict[str, Any] = tel.server_arguments(config)
+    server = Server(config, **arguments)
+    observers: dict[str, Any] = {"off": NullObserver(), "on": arguments["observer"],
+                                 "metrics": TelemetryObserver(tel.metrics, None)}
+    if "baseline" in modes:  # another version's observer, same pipeline: an A/B in one run
+        observers["baseline"] = _baseline_observer(os.environ[BASELINE_ENV])(
+            tel.metrics, tel.pipeline)
+
+    from imds_server.telemetry import _observer
+
+    batches = {mode: int(mode[3:]) if mode.startswith("on:") else _observer.RENDER_BATCH
+               for mode in modes}
+    for mode in modes:
+        if mode.startswith("on:"):  # another batch size (RENDER_BATCH)
+            observers[mode] = TelemetryObserver(tel.metrics, tel.pipeline)
+
+    def use(mode: str) -> None:  # what Server.__init__ sets for an observer
+        observer = observers[mode]
+        _observer.RENDER_BATCH = batches[mode]
+        server.observer = observer
+        server._count_only = getattr(observer, "count", None)
+        server._answered = getattr(observer, "answered", None)
+        server._silent = type(observer) is NullObserver
+
+    slices: list[dict[str, Any]] = []
+    pid = os.getpid()
+
+    async def slicer() -> None:
+        cycle = 0
+        while True:
+            shift = cycle % len(modes)
+            for mode in modes[shift:] + modes[:shift]:
+                use(mode)
+                await trio.sleep(guard)
+                loop0, cpu0 = task_cpu_ns(pid)
+                n0, t0 = server.api.stats.requests, time.time()
+                await trio.sleep(slice_seconds)
+                loop1, cpu1 = task_cpu_ns(pid)
+                n1, t1 = server.api.stats.requests, time.time()
+                slices.append({"mode": mode, "cycle": cycle, "start": t0, "end": t1,
+                               "loop_ns": loop1 - loop0, "cpu_ns": cpu1 - cpu0,
+                               "requests": n1 - n0})
+            cycle += 1
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slicer)
+            await serve_until_signalled(server, tel)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    Path(out_path).write_text(json.dumps(slices))
+
+
+#: Mode ``baseline`` of ``--slices``: the path of another version's ``_observer.py`` (e.g.
+#: ``git show main:src/imds_server/telemetry/_observer.py``), loaded beside this one.
+BASELINE_ENV = "BENCH_BASELINE_OBSERVER"
+
+
+def _baseline_observer(path: str) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("imds_server.telemetry._baseline", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.TelemetryObserver
+
+
+def _quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) < 2:
+        return (values[0],) * 3 if values else (float("nan"),) * 3
+    q1, q2, q3 = statistics.quantiles(values, n=4)
+    return q1, q2, q3
+
+
+def sliced(workdir: Path, modes: tuple[str, ...] = SLICE_MODES,
+           seconds: float = SLICES_SECONDS) -> dict[str, Any]:
+    """Part 2 (module docstring): the telemetry and metrics shares from slices of one run."""
+    config = workdir / "slices.toml"
+    config.write_text(_toml({"log_dir": str(workdir / "logs-slices")}))
+    port, admin, out = free_port(), free_port(), workdir / "slices.json"
+    proc = subprocess.Popen(
+        [*pin(0), sys.executable, "-m", "bench.bench_telemetry", "--serve-slices",
+         str(config), str(port), str(admin), str(out), str(SLICE_SECONDS), str(SLICE_GUARD),
+         ",".join(modes)], stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{admin}/healthz")
+        started = time.time()
+        run = measured_wrk(f"http://127.0.0.1:{port}{TARGET}", proc.pid, seconds=seconds,
+                           connections=CONNECTIONS)
+        ended = time.time()
+    finally:
+        stop_process(proc)
+    if run["non_2xx"]:
+        raise RuntimeError(f"slices: {run['non_2xx']:.0f} non-2xx answers")
+    kept = [x for x in json.loads(out.read_text())
+            if x["start"] >= started + SLICES_WARMUP and x["end"] <= ended and x["requests"]]
+    by_cycle: dict[int, dict[str, dict[str, Any]]] = {}
+    for x in kept:
+        by_cycle.setdefault(x["cycle"], {})[x["mode"]] = x
+    cycles = [c for c in by_cycle.values() if len(c) == len(modes)]
+
+    def per_request(x: dict[str, Any], key: str = "cpu_ns") -> float:
+        return float(x[key]) / float(x["requests"]) / 1e3
+
+    result: dict[str, Any] = {"slice_seconds": SLICE_SECONDS, "guard_seconds": SLICE_GUARD,
+                              "wrk_seconds": seconds, "cycles": len(cycles),
+                              "server_busy": run["server_busy"],
+                              "others_core0": run["others_core0"]}
+    for mode in modes:
+        mine = [x for x in kept if x["mode"] == mode]
+        result[mode] = {
+            "slices": len(mine),
+            "cpu_us_per_request": _quartiles([per_request(x) for x in mine]),
+            "loop_us_per_request": _quartiles([per_request(x, "loop_ns") for x in mine]),
+            "pooled_cpu_us_per_request": sum(x["cpu_ns"] for x in mine)
+            / max(1, sum(x["requests"] for x in mine)) / 1e3,
+            "busy": _quartiles([x["cpu_ns"] / 1e9 / (x["end"] - x["start"]) for x in mine]),
+        }
+    for other in modes:
+        if other in ("off", "metrics", "on") or "on" not in modes:
+            continue
+        result[f"on_vs_{other}_per_cycle"] = [
+            round(1 - per_request(c["on"]) / per_request(c[other]), 4) for c in cycles]
+        result[f"on_vs_{other}"] = _quartiles(result[f"on_vs_{other}_per_cycle"])
+    for mode in modes:
+        if mode == "off":
+            continue
+        shares = [1 - per_request(c["off"]) / per_request(c[mode]) for c in cycles]
+        result[f"share_{mode}_per_cycle"] = [round(x, 4) for x in shares]
+        result[f"share_{mode}"] = _quartiles(shares)
+        result[f"share_{mode}_pooled"] = 1 - (result["off"]["pooled_cpu_us_per_request"]
+                                              / result[mode]["pooled_cpu_us_per_request"])
+    return result
 
 
 def _record(n: int = 0) -> AccessRecord:
@@ -296,9 +484,24 @@ def main() -> None:
         raise SystemExit("wrk is missing: apt-get install wrk (or scripts/install-tools)")
     with tempfile.TemporaryDirectory() as tmp:
         rp = read_path(Path(tmp))
+        sl = sliced(Path(tmp))
         micro = observer_cost(Path(tmp) / "micro")
-    figures = {"read_path": rp, "observer": micro}
+    figures = {"read_path": rp, "slices": sl, "observer": micro}
+
+    def q(x: tuple[float, float, float], fmt: str = ".1%") -> str:
+        return f"{x[1]:{fmt}} ({x[0]:{fmt}} to {x[2]:{fmt}})"
+
     rows = [
+        [f"**slices: cost of telemetry (metrics + access log), median of {sl['cycles']} "
+         f"cycles (quartiles); goal <= 10%**", f"**{sl['share_on'][1]:.1%}**",
+         f"{q(sl['share_on'])}; pooled {sl['share_on_pooled']:.1%}"],
+        ["**slices: cost of metrics only (goal <= 5%)**", f"**{sl['share_metrics'][1]:.1%}**",
+         f"{q(sl['share_metrics'])}; pooled {sl['share_metrics_pooled']:.1%}"],
+        *[[f"slices, {mode}: server CPU µs/request, median (quartiles) of "
+           f"{sl[mode]['slices']} slices", round(sl[mode]["cpu_us_per_request"][1], 2),
+           f"{q(sl[mode]['cpu_us_per_request'], '.2f')}; loop "
+           f"{sl[mode]['loop_us_per_request'][1]:.2f}; busy {sl[mode]['busy'][1]:.2f}"]
+          for mode in SLICE_MODES],
         *[[f"read path, {name}: req/s (median of {ROUNDS})", rp[name]["rps_median"],
            " ".join(str(x) for x in rp[name]["rps_runs"])] for name in VARIANTS],
         *[[f"read path, {name}: server CPU µs/request (loop + other threads)",
@@ -314,9 +517,13 @@ def main() -> None:
          "per round: " + " ".join(f"{x:.1%}" for x in rp["overhead_on_per_round"])],
         ["cost of metrics only, CPU-based / req/s-based", f"{rp['cpu_overhead_metrics']:.1%}",
          f"{rp['overhead_metrics']:.1%}"],
-        ["lines on disk + deleted by retention / requests answered (on)",
-         rp["lines_on_disk"] + rp["lines_expired"], rp["requests_answered_on"]],
-        ["lines on disk / deleted by retention / dropped (on)", rp["lines_on_disk"],
+        ["requests answered (on: the server's own count, its whole life) / access lines "
+         "on disk + deleted by retention + dropped", f"{rp['requests_answered_on']:.0f}",
+         f"{rp['access_lines_on_disk'] + rp['lines_expired'] + rp['lines_dropped']:.0f}"],
+        ["access lines missing (answered - on disk - expired - dropped); wrk's count",
+         f"{rp['access_lines_missing']:.0f}", f"{rp['requests_wrk_on']:.0f}"],
+        ["lines on disk (all / access) / deleted by retention / dropped (on)",
+         f"{rp['lines_on_disk']} / {rp['access_lines_on_disk']}",
          f"{rp['lines_expired']:.0f} / {rp['lines_dropped']:.0f}"],
         *[[f"p99 ms, {name} (p99.9 / max)", rp[name]["p99_ms_median"],
            f"{rp[name]['p999_ms_median']:.2f} / {rp[name]['max_ms_median']:.2f}"]
@@ -337,4 +544,14 @@ def main() -> None:
     print(md.read_text())
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--serve-slices"]:
+        serve_slices(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5],
+                     float(sys.argv[6]), float(sys.argv[7]), tuple(sys.argv[8].split(",")))
+    elif sys.argv[1:2] == ["--slices"]:  # --slices [SECONDS [MODES]]: printed, not written
+        with tempfile.TemporaryDirectory() as tmp:
+            found = sliced(Path(tmp), seconds=float(sys.argv[2]) if sys.argv[2:] else
+                           SLICES_SECONDS, modes=tuple(sys.argv[3].split(",")) if
+                           sys.argv[3:] else SLICE_MODES)
+        print(json.dumps(found, indent=1))
+    else:
+        main()

@@ -155,6 +155,7 @@ def _told(records: list[AccessRecord], fast: bool,
         observer.answered(r.time, prefix + "-", int(number, 16), r.caller, r.method, target,
                           response, r.bytes, r.seconds)
     assert observer.errors == 0
+    observer.queue_pending()  # the last answers' lines wait for a batch (or the writer)
     lines, _, _ = AccessRenderer().render(list(pipeline.queue))
     return lines, metrics.exposition()[0]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import threading
 from bisect import bisect_left
+from collections import deque
 from typing import TYPE_CHECKING
 
 from imds_server._observe import AccessRecord
 
-from ._jsonlog import answer_segments, second_prefix
+from ._jsonlog import RenderedAccess, answer_segments, second_prefix
 from ._metrics import TelemetryMetrics
 from ._pipeline import LogPipeline
 from ._requests import LATENCY_BUCKETS, Tally
@@ -21,9 +23,18 @@ if TYPE_CHECKING:
 #: the line's head, middle (before the size), middle with the size, tail, status, watch).
 _Answer = tuple["Response", str, str, str, Tally | None, int, str, str, str, str, int, bool]
 
+#: One answered request whose line is not rendered yet: (time, id prefix, id number, its
+#: ``_Answer``, seconds, bytes sent).
+_Pending = tuple[float, str, int, _Answer, float, int]
+
 #: Answers whose metric slot and line segments are kept (``answered``); a full table is
 #: dropped and refilled, so one-off answers (a fresh 304 each time) cost a refill only.
 MAX_ANSWERS = 1024
+#: Requests whose lines ``answered`` renders in one pass. Rendering a line per request cost
+#: ~4x as much in the server as in a tight loop (its formatting code and data are evicted
+#: by the request's own work in between); 32 at once cost about what a tight loop does,
+#: and hold at most 32 small tuples back (bench/bench_telemetry.py, docs/telemetry.md).
+RENDER_BATCH = 32
 
 
 def _skip(record: AccessRecord) -> None:
@@ -43,12 +54,21 @@ class TelemetryObserver:
       response, the caller, the path, the method): a table keyed by the response's id
       keeps the pre-bound metric slot and the pre-rendered line segments (JSON-escaped
       once) of each. A request then costs one lookup, a count, and one f-string.
-    * The line is rendered here, on the loop, and queued as text, rather than by the
-      writer thread: rendering there held the GIL for milliseconds per batch, and each
-      time the loop released the GIL for a system call the writer took it and kept it
-      until the switch interval (5 ms) ran out. That, not the CPU, was the p99 of the
-      default server (bench/results/server.md). The writer now only joins and writes,
-      which releases the GIL.
+    * The line is rendered on the loop and queued as text, rather than by the writer
+      thread: rendering there held the GIL for milliseconds per batch, and each time the
+      loop released the GIL for a system call the writer took it and kept it until the
+      switch interval (5 ms) ran out. That, not the CPU, was the p99 of the default
+      server (bench/results/server.md). The writer only joins and writes, which releases
+      the GIL.
+    * But not one line per request: ``answered`` keeps the request's few numbers
+      (``_Pending``) and renders ``RENDER_BATCH`` of them in one pass, which costs a
+      fraction of rendering each between two requests. What is left when the loop goes
+      quiet (fewer than a batch) the writer renders (``queue_pending``: at most a batch,
+      so tens of µs of GIL), before it writes; so do ``request``, the pipeline's
+      ``put``/``access``, ``flush`` and ``stop`` before they queue or wait, so lines reach
+      the queue in the order the requests were answered, as before. One lock orders the
+      two threads' rendering; the loop never waits for it (if the writer holds it, the
+      next request renders).
     """
 
     def __init__(self, metrics: TelemetryMetrics | None,
@@ -68,13 +88,21 @@ class TelemetryObserver:
         #: id(response) → ``_Answer``: the response is held so that its id is not reused
         #: meanwhile.
         self._answers: dict[int, _Answer] = {}
-        self._second = -1
+        #: Answered requests whose lines are not rendered yet (oldest first), and what
+        #: renders them one thread at a time (the loop, or the writer when it is quiet).
+        self._pending: deque[_Pending] = deque()
+        self._rendering = threading.Lock()
+        self._second = -1  # the time prefix of the last second rendered (``_rendering``)
         self._prefix = ""
         self.errors = 0
+        if pipeline is not None:
+            pipeline.pending_sources.append(self)
 
     def request(self, record: AccessRecord) -> None:
         try:
             self._count(record)
+            if self._pending:
+                self.queue_pending()  # its line after those answered before it
             self._queue(record)
         except Exception as error:
             self._failed(error)
@@ -99,9 +127,8 @@ class TelemetryObserver:
                     or entry[2] != target or entry[3] != method:
                 entry = self._entry(caller, method, target, response, sent)
             tally = entry[4]
-            sized = sent == entry[5]
             if tally is not None:
-                if sized:
+                if sent == entry[5]:
                     tally.n += 1
                     duration = tally.duration
                     if duration is not None:
@@ -110,29 +137,73 @@ class TelemetryObserver:
                 else:  # not the size this answer had before (a stream): counted in full
                     assert self._counts is not None
                     self._counts.count(tally.slot, seconds, sent)
-            lines = self._lines
-            if lines is not None:
-                if len(lines) >= self._limit:
-                    assert self._pipeline is not None
-                    self._pipeline.dropped()
-                    return
-                second = int(time)
-                if second != self._second:
-                    self._second, self._prefix = second, second_prefix(second)
-                if sized:
-                    line = (f"{self._prefix}{int((time - second) * 1e6):06d}{entry[6]}"
-                            f"{id_prefix}{id_number:x}{entry[8]}{seconds:.7f}{entry[9]}")
-                else:
-                    line = (f"{self._prefix}{int((time - second) * 1e6):06d}{entry[6]}"
-                            f"{id_prefix}{id_number:x}{entry[7]}{sent},\"seconds\":"
-                            f"{seconds:.7f}{entry[9]}")
-                if self._fields:
-                    lines.append((line, f"{id_prefix}{id_number:x}", entry[10], seconds,
-                                  entry[11], None))
-                else:
-                    lines.append(line)
+            if self._lines is not None:
+                pending = self._pending
+                pending.append((time, id_prefix, id_number, entry, seconds, sent))
+                if len(pending) >= RENDER_BATCH:
+                    self.queue_pending(wait=False)
         except Exception as error:
             self._failed(error)
+
+    def pending(self) -> int:
+        """Answered requests whose lines are not queued yet (at most about a batch)."""
+        return len(self._pending)
+
+    def queue_pending(self, wait: bool = True) -> None:
+        """Render the pending lines and queue them, in order (any thread). Over the
+        pipeline's queue limit the newest are dropped and counted, as one at a time would
+        be. ``wait=False``: do nothing if another thread is rendering them right now."""
+        if not self._rendering.acquire(wait):
+            return
+        try:
+            pending, lines = self._pending, self._lines
+            n = len(pending)
+            if not n or lines is None:
+                return
+            items = [pending.popleft() for _ in range(n)]  # appends meanwhile stay pending
+            room = self._limit - len(lines)
+            if room < n:
+                assert self._pipeline is not None
+                self._pipeline.dropped(n - max(room, 0))
+                if room <= 0:
+                    return
+                del items[room:]
+            try:
+                rendered = self._render(items)
+            except Exception:
+                assert self._pipeline is not None
+                self._pipeline.unrenderable(len(items))  # counted, never silent
+                raise
+            lines.extend(rendered)
+        except Exception as error:
+            self._failed(error)
+        finally:
+            self._rendering.release()
+
+    def _render(self, items: list[_Pending]) -> list[str] | list[RenderedAccess]:
+        """The access lines of ``items``: byte for byte ``_jsonlog.access_line`` of their
+        records (a property test checks). Under ``_rendering``."""
+        second, prefix = self._second, self._prefix
+        out: list[str] = []
+        append = out.append
+        for time, id_prefix, id_number, entry, seconds, sent in items:
+            s = int(time)
+            if s != second:
+                second, prefix = s, second_prefix(s)
+            if sent == entry[5]:
+                append(f"{prefix}{int((time - s) * 1e6):06d}{entry[6]}"
+                       f"{id_prefix}{id_number:x}{entry[8]}{seconds:.7f}{entry[9]}")
+            else:
+                append(f"{prefix}{int((time - s) * 1e6):06d}{entry[6]}"
+                       f"{id_prefix}{id_number:x}{entry[7]}{sent},\"seconds\":"
+                       f"{seconds:.7f}{entry[9]}")
+        self._second, self._prefix = second, prefix
+        if not self._fields:
+            return out
+        fields: list[RenderedAccess] = [
+            (line, f"{item[1]}{item[2]:x}", item[3][10], item[4], item[3][11], None)
+            for line, item in zip(out, items, strict=True)]
+        return fields
 
     def _entry(self, caller: str, method: str, target: str, response: Response, sent: int
                ) -> _Answer:

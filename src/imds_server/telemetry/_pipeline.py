@@ -1,18 +1,17 @@
 """One structured stream, fanned out to the paths: a bounded queue drained by a writer
 thread into the cold file and the warm buffer.
 
-Producers never block: the request path appends the fields of the request's immutable
-``AccessRecord`` as one tuple (``_jsonlog.queued``: not the record itself, which the GC
-tracks), component loggers append a ``Line`` rendered on their own thread (a ``LogRecord``
-holds live arguments). When the writer falls behind by ``queue_size`` entries, new ones are
-dropped and counted rather than stalling the event loop.
+Producers never block: the server's answers reach the queue as access lines rendered on
+the loop in batches (``TelemetryObserver``: a source of pending lines, ``PendingLines``),
+refusals as the fields of their immutable ``AccessRecord`` in one tuple
+(``_jsonlog.queued``: not the record itself, which the GC tracks), component loggers as a
+``Line`` rendered on their own thread (a ``LogRecord`` holds live arguments). When the
+writer falls behind by ``queue_size`` entries, new ones are dropped and counted rather than
+stalling the event loop.
 
-The writer renders access lines, in batches. Why there and not on the request path: the
-record is immutable and carries its own time, so the line is identical wherever it is
-rendered, and the issue's point ("file I/O off the event loop") holds either way; but
-rendering is most of telemetry's per-request cost, and off the loop it is paid in one
-burst per batch, with the batch's work (render, join, one write) in one tight loop, rather
-than between every two requests. Measured in bench/bench_telemetry.py (docs/telemetry.md).
+The writer renders refusals' records and the few answers still pending when it wakes (at
+most a batch: ``_observer.py`` says why the rest are rendered on the loop), joins and
+writes. Measured in bench/bench_telemetry.py (docs/telemetry.md).
 
 Why the writer sleeps ``WRITER_PERIOD`` after *every* batch, busy or not: a thread that
 always has work wants the GIL back each time the event loop releases it for a system call,
@@ -76,6 +75,16 @@ def _lower_priority(by: int) -> None:
         pass  # not Linux, or not allowed: the writer runs at the loop's priority
 
 
+class PendingLines(Protocol):
+    """A producer that holds lines back to render them in batches: the pipeline has it
+    queue them before anything else is queued (the file keeps their order), when the
+    writer wakes, and before a flush or stop returns."""
+
+    def pending(self) -> int: ...  # lines held back
+
+    def queue_pending(self, wait: bool = True) -> None: ...  # any thread; never raises
+
+
 class LineSink(Protocol):
     level: int
 
@@ -135,6 +144,8 @@ class LogPipeline:
         #: ``dropped()`` beyond it (``TelemetryObserver.answered``).
         self.queue_limit = config.queue_size
         self._dropped = metrics.log_dropped.labels("queue-full")
+        #: Producers holding lines back (``TelemetryObserver`` adds itself).
+        self.pending_sources: list[PendingLines] = []
         self.handler = _QueueHandler(self)
         self.handler.setLevel(LEVELS[config.level])
         errors = metrics.log_errors
@@ -211,21 +222,35 @@ class LogPipeline:
 
     def put(self, level: int, line: str, logger: str = "") -> bool:
         """Queue one rendered line (no newline); False (and counted) when the queue is full."""
+        self._queue_pending()
         if len(self.queue) >= self._limit:
             self.dropped()
             return False
         self.queue.append(Line(level, line + "\n", logger))
         return True
 
-    def dropped(self) -> None:
-        """One entry not queued: the queue was full. Counted in the metric at once, and
+    def dropped(self, n: int = 1) -> None:
+        """``n`` entries not queued: the queue was full. Counted in the metric at once, and
         reported in a line by the writer (``_report_drops``)."""
-        self._dropped.inc()
-        self.queue_drops += 1
+        self._dropped.inc(n)
+        self.queue_drops += n
+
+    def unrenderable(self, n: int = 1) -> None:
+        """``n`` access lines that could not be rendered (a server bug): counted."""
+        self._unrenderable.inc(n)
+
+    def _queue_pending(self) -> None:
+        for source in self.pending_sources:
+            if source.pending():
+                source.queue_pending()
+
+    def _pending(self) -> int:
+        return sum(source.pending() for source in self.pending_sources)
 
     def access(self, r: AccessRecord) -> None:
         """Queue one access record (the request path): a tuple and an append, never
         blocking. The tuple is ``_jsonlog.queued(r)``, inlined (a call costs as much)."""
+        self._queue_pending()
         if len(self.queue) >= self._limit:
             self.dropped()
             return
@@ -270,10 +295,12 @@ class LogPipeline:
         print(f"imds-server: {message}", file=sys.stderr, flush=True)
 
     def _drain(self) -> None:
-        """Write everything queued now, ``WRITER_BATCH`` entries at a time."""
+        """Write everything queued now (pending lines first queued), ``WRITER_BATCH``
+        entries at a time."""
         queue = self.queue
         self._busy = True
         try:
+            self._queue_pending()
             while queue:
                 n = min(len(queue), WRITER_BATCH)
                 self._write([queue.popleft() for _ in range(n)])
@@ -357,10 +384,15 @@ class LogPipeline:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the writer has written every queued line (tests, shutdown)."""
         deadline = time.monotonic() + timeout
-        while (self.queue or self._busy) and time.monotonic() < deadline:
+        while self._unwritten() and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.002)
-        return not (self.queue or self._busy)
+        return not self._unwritten()
+
+    def _unwritten(self) -> bool:
+        # In the order the writer takes them: pending lines are queued, and the queue
+        # drained, while it is busy (so neither is seen empty while it is in its hands).
+        return bool(self._pending() or self.queue or self._busy)
 
     def stop(self) -> None:
         """Drain the queue, seal the warm buffer into the spool, close files."""
