@@ -25,6 +25,12 @@
   and, as the worst case, on 1,000,000 distinct keys.
 * cold start with a snapshot after those 1,000,000 events on 10,000 live keys.
 * log bytes before and after compaction.
+
+``BENCH_LOG_ONLY=replay`` runs only the two replay rows (a minute instead of several) and
+``BENCH_LOG_REPLAY_KEYS=10000`` (or ``1000000``; implies the former) only one of them;
+``BENCH_LOG_ROUNDS`` sets the replay rounds (5). Such a partial run
+prints its table and does not write ``bench/results/log.*`` (the committed figures stay
+those of a whole run).
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ from ._common import write_results
 
 INGEST_SECONDS = 2.5
 REPLAY_EVENTS = 1_000_000
-REPLAY_ROUNDS = 5
+REPLAY_ROUNDS = int(os.environ.get("BENCH_LOG_ROUNDS") or 5)
 LIVE_KEYS = 10_000
 _BATCH = int(RecordType.BATCH)
 
@@ -329,18 +335,31 @@ def _ingest_rows(base: Path, figures: dict[str, Any], rows: list[list[Any]]) -> 
     return raw_batch1
 
 
+def _replay_keys() -> tuple[int, ...]:
+    chosen = os.environ.get("BENCH_LOG_REPLAY_KEYS")
+    if not chosen:
+        return (LIVE_KEYS, REPLAY_EVENTS)
+    return tuple(int(k) for k in chosen.split(","))
+
+
 def main() -> None:
+    only = os.environ.get("BENCH_LOG_ONLY")
+    if only not in (None, "", "replay"):
+        raise SystemExit(f"BENCH_LOG_ONLY={only!r}: only 'replay' is known")
     base = Path(tempfile.mkdtemp(prefix="bench-log-", dir=os.environ.get("BENCH_TMP")))
     figures: dict[str, Any] = {}
     rows: list[list[Any]] = []
+    partial = bool(only) or bool(os.environ.get("BENCH_LOG_REPLAY_KEYS"))
     try:
-        raw_batch1 = _ingest_rows(base, figures, rows)
-        floor = trio.run(_trio_floor, 512)
-        figures["trio_floor_batches_per_s_c512"] = floor
-        rows.append(["trio floor: park + wake 1 task per batch, 512 tasks, no I/O (batches/s)",
-                     floor, "", "", f"{floor / raw_batch1:.2f} of raw batch 1"])
-        print(rows[-1], flush=True)
-        for keys in (LIVE_KEYS, REPLAY_EVENTS):
+        if not partial:
+            raw_batch1 = _ingest_rows(base, figures, rows)
+            floor = trio.run(_trio_floor, 512)
+            figures["trio_floor_batches_per_s_c512"] = floor
+            rows.append(["trio floor: park + wake 1 task per batch, 512 tasks, no I/O "
+                         "(batches/s)", floor, "", "", f"{floor / raw_batch1:.2f} of raw "
+                         "batch 1"])
+            print(rows[-1], flush=True)
+        for keys in _replay_keys():
             directory = base / f"replay-{keys}"
             _build_log(directory, keys)
             figures[f"replay_{keys}_keys"] = r = _replay_rounds(directory)
@@ -349,6 +368,10 @@ def main() -> None:
                          f"{r['ratio']:.2f}x (rounds {r['ratio_min']:.2f}-"
                          f"{r['ratio_max']:.2f}x)"])
             print(rows[-1], flush=True)
+        if partial:
+            for row in rows:
+                print(" | ".join(map(str, row)))
+            return
         directory = base / f"replay-{LIVE_KEYS}"
         trio.run(_open_close, directory, True)  # take a snapshot at the end of the history
         cold = [trio.run(_open_close, directory, False).seconds for _ in range(3)]
