@@ -32,6 +32,7 @@
    quartiles over cycles are reported, and the pooled share (all CPU / all requests of
    each mode). A short unmeasured guard after each switch lets the writer finish the
    previous slice's lines, so they are not billed to the next mode.
+   ``off#2``/``metrics#2``/``on#2`` repeat a mode for an A/A check of the noise.
 3. The observer alone, single-threaded: µs per ``request(record)`` on the request path,
    and the writer thread's µs per line, which with one core is paid by the same core.
 
@@ -264,6 +265,13 @@ def serve_slices(config_path: str, port: int, admin: int, out_path: str,
         if mode.startswith("on:"):  # another batch size (RENDER_BATCH)
             observers[mode] = TelemetryObserver(tel.metrics, tel.pipeline)
 
+    for mode in modes:  # "off#2", "metrics#2", "on#2": the same again, for an A/A check
+        base = mode.partition("#")[0]
+        if mode != base:
+            observers[mode] = (NullObserver() if base == "off" else TelemetryObserver(
+                tel.metrics, tel.pipeline if base == "on" else None))
+            batches[mode] = _observer.RENDER_BATCH
+
     def use(mode: str) -> None:  # what Server.__init__ sets for an observer
         observer = observers[mode]
         _observer.RENDER_BATCH = batches[mode]
@@ -370,7 +378,7 @@ def sliced(workdir: Path, modes: tuple[str, ...] = SLICE_MODES,
             "busy": _quartiles([x["cpu_ns"] / 1e9 / (x["end"] - x["start"]) for x in mine]),
         }
     for other in modes:
-        if other in ("off", "metrics", "on") or "on" not in modes:
+        if other in ("off", "metrics", "on") or "on" not in modes or other.startswith("off"):
             continue
         result[f"on_vs_{other}_per_cycle"] = [
             round(1 - per_request(c["on"]) / per_request(c[other]), 4) for c in cycles]
