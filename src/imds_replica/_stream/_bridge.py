@@ -153,6 +153,32 @@ def _describe(exc: nats.js.errors.APIError) -> str:
     return f"JetStream: {exc.description or type(exc).__name__} (code {exc.err_code})"
 
 
+#: Errors that say a connection broke but not why it was refused. Under load the kernel may
+#: answer nats-server's close with a reset that discards its "-ERR 'Authorization
+#: Violation'" before the client has read it, so the next attempt's reset must not hide the
+#: refusal an earlier attempt saw.
+_UNTELLING = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError,
+              nats.errors.UnexpectedEOF, nats.errors.ConnectionClosedError)
+
+
+def _note_error(errors: list[Exception], exc: Exception) -> None:
+    """Keep ``[last error]``, or ``[the last telling error, last error]`` when the last
+    one is not telling (a reset after a refusal)."""
+    if isinstance(exc, _UNTELLING) and errors and not isinstance(errors[0], _UNTELLING):
+        errors[:] = [errors[0], exc]
+    else:
+        errors[:] = [exc]
+
+
+def _why(errors: list[Exception]) -> str:
+    if not errors:
+        return ""
+    why = f": {type(errors[0]).__name__}: {errors[0]}"
+    if len(errors) > 1:
+        why += f" (then {type(errors[-1]).__name__}: {errors[-1]})"
+    return why
+
+
 def _tls(options: ConnectOptions) -> ssl.SSLContext | None:
     if options.tls_ca is None:
         return None
@@ -163,8 +189,8 @@ async def _connect(options: ConnectOptions, loop: _Loop,
                    errors: list[Exception] | None = None) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         logger.debug("nats %s: %s", options.name, exc)
-        if errors is not None:  # the last one says why a connection is not coming
-            errors[:] = [exc]
+        if errors is not None:  # they say why a connection is not coming
+            _note_error(errors, exc)
 
     async def on_disconnect() -> None:
         logger.info("nats %s: disconnected", options.name)
@@ -254,7 +280,7 @@ class Connection:
     async def open(cls, options: ConnectOptions, *, publish_window: int = 4000,
                    give_up_after: float | None = None) -> Connection:
         """Connect; with ``give_up_after``, give up after that many seconds with a
-        ``TransportError`` naming the last error (nats-py itself retries a first connection
+        ``TransportError`` naming the last telling error (nats-py itself retries a first connection
         for ever when reconnecting is on: a wrong password or CA would just hang)."""
         loop = _Loop(f"nats-{options.name or 'client'}")
         errors: list[Exception] = []
@@ -263,8 +289,8 @@ class Connection:
             with trio.move_on_after(limit) as scope:
                 nc = await loop.run(_connect, options, loop, errors)
             if scope.cancelled_caught:
-                why = f": {type(errors[-1]).__name__}: {errors[-1]}" if errors else ""
-                raise TransportError(f"no connection to NATS within {limit:g}s{why}")
+                raise TransportError(f"no connection to NATS within {limit:g}s"
+                                     f"{_why(errors)}")
         except BaseException:
             await loop.close()
             raise
