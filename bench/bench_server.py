@@ -608,6 +608,8 @@ if __name__ == "__main__":
         print(json.dumps(summary, indent=1))
     elif sys.argv[1:2] == ["--watchers"]:
         print(json.dumps(watchers(busy="--busy" in sys.argv), indent=1))
+    elif sys.argv[1:2] == ["--many-vms"]:  # the RSS part alone, printed
+        print(json.dumps(many_vms(), indent=1))
     elif sys.argv[1:2] == ["--serve-no-telemetry"]:
         serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), telemetry=False)
     else:
