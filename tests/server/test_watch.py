@@ -119,18 +119,24 @@ async def test_a_change_answers_every_watcher_on_its_own_connection() -> None:
     assert all(r.time < before <= r.time + r.seconds for r in watched)
 
 
+def _count_resumes(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The target of every answer the server computes for a parked watcher, in order."""
+    calls: list[str] = []
+    resume = server.api.resume
+
+    def counting(park: Any, now: float, timed_out: bool) -> Any:
+        calls.append(park.request.target)
+        return resume(park, now, timed_out)
+
+    monkeypatch.setattr(server.api, "resume", counting)
+    return calls
+
+
 async def test_each_distinct_answer_is_computed_once(monkeypatch: pytest.MonkeyPatch
                                                      ) -> None:
     config = make_config(rate_limit=0.0, max_watchers_per_vm=100)
     async with running(config) as server:
-        calls: list[str] = []
-        resume = server.api.resume
-
-        def counting(park: Any, now: float, timed_out: bool) -> Any:
-            calls.append(park.request.target)
-            return resume(park, now, timed_out)
-
-        monkeypatch.setattr(server.api, "resume", counting)
+        calls = _count_resumes(server, monkeypatch)
         names = await _park(server, 20)
         heads = await _park(server, 5, method="HEAD")
         whole = await _park(server, 10, f"/metadata/instance?api-version={V}"
@@ -155,14 +161,7 @@ async def test_watchers_whose_answer_did_not_change_stay_parked_unwoken(
         monkeypatch: pytest.MonkeyPatch) -> None:
     config = make_config(rate_limit=0.0, max_watchers_per_vm=100)
     async with running(config) as server:
-        calls: list[str] = []
-        resume = server.api.resume
-
-        def counting(park: Any, now: float, timed_out: bool) -> Any:
-            calls.append(park.request.target)
-            return resume(park, now, timed_out)
-
-        monkeypatch.setattr(server.api, "resume", counting)
+        calls = _count_resumes(server, monkeypatch)
         names = await _park(server, 5)
         networks = await _park(server, 5, NETWORK)
         await wait_until(lambda: server.statistics().parked_watchers == 10)
