@@ -76,13 +76,17 @@ async def test_strangers_holding_connections_do_not_lock_out_known_vms() -> None
                 await stream.aclose()
 
 
-def _time_wait(port: int) -> int:
-    """Sockets in TIME_WAIT whose local port is ``port`` (``/proc/net/tcp``, state 06)."""
+def _time_wait(port: int, peer: str) -> int:
+    """Sockets in TIME_WAIT whose local port is ``port`` and whose peer is the address
+    ``peer`` (``/proc/net/tcp``, state 06). The peer matters: the kernel may give a new
+    server a port an earlier test's server left TIME_WAIT sockets on."""
+    peer_hex = socket.inet_aton(peer)[::-1].hex().upper()  # /proc/net/tcp: little-endian
     count = 0
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
-            if fields[3] == "06" and int(fields[1].split(":")[1], 16) == port:
+            if fields[3] == "06" and int(fields[1].split(":")[1], 16) == port \
+                    and fields[2].split(":")[0] == peer_hex:
                 count += 1
     return count
 
@@ -93,23 +97,25 @@ async def test_strangers_refused_at_accept_leave_no_time_wait_behind() -> None:
     config = make_config(max_unknown_connections=1, unknown_rate_limit=0.0)
     async with running(config) as server:
         held = await _hold(server.vm_address, "127.0.1.1", 1)
-        await wait_until(lambda: server.statistics().unknown_connections_open == 1)
-        for _ in range(20):
-            try:
-                stream = await connect(server.vm_address, "127.0.1.2")
-            except ConnectionResetError:
-                continue
-            with trio.fail_after(5):
+        try:
+            await wait_until(lambda: server.statistics().unknown_connections_open == 1)
+            for _ in range(20):
                 try:
-                    assert await stream.receive_some(100) == b""
-                except trio.BrokenResourceError:
-                    pass
-            await stream.aclose()
-        assert server.statistics().unknown_refused == 20
-        await trio.sleep(0.2)
-        assert _time_wait(server.vm_address[1]) == 0
-        for stream in held:
-            await stream.aclose()
+                    stream = await connect(server.vm_address, "127.0.1.2")
+                except ConnectionResetError:
+                    continue
+                with trio.fail_after(5):
+                    try:
+                        assert await stream.receive_some(100) == b""
+                    except trio.BrokenResourceError:
+                        pass
+                await stream.aclose()
+            assert server.statistics().unknown_refused == 20
+            await trio.sleep(0.2)
+            assert _time_wait(server.vm_address[1], "127.0.1.2") == 0
+        finally:
+            for stream in held:
+                await stream.aclose()
 
 
 async def test_a_stranger_is_closed_after_its_403() -> None:
