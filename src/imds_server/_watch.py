@@ -16,7 +16,9 @@ the watchers' tasks woken, to do what is left (the rest of a partial send, the a
 record, the slot, the next request). A watcher whose answer did not change (its path's
 ETag is still ``last_etag``: the change was elsewhere in the document) is not woken at all.
 The fan-out takes a checkpoint every ``BATCH`` sends, so that a long one does not hold the
-loop away from other guests' requests (no watcher is woken meanwhile: the sends go first).
+loop away from other guests' requests (no watcher is woken meanwhile: the sends go first),
+and wakes the answered watchers ``BATCH`` at a time, a checkpoint between, for the same
+reason.
 
 Only plain answers are sent by the fan-out (``refused`` is None: a 200 or a 304). Anything
 else — the caller's address now belongs to another VM (403), an ``extended`` refusal —
@@ -205,8 +207,17 @@ class Watches:
                 answers = self._answers  # a change meanwhile started afresh
                 now = self._clock()
         self.fanned_out += sends
-        for watcher in answered:
-            _wake(watcher)
+        # Woken BATCH at a time: all at once, 10,000 watchers' tasks (the access record,
+        # the next request) ran in one scheduler pass of 0.1-0.15 s, which every other
+        # guest waited out. Their answers have left already, so only that work waits.
+        try:
+            for woken, watcher in enumerate(answered, 1):
+                _wake(watcher)
+                if woken % BATCH == 0:
+                    await checkpoint()
+        finally:
+            for watcher in answered:  # cancelled meanwhile: none is left parked, answered
+                _wake(watcher)
 
 
 def _discard(index: dict[Any, dict[_Watcher, None]], key: Any, watcher: _Watcher) -> None:

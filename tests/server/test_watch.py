@@ -212,6 +212,38 @@ async def test_a_change_during_the_fan_out_is_what_the_rest_get(
             await client.stream.aclose()
 
 
+async def test_answered_watchers_are_woken_a_batch_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Their tasks' work (access record, next request) must not run all in one scheduler
+    # pass: between two checkpoints of the fan-out, at most BATCH of them are made runnable.
+    monkeypatch.setattr(_watch, "BATCH", 3)
+    woken_between: list[int] = [0]
+    real_wake, real_checkpoint = _watch._wake, _watch.checkpoint
+
+    def wake(watcher: Any) -> None:
+        if watcher.task is not None:
+            woken_between[-1] += 1
+        real_wake(watcher)
+
+    async def checkpoint() -> None:
+        woken_between.append(0)
+        await real_checkpoint()
+
+    monkeypatch.setattr(_watch, "_wake", wake)
+    monkeypatch.setattr(_watch, "checkpoint", checkpoint)
+    config = make_config(rate_limit=0.0, max_watchers_per_vm=100)
+    async with running(config) as server:
+        clients = await _park(server, 10)
+        await wait_until(lambda: server.statistics().parked_watchers == 10)
+        await _rename(server, "renamed", 50)
+        assert [(await client.answer()).body for client in clients] == [b"renamed"] * 10
+        await wait_until(lambda: server.statistics().parked_watchers == 0)
+        assert sum(woken_between) == 10
+        assert max(woken_between) == 3
+        for client in clients:
+            await client.stream.aclose()
+
+
 class _Short:
     """A socket whose ``send`` takes ``take`` bytes at most (None: its buffer is full)."""
 
