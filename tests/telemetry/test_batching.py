@@ -219,7 +219,7 @@ def test_the_loop_does_not_wait_for_the_writer_rendering(tmp_path: Path) -> None
         assert told.observer.pending() == RENDER_BATCH + 1
     told.tell(_answer(RENDER_BATCH + 1))
     assert told.observer.pending() == 0
-    assert len(told.pipeline.queue) == RENDER_BATCH + 2
+    assert told.pipeline.queued() == RENDER_BATCH + 2  # lines (in one chunk)
     told.pipeline.stop()
 
 

@@ -37,8 +37,10 @@ _BACKUP_RE = re.compile(r"\.(\d+)\.gz$")
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-#: Lines joined per write (``ColdFileHandler._write_slices``): ~56 KiB of access lines.
+#: Lines joined per write (``ColdFileHandler._write_slices``): ~56 KiB of access lines,
+#: and at most about that many bytes (items may be chunks of lines).
 WRITE_SLICE = 128
+WRITE_SLICE_BYTES = 56 * 1024
 
 #: Why retention deleted a compressed file: there were ``max_files`` newer ones, or it
 #: was older than ``max_age_seconds``.
@@ -88,21 +90,25 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.write_lines([self.format(record) + "\n"])
 
-    def write_lines(self, lines: list[str]) -> None:
+    def write_lines(self, lines: list[str], count: int | None = None) -> None:
+        """``lines`` each end with a newline; an item may hold several lines (a chunk the
+        loop rendered in one go): ``count`` says how many in all (None: one per item)."""
         with self.lock:  # type: ignore[union-attr]
             try:
-                self._write(lines)
+                self._write(lines, len(lines) if count is None else count)
             except Exception:
-                self._failed(len(lines))
+                self._failed(len(lines) if count is None else count)
 
-    def _write(self, lines: list[str]) -> None:
+    def _write(self, lines: list[str], count: int) -> None:
         self.stream = self.stream or self._open()  # None after an error or at start
         position = self.stream.tell()
         if position + sum(map(len, lines)) < self.maxBytes:  # the usual batch: no rollover
             self._write_slices(lines, 0, len(lines))
             self.stream.flush()
-            self.live_lines += len(lines)
+            self.live_lines += count
             return
+        if count != len(lines):  # a rollover falls between two lines, not two chunks
+            lines = [line for item in lines for line in _split_lines(item)]
         start = 0
         for i, line in enumerate(lines):
             if position and position + len(line) >= self.maxBytes:
@@ -121,10 +127,17 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
         # is 3.5 MiB, and its text and then its encoding, each a fresh allocation of that
         # size, were page-faulted in anew every time (glibc returns such blocks to the
         # kernel): that cost 3-5 times the write itself. Slices are reused from the heap.
+        # A chunk of lines (~14 KiB) is written as it is, with its neighbours up to a slice.
         assert self.stream is not None
         write = self.stream.write
-        for i in range(start, end, WRITE_SLICE):
-            write("".join(lines[i:min(i + WRITE_SLICE, end)]))
+        i = start
+        while i < end:
+            j, size = i, 0
+            while j < end and (j - i < WRITE_SLICE and size < WRITE_SLICE_BYTES):
+                size += len(lines[j])
+                j += 1
+            write(lines[i] if j == i + 1 else "".join(lines[i:j]))
+            i = j
 
     def doRollover(self) -> None:
         # The stdlib's rollover shifts .1.gz ... and deletes the oldest, .<max_files>.gz,
@@ -194,6 +207,13 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
             self._last_report = now
             print(f"imds-server: cannot write log {self.baseFilename}: {error!r} "
                   f"({self.failed_lines} failed lines so far)", file=sys.stderr, flush=True)
+
+
+def _split_lines(item: str) -> list[str]:
+    """The lines of ``item`` (each ends with a newline), each with its newline."""
+    if item.find("\n") == len(item) - 1:
+        return [item]
+    return [line + "\n" for line in item.split("\n")[:-1]]
 
 
 def _gz_name(name: str) -> str:

@@ -151,13 +151,14 @@ class AccessRenderer:
         self._second = -1
         self._prefix = ""
 
-    def render(self, batch: Sequence[QueuedAccess | RenderedAccess | str | Line]
+    def render(self, batch: Sequence[QueuedAccess | RenderedAccess | tuple[str, int] | str
+                                      | Line]
                ) -> tuple[list[str], list[int] | None, int]:
         """``batch``: queued access records (``queued()``), access lines rendered already
-        (``RenderedAccess``, or the line alone) and component ``Line``s (all passed
-        through). Returns the
-        lines (each ending in a newline), each line's level (None when every line is an
-        access line: info) and how many access lines."""
+        (``RenderedAccess``, a chunk of lines ``(text, count)``, or the line alone) and
+        component ``Line``s (all passed through). Returns the lines (each ending in a
+        newline; a chunk's text is one item), each item's level (None when every line is
+        an access line: info) and how many access lines."""
         out: list[str] = []
         append = out.append
         segments = self._segments
@@ -165,6 +166,7 @@ class AccessRenderer:
         esc = _string
         second, prefix = self._second, self._prefix
         levels: list[int] | None = None
+        chunked = 0  # lines beyond one per item, in chunks
         items: Sequence[Any] = batch  # fields by position: see QUEUED_FIELDS
         try:
             for i, item in enumerate(items):
@@ -183,6 +185,8 @@ class AccessRenderer:
                     levels.append(logging.INFO)
                 if type(item[0]) is str:  # rendered on the request path already
                     append(item[0])
+                    if len(item) == 2:  # a chunk of them (``_pipeline.LineChunk``)
+                        chunked += item[1] - 1
                     continue
                 t = item[0]
                 s = int(t)
@@ -202,8 +206,8 @@ class AccessRenderer:
                        f'{int(item[2])},"seconds":{float(item[3]):.7f}{tail}')
         finally:
             self._second, self._prefix = second, prefix
-        count = len(out) if levels is None else sum(
-            1 for x in batch if type(x) is tuple or type(x) is str)
+        count = chunked + (len(out) if levels is None else sum(
+            1 for x in batch if type(x) is tuple or type(x) is str))
         return out, levels, count
 
 

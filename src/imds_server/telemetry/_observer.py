@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from imds_server._observe import AccessRecord
 
-from ._jsonlog import RenderedAccess, answer_segments, second_prefix
+from ._jsonlog import answer_segments, second_prefix
 from ._metrics import TelemetryMetrics
-from ._pipeline import LogPipeline
+from ._pipeline import LogPipeline, Queued
 from ._requests import LATENCY_BUCKETS, Tally
 
 if TYPE_CHECKING:
@@ -35,6 +35,11 @@ MAX_ANSWERS = 1024
 #: by the request's own work in between); 32 at once cost about what a tight loop does,
 #: and hold at most 32 small tuples back (bench/bench_telemetry.py, docs/telemetry.md).
 RENDER_BATCH = 32
+#: "000" ... "999" (the µs of a line's time, three digits at a time), and the hex of a
+#: byte with and without its leading zero (the last two digits of a request id's number).
+_DIGITS3 = tuple(f"{i:03d}" for i in range(1000))
+_HEX2 = tuple(f"{i:02x}" for i in range(256))
+_HEX1 = tuple(f"{i:x}" for i in range(256))
 
 
 def _skip(record: AccessRecord) -> None:
@@ -94,6 +99,11 @@ class TelemetryObserver:
         self._rendering = threading.Lock()
         self._second = -1  # the time prefix of the last second rendered (``_rendering``)
         self._prefix = ""
+        self._fast = False  # ``_second`` > 0: its lines' µs come from ``_DIGITS3``
+        #: The last id's number but its low byte, in hex, and the low byte's table.
+        self._high = -1
+        self._high_text = ""
+        self._low = _HEX1
         self.errors = 0
         if pipeline is not None:
             pipeline.pending_sources.append(self)
@@ -161,7 +171,8 @@ class TelemetryObserver:
             if not n or lines is None:
                 return
             items = [pending.popleft() for _ in range(n)]  # appends meanwhile stay pending
-            room = self._limit - len(lines)
+            assert self._pipeline is not None
+            room = self._limit - self._pipeline.queued()
             if room < n:
                 assert self._pipeline is not None
                 self._pipeline.dropped(n - max(room, 0))
@@ -174,15 +185,55 @@ class TelemetryObserver:
                 assert self._pipeline is not None
                 self._pipeline.unrenderable(len(items))  # counted, never silent
                 raise
-            lines.extend(rendered)
+            self._pipeline.enqueue(rendered)
         except Exception as error:
             self._failed(error)
         finally:
             self._rendering.release()
 
-    def _render(self, items: list[_Pending]) -> list[str] | list[RenderedAccess]:
+    def _render(self, items: list[_Pending]) -> list[Queued]:
         """The access lines of ``items``: byte for byte ``_jsonlog.access_line`` of their
-        records (a property test checks). Under ``_rendering``."""
+        records (a property test checks), as one ``LineChunk`` (or, for a warm budget, one
+        ``RenderedAccess`` per line). Under ``_rendering``."""
+        if self._fields:
+            return self._render_fields(items)
+        # One join over the whole batch rather than one f-string per line: the lines are
+        # joined again by the writer anyway, and building each line's string first cost a
+        # third of the rendering. The clock's µs and the id's hex come from tables (a
+        # format spec per field cost more than the rest of the line).
+        second, prefix, fast = self._second, self._prefix, self._fast
+        high, high_text, low = self._high, self._high_text, self._low
+        t3 = _DIGITS3
+        parts: list[str] = []
+        extend = parts.extend
+        for time, id_prefix, id_number, entry, seconds, sent in items:
+            s = int(time)
+            if s != second:
+                second, prefix = s, second_prefix(s)
+                fast = s > 0  # then 0 <= time - s < 1: six digits, none negative
+            if fast:
+                us = int((time - s) * 1e6)
+                ms, ms_us = t3[us // 1000], t3[us % 1000]
+            else:
+                ms, ms_us = f"{int((time - s) * 1e6):06d}", ""
+            h = id_number >> 8
+            if h != high:
+                if h < 0:
+                    raise ValueError(f"request id number {id_number} < 0")
+                high, high_text, low = h, f"{h:x}" if h else "", _HEX2 if h else _HEX1
+            if sent == entry[5]:
+                extend((prefix, ms, ms_us, entry[6], id_prefix, high_text, low[id_number & 255],
+                        entry[8], f"{seconds:.7f}", entry[9]))
+            else:
+                extend((prefix, ms, ms_us, entry[6], id_prefix, high_text, low[id_number & 255],
+                        entry[7], f"{sent}", ',"seconds":', f"{seconds:.7f}", entry[9]))
+        self._second, self._prefix, self._fast = second, prefix, fast
+        self._high, self._high_text, self._low = high, high_text, low
+        return [("".join(parts), len(items))]
+
+    def _render_fields(self, items: list[_Pending]) -> list[Queued]:
+        """``_render`` for a pipeline with a warm budget: a line per request, with the
+        fields the budget reads."""
         second, prefix = self._second, self._prefix
         out: list[str] = []
         append = out.append
@@ -198,9 +249,8 @@ class TelemetryObserver:
                        f"{id_prefix}{id_number:x}{entry[7]}{sent},\"seconds\":"
                        f"{seconds:.7f}{entry[9]}")
         self._second, self._prefix = second, prefix
-        if not self._fields:
-            return out
-        fields: list[RenderedAccess] = [
+        self._fast = second > 0
+        fields: list[Queued] = [
             (line, f"{item[1]}{item[2]:x}", item[3][10], item[4], item[3][11], None)
             for line, item in zip(out, items, strict=True)]
         return fields

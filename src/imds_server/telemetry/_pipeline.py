@@ -60,10 +60,14 @@ WRITER_BATCH = 8192
 WRITER_NICE = 10
 _INFO = logging.INFO
 _LOGGER = "imds_server.telemetry"
+#: Access lines rendered on the loop in one batch (``TelemetryObserver``): (their text,
+#: one after the other, each ending in a newline; how many). A tuple of two, never
+#: mistaken for a ``QueuedAccess`` (13) or a ``RenderedAccess`` (6).
+LineChunk = tuple[str, int]
 #: What the queue holds: access records to render, access lines rendered on the request
-#: path (the line alone, or with the fields the warm budget reads when there is one),
-#: component lines.
-Queued = QueuedAccess | RenderedAccess | str | Line
+#: path (a chunk of them, the line alone, or with the fields the warm budget reads when
+#: there is one), component lines.
+Queued = QueuedAccess | RenderedAccess | LineChunk | str | Line
 
 
 def _lower_priority(by: int) -> None:
@@ -88,7 +92,9 @@ class PendingLines(Protocol):
 class LineSink(Protocol):
     level: int
 
-    def write_lines(self, lines: list[str]) -> None: ...  # lines end with "\n"
+    #: ``lines`` end with "\n"; an item may hold several (a ``LineChunk``'s text):
+    #: ``count`` is how many in all, when known.
+    def write_lines(self, lines: list[str], count: int | None = None) -> None: ...
 
     def close(self) -> None: ...
 
@@ -98,7 +104,7 @@ class _StderrSink:
 
     level = logging.NOTSET
 
-    def write_lines(self, lines: list[str]) -> None:
+    def write_lines(self, lines: list[str], count: int | None = None) -> None:
         sys.stderr.write("".join(lines))
         sys.stderr.flush()
 
@@ -144,6 +150,11 @@ class LogPipeline:
         #: ``dropped()`` beyond it (``TelemetryObserver.answered``).
         self.queue_limit = config.queue_size
         self._dropped = metrics.log_dropped.labels("queue-full")
+        #: Lines beyond one per entry that chunks brought into the queue, and took out of
+        #: it: ``queued()`` counts lines. Each is written by one thread at a time (the
+        #: first under the observer's rendering lock, the second by the drainer).
+        self._chunked_in = 0
+        self._chunked_out = 0
         #: Producers holding lines back (``TelemetryObserver`` adds itself).
         self.pending_sources: list[PendingLines] = []
         self.handler = _QueueHandler(self)
@@ -223,11 +234,22 @@ class LogPipeline:
     def put(self, level: int, line: str, logger: str = "") -> bool:
         """Queue one rendered line (no newline); False (and counted) when the queue is full."""
         self._queue_pending()
-        if len(self.queue) >= self._limit:
+        if self.queued() >= self._limit:
             self.dropped()
             return False
         self.queue.append(Line(level, line + "\n", logger))
         return True
+
+    def queued(self) -> int:
+        """Lines in the queue (a chunk counts its lines); the limit is ``queue_limit``."""
+        return len(self.queue) + self._chunked_in - self._chunked_out
+
+    def enqueue(self, items: list[Queued]) -> None:
+        """Queue rendered access lines (a producer that checked ``queued()``)."""
+        for item in items:
+            if type(item) is tuple and len(item) == 2:
+                self._chunked_in += item[1] - 1  # before the append: never under-counted
+        self.queue.extend(items)
 
     def dropped(self, n: int = 1) -> None:
         """``n`` entries not queued: the queue was full. Counted in the metric at once, and
@@ -251,7 +273,7 @@ class LogPipeline:
         """Queue one access record (the request path): a tuple and an append, never
         blocking. The tuple is ``_jsonlog.queued(r)``, inlined (a call costs as much)."""
         self._queue_pending()
-        if len(self.queue) >= self._limit:
+        if self.queued() >= self._limit:
             self.dropped()
             return
         self.queue.append((r.time, r.request_id, r.bytes, r.seconds, r.method, r.path,
@@ -303,7 +325,10 @@ class LogPipeline:
             self._queue_pending()
             while queue:
                 n = min(len(queue), WRITER_BATCH)
-                self._write([queue.popleft() for _ in range(n)])
+                batch = [queue.popleft() for _ in range(n)]
+                self._chunked_out += sum(item[1] - 1 for item in batch
+                                         if type(item) is tuple and len(item) == 2)
+                self._write(batch)
         finally:
             self._busy = False
 
@@ -313,6 +338,9 @@ class LogPipeline:
             self._access_lines.inc(accessed)
         if not lines:
             return
+        # Every line: the access lines, and the component lines (one item each).
+        count = accessed + sum(1 for item in batch if type(item) is Line) \
+            if levels is not None else accessed
         lowest = _INFO if levels is None else min(levels)
         for sink in self.sinks:
             if sink is self.warm and self.budget is not None:
@@ -324,13 +352,17 @@ class LogPipeline:
             else:
                 assert levels is not None  # lowest > INFO only with component lines
                 chosen = [line for line, lvl in zip(lines, levels, strict=True) if lvl >= level]
-            if chosen:
+            if chosen is lines:
+                sink.write_lines(lines, count)
+            elif chosen:
                 sink.write_lines(chosen)
 
     def _write_warm(self, warm: WarmBuffer, budget: WarmBudget,
                     batch: list[Queued], lines: list[str],
                     levels: list[int] | None) -> None:
-        chosen, counts = budget.choose(batch, lines, levels, time.monotonic())
+        # With a warm budget the observer queues a line each with its fields, never chunks.
+        chosen, counts = budget.choose(batch, lines, levels,  # type: ignore[arg-type]
+                                       time.monotonic())
         m = self.metrics
         if counts.sampled_out:
             m.warm_sampled_out.inc(counts.sampled_out)
@@ -347,12 +379,25 @@ class LogPipeline:
                 ) -> tuple[list[str], list[int] | None, int, list[Queued]]:
         """(lines, each line's level or None when all are access lines (info), access
         lines rendered, the items rendered: ``lines[i]`` is of ``items[i]``)."""
-        # The usual batch: access lines the request path rendered, and nothing else.
-        ready: list[str] = [item for item in batch if type(item) is str]
-        if len(ready) == len(batch):
-            return ready, None, len(ready), batch
-        if not ready:
-            ready = [item[0] for item in batch if type(item[0]) is str]  # with fields
+        # The usual batch: access lines the request path rendered (in chunks, or a line
+        # each), and nothing else.
+        ready: list[str] = []
+        append = ready.append
+        accessed = 0
+        for item in batch:
+            if type(item) is tuple and len(item) == 2:
+                append(item[0])
+                accessed += item[1]
+            elif type(item) is str:
+                append(item)
+                accessed += 1
+            else:
+                break
+        else:
+            return ready, None, accessed, batch
+        if not ready:  # with the fields the warm budget reads
+            ready = [item[0] for item in batch
+                     if type(item) is tuple and len(item) == 6 and type(item[0]) is str]
             if len(ready) == len(batch):
                 return ready, None, len(ready), batch
         try:

@@ -43,8 +43,11 @@ class WarmBuffer(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.write_lines([self.format(record) + "\n"])
 
-    def write_lines(self, lines: list[str]) -> None:
-        """Rendered lines (each ending in a newline), from the pipeline's writer."""
+    def write_lines(self, lines: list[str], count: int | None = None) -> None:
+        """Rendered lines (each ending in a newline), from the pipeline's writer; an item
+        may hold several (``count`` in all)."""
+        if count is not None and count != len(lines):
+            lines = [line for item in lines for line in item.splitlines()]
         with self.lock:  # type: ignore[union-attr]
             self._lines.extend(line.rstrip("\n") for line in lines)
             full = len(self._lines) >= self.max_records
