@@ -108,7 +108,7 @@ class _Doc:
 class StagedLoad:
     """``View.stage_stored``'s result: what ``View.load_staged`` installs."""
 
-    __slots__ = ("base", "docs", "history", "index", "ready", "registers", "short",
+    __slots__ = ("base", "docs", "history", "index", "lazy", "ready", "registers", "short",
                  "tombstones")
 
     def __init__(self, registers: dict[Key, Stored], base: int) -> None:
@@ -120,6 +120,7 @@ class StagedLoad:
         self.history: list[tuple[int, Key]] = []
         self.index = SortedList()
         self.short: list[Key] = []  # keys shallower than a document
+        self.lazy = False  # True: documents are built on first use (``stage_stored``)
 
 
 class View:
@@ -148,6 +149,11 @@ class View:
         self._floors: dict[str, int] = {}
         self._marks: dict[Key, int] = {}
         self._floor_noops = 0
+        #: Not None after a lazy ``load_staged``: documents of the registers it loaded are
+        #: not in ``_docs`` until first needed (``_doc_for``), and this is their counter.
+        self._lazy: int | None = None
+        #: While lazy: how many of those documents are not built yet (None: not counted).
+        self._lazy_left: int | None = None
 
     # -- writing ---------------------------------------------------------------------------
     def apply(self, event: Event) -> bool:
@@ -183,8 +189,11 @@ class View:
         floors = self._floors
         hlc_floor = self._hlc_floor
         floored_view = hlc_floor >= 0 or bool(floors)
+        lazy = self._lazy is not None
         for event in events:
             key = event.key
+            if lazy and key[:depth] not in self._docs:
+                self._doc_for(key[:depth])  # its figures, before this event changes them
             old: Event | Stored | None = get(key)
             if old is None:
                 if floored_view and _below_floor(event, hlc_floor, floors):
@@ -238,7 +247,7 @@ class View:
         self._index_keys()
         return changed
 
-    def load_stored(self, stored: dict[Key, Stored]) -> int:
+    def load_stored(self, stored: dict[Key, Stored], *, lazy: bool = False) -> int:
         """``load`` of recovery's winners as stored tuples, one per key; the view takes
         the dict over (the caller must not use it afterwards). Returns how many changed.
 
@@ -251,23 +260,39 @@ class View:
 
         It is ``load_staged(stage_stored(stored))``: recovery stages in its worker thread
         (about a second of work at 1,000,000 keys) and only the cheap install runs on the
-        event loop.
+        event loop. ``lazy``: see ``stage_stored``.
         """
-        return self.load_staged(self.stage_stored(stored))
+        return self.load_staged(self.stage_stored(stored, lazy=lazy))
 
     def _fresh(self) -> bool:
         return not (self._registers or self._docs or self._listeners or self._floors
-                    or self._hlc_floor >= 0 or self._unindexed)
+                    or self._hlc_floor >= 0 or self._unindexed or self._lazy is not None)
 
-    def stage_stored(self, stored: dict[Key, Stored]) -> StagedLoad:
+    def stage_stored(self, stored: dict[Key, Stored], *, lazy: bool = False) -> StagedLoad:
         """The work of ``load_stored`` that does not touch the view: safe in another
-        thread while the view is not written to. Hand the result to ``load_staged``."""
+        thread while the view is not written to. Hand the result to ``load_staged``.
+
+        ``lazy``: skip the per-document pass. The view then ends in the state of
+        ``load_stored`` followed by ``resume_changes`` to the load's last change number
+        with the history forgotten: every loaded document's counter is that number, and
+        ``changed_since`` of an older one answers None. That is the state recovery leaves
+        anyway (``FileLog.run`` resumes the change numbers above any the last run reached)
+        and it lets a document's figures (sources, greatest version) be counted from its
+        own registers when it is first asked about or written (``_doc_for``): at 1,000,000
+        keys the per-document pass was over half of a replay (issue 15). Only the sorted
+        index is built here: the first guest read needs it, so it must not pay for it.
+        """
         staged = StagedLoad(stored, self._seq)
         n = len(stored)
         if not n or not self._fresh():
             return staged  # nothing to do, or ``load_staged`` falls back to ``load``
         depth = self.document_depth
         keys = list(stored)
+        if lazy and min(map(len, keys)) >= depth:  # a shallower key changes many documents
+            staged.index = SortedList(keys)
+            staged.tombstones = sum(map(_deleted_of, stored.values()))
+            staged.lazy = staged.ready = True
+            return staged
         values = list(stored.values())
         # Document keys are sliced on the fly by each pass (``doc_keys()``), never kept in
         # a list of one per register: a slice freed at once goes back to the tuple free
@@ -347,6 +372,8 @@ class View:
         self._applies += n
         self._history.extend(staged.history)
         self._index = staged.index
+        if staged.lazy:
+            self._lazy = self._seq
         for key in staged.short:
             self._changed_below(key)
         return n
@@ -375,9 +402,68 @@ class View:
         doc.etag = None
         return delta
 
+    def _doc_for(self, doc_key: Key) -> _Doc | None:
+        """The document ``doc_key``, built first if a lazy load left it unbuilt; None if
+        the view has no such document.
+
+        An unbuilt document's figures are exactly what ``_account`` would have made of
+        its registers, all of them loaded (a write builds the document before it changes
+        a register, compaction before it drops one): one per register for its source,
+        the greatest version (a key's register holds its greatest version), and the
+        lazy load's counter."""
+        docs = self._docs
+        doc = docs.get(doc_key)
+        if doc is not None or self._lazy is None or len(doc_key) != self.document_depth:
+            return doc
+        registers = self._registers
+        end = (*doc_key[:-1], doc_key[-1] + "\x00")
+        sources: dict[str, int] = {}
+        top = -1
+        for key in self._index_keys().irange(doc_key, end, inclusive=(True, False)):
+            reg = registers[key]
+            if isinstance(reg, tuple):
+                source, version = reg[0], reg[2]
+            else:
+                source, version = reg.source, reg.version
+            sources[source] = sources.get(source, 0) + 1
+            if version > top:
+                top = version
+        if not sources:
+            return None
+        doc = docs[doc_key] = _Doc()
+        doc.counter = self._lazy
+        doc.sources = sources
+        doc.max_version = top
+        if self._lazy_left is not None:
+            self._lazy_left -= 1
+        return doc
+
+    def _documents(self) -> int:
+        """How many documents the view has, the unbuilt ones of a lazy load included.
+
+        Counted once (the loaded keys' distinct documents not built yet, one pass in C),
+        then kept up to date by ``_doc_for``."""
+        if self._lazy is None:
+            return len(self._docs)
+        if self._lazy_left is None:
+            slicer = itemgetter(slice(0, self.document_depth))
+            self._lazy_left = len(set(map(slicer, self._index_keys())).difference(
+                self._docs))
+        return len(self._docs) + self._lazy_left
+
+    def _build_all(self) -> None:
+        """Build every document a lazy load left unbuilt (something needs them all)."""
+        if self._lazy is None:
+            return
+        slicer = itemgetter(slice(0, self.document_depth))
+        for doc_key in dict.fromkeys(map(slicer, self._index_keys())):
+            if doc_key not in self._docs:
+                self._doc_for(doc_key)
+        self._lazy = self._lazy_left = None
+
     def _changed(self, doc_key: Key) -> None:
         self._seq += 1
-        doc = self._docs.get(doc_key)
+        doc = self._doc_for(doc_key)
         if doc is not None:
             doc.counter = self._seq
             doc.etag = None
@@ -387,9 +473,12 @@ class View:
     def _changed_below(self, key: Key) -> None:
         """A register shallower than a document changed: every document beneath it did.
 
-        ``Replica.submit`` refuses such keys; a log written before it did may hold them."""
+        ``Replica.submit`` refuses such keys; a log written before it did may hold them.
+        The documents change in key order (not the order the view met them: a lazy load
+        builds its documents in another order than an eager one)."""
         n = len(key)
-        for doc_key in [d for d in self._docs if d[:n] == key and d != key]:
+        self._build_all()
+        for doc_key in sorted(d for d in self._docs if d[:n] == key and d != key):
             self._changed(doc_key)
 
     def compact(self, horizons: Horizons) -> int:
@@ -418,6 +507,9 @@ class View:
         touched: dict[Key, None] = {}
         depth = self.document_depth
         marks = self._marks
+        if self._lazy is not None:
+            for event in dead:  # counted from their registers before any is dropped
+                self._doc_for(event.key[:depth])
         for event in dead:
             key = event.key
             del registers[key]
@@ -480,7 +572,7 @@ class View:
             if self._marks.get(prefix, -1) < version:
                 self._marks[prefix] = version
             if len(prefix) == self.document_depth:
-                doc = self._docs.get(prefix)
+                doc = self._doc_for(prefix)
                 if doc is None:
                     doc = self._docs[prefix] = _Doc()
                     doc.counter = self._seq
@@ -496,6 +588,8 @@ class View:
             return
         self._seq = at_least
         self._history.clear()
+        if self._lazy is not None:
+            self._lazy = at_least
         for doc in self._docs.values():
             doc.counter = at_least
 
@@ -699,7 +793,7 @@ class View:
         return tuple(key)[: self.document_depth]
 
     def document_info(self, doc_key: Key) -> DocumentInfo | None:
-        doc = self._docs.get(tuple(doc_key))
+        doc = self._doc_for(tuple(doc_key))
         if doc is None:
             return None
         if doc.etag is None:
@@ -732,7 +826,7 @@ class View:
         return ViewStatistics(
             registers=len(self._registers),
             tombstones=self._tombstones,
-            documents=len(self._docs),
+            documents=self._documents(),
             applies=self._applies,
             noop_applies=self._noops,
             change_seq=self._seq,

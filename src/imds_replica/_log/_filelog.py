@@ -361,7 +361,7 @@ class FileLog:
         try:
             rec = recover_directory(self.directory, writable=True, fsync=self._fsync,
                                     max_record=self._max_record)
-            staged = view.stage_stored(rec.reducer.take_winners())
+            staged = view.stage_stored(rec.reducer.take_winners(), lazy=True)
             self._writer = SegmentWriter(self.directory, rec.generation, rec.last_segment,
                                          salt=rec.meta.salt, fsync=self._fsync)
             if rec.last_version != FORMAT_VERSION:  # never append format 2 to a v1 file

@@ -252,7 +252,7 @@ def compact_log(directory: str | os.PathLike[str], *, tombstones_before: int | N
         raw = checkpoints.pop(STATE_SOURCE, None)
         state = CompactionState() if raw is None else CompactionState.from_json(raw)
         view = View(document_depth=document_depth)
-        view.load_stored(rec.reducer.take_winners())
+        view.load_stored(rec.reducer.take_winners(), lazy=True)
         view.restore(state)
         view.resume_changes(state.change_seq + rec.reducer.events)
         dropped = 0 if horizons is None else view.compact(horizons)

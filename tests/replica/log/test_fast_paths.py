@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from imds_replica import Checkpoint, Event, Horizons, View, open_replica
 from imds_replica._event import Key
+from imds_replica._horizon import CompactionState
 from imds_replica._liveliness import newest_versions
 from imds_replica._log import FileLog
 from imds_replica._log._frame import (
@@ -272,6 +273,106 @@ def test_load_stored_into_a_view_in_use_is_load() -> None:
     assert got is not None
     assert got.value == 2
 
+
+
+def _answers(view: View, first: str, prefixes: list[Key]) -> dict[str, Any]:
+    """Every query of a view; ``first`` is asked before anything else, so a lazily loaded
+    view answers it with no register built and no document built yet."""
+    depth = view.document_depth
+    queries = {
+        "documents": lambda: {p[:depth]: view.document_info(p[:depth]) for p in prefixes},
+        "statistics": view.statistics,
+        "document": lambda: {p: view.document(p) for p in prefixes},
+        "max_version": lambda: {p: view.max_version(p) for p in prefixes},
+        "get": lambda: {p: view.get(p) for p in prefixes},
+        "newest": view.newest_versions,
+        "digest": lambda: (view.digest(), view.content_digest()),
+        "history": lambda: [view.changed_since(s) for s in range(-1, view.change_seq + 1)],
+        "registers": lambda: list(view.registers()),
+        "state": lambda: (view.change_seq, view.compaction_state()),
+    }
+    answers = {first: queries[first]()}
+    answers.update((name, ask()) for name, ask in queries.items() if name != first)
+    return answers
+
+
+_QUERIES = ["documents", "statistics", "document", "max_version", "get", "newest",
+            "digest", "history", "registers", "state"]
+
+
+@given(event_lists, event_lists, st.sampled_from([1, 2, 3]), st.sampled_from(_QUERIES),
+       st.sampled_from(_QUERIES), st.sampled_from([0, 1, 7]))
+def test_lazy_load_answers_as_an_eager_load_resumed(events: list[Event], more: list[Event],
+                                                    depth: int, first: str, later: str,
+                                                    bump: int) -> None:
+    """``load_stored(lazy=True)`` (documents built on first use) answers every query as
+    ``load_stored`` followed by ``resume_changes`` does (every counter at the load's last
+    change number, the history forgotten), whatever is asked first; and so it does after
+    further applies (new keys, overwrites, tombstones), a ``restore``, compaction and a
+    second ``resume_changes``."""
+    winners = _stored_winners(events)
+    lazy, eager = View(document_depth=depth), View(document_depth=depth)
+    assert lazy.load_stored(dict(winners), lazy=True) == eager.load_stored(dict(winners))
+    # Resumed above the load (as recovery does): the eager view's counters flatten, its
+    # history is forgotten. (The lazy view unresumed: test_lazy_load_counts_documents...)
+    lazy.resume_changes(lazy.change_seq + 1 + bump)
+    eager.resume_changes(eager.change_seq + 1 + bump)
+    prefixes = sorted({k[:i] for k in list(winners) + [e.key for e in more]
+                       for i in range(1, len(k) + 1)})
+    assert _answers(lazy, first, prefixes) == _answers(eager, first, prefixes)
+    # The same, after writes and compaction into views where some documents are built.
+    lazy2, eager2 = View(document_depth=depth), View(document_depth=depth)
+    lazy2.load_stored(dict(winners), lazy=True)
+    eager2.load_stored(dict(winners))
+    seen: dict[str, list[Key]] = {"lazy": [], "eager": []}
+    lazy2.subscribe(seen["lazy"].append)
+    eager2.subscribe(seen["eager"].append)
+    eager2.resume_changes(eager2.change_seq + 1 + bump)
+    lazy2.resume_changes(lazy2.change_seq + 1 + bump)
+    if later == "documents" and prefixes:
+        lazy2.document_info(prefixes[0][:depth])
+    assert lazy2.apply_batch(more) == eager2.apply_batch(more)
+    assert seen["lazy"] == seen["eager"]
+    state = CompactionState(hlc_floor=-1, floors={}, marks={p: 50 for p in prefixes[:3]},
+                            change_seq=lazy2.change_seq + 2)
+    lazy2.restore(state)
+    eager2.restore(state)
+    horizons = Horizons(hlc=3, sources=dict.fromkeys({e.source for e in events + more}, 3))
+    assert lazy2.compact(horizons) == eager2.compact(horizons)
+    assert seen["lazy"] == seen["eager"]
+    assert _answers(lazy2, later, prefixes) == _answers(eager2, later, prefixes)
+
+
+def test_lazy_load_counts_documents_built_and_not() -> None:
+    winners = _stored_winners([Event("a", ("vms", v, f), 5, 1) for v in "xyz" for f in "pq"]
+                              + [Event("b", ("vms", "y", "r"), 6, deleted=True)])
+    view = View()
+    assert view.load_stored(winners, lazy=True) == 7
+    info = view.document_info(("vms", "y"))
+    assert info is not None
+    assert (info.counter, info.sources, info.max_version) == (7, frozenset("ab"), 6)
+    assert view.statistics().documents == 3  # one built, two not
+    assert view.document_info(("vms", "w")) is None
+    view.apply(Event("a", ("vms", "w", "p"), 7, 1))  # a new document
+    view.apply(Event("a", ("vms", "z", "p"), 8, 1))  # an unbuilt one, built first
+    assert view.statistics().documents == 4
+    z = view.document_info(("vms", "z"))
+    assert z is not None
+    assert (z.counter, z.max_version) == (9, 8)
+    assert view.changed_since(6) is None  # the load's history is not kept
+    assert view.changed_since(7) == frozenset({("vms", "w"), ("vms", "z")})
+    x = view.document_info(("vms", "x"))
+    assert x is not None
+    assert x.counter == 7
+    assert view.statistics().tombstones == 1
+
+
+def test_lazy_load_of_a_key_shallower_than_a_document_is_eager() -> None:
+    winners = _stored_winners([Event("a", ("vms",), 5, 1), Event("a", ("vms", "x", "p"), 6, 1)])
+    lazy, eager = View(), View()
+    lazy.load_stored(dict(winners), lazy=True)
+    eager.load_stored(dict(winners))
+    assert _state(lazy) == _state(eager)
 
 #: Key lists that recur (so whole records repeat their keys), one with a key twice.
 _KEY_LISTS = [[("vms", "a", "x"), ("vms", "a", "y")], [("vms", "b", "x")],
