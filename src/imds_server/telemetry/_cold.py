@@ -30,7 +30,7 @@ from isal import igzip
 from imds_replica import ClientError
 
 from ._config import ColdConfig
-from ._jsonlog import iso_time
+from ._jsonlog import iso_time, split_lines
 
 LOG_NAME = "imds.log"
 _BACKUP_RE = re.compile(r"\.(\d+)\.gz$")
@@ -108,7 +108,7 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
             self.live_lines += count
             return
         if count != len(lines):  # a rollover falls between two lines, not two chunks
-            lines = [line for item in lines for line in _split_lines(item)]
+            lines = [line for item in lines for line in split_lines(item)]
         start = 0
         for i, line in enumerate(lines):
             if position and position + len(line) >= self.maxBytes:
@@ -207,13 +207,6 @@ class ColdFileHandler(logging.handlers.RotatingFileHandler):
             self._last_report = now
             print(f"imds-server: cannot write log {self.baseFilename}: {error!r} "
                   f"({self.failed_lines} failed lines so far)", file=sys.stderr, flush=True)
-
-
-def _split_lines(item: str) -> list[str]:
-    """The lines of ``item`` (each ends with a newline), each with its newline."""
-    if item.find("\n") == len(item) - 1:
-        return [item]
-    return [line + "\n" for line in item.split("\n")[:-1]]
 
 
 def _gz_name(name: str) -> str:

@@ -134,6 +134,15 @@ SEGMENT_CACHE_ENTRIES = 1024
 SEGMENT_CACHE_MAX_PATH = 256
 
 
+def split_lines(item: str) -> list[str]:
+    """The lines of a queued item (one line, or a chunk of them), each with its newline.
+    Splits at newlines only: ``str.splitlines`` also splits at U+2028 and the like, which
+    a component line may hold unescaped."""
+    if item.find("\n") == len(item) - 1:
+        return [item]
+    return [line + "\n" for line in item.split("\n")[:-1]]
+
+
 class AccessRenderer:
     """Renders batches of queued access records exactly as ``access_line``, at ~60% of its
     cost.

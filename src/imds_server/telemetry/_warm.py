@@ -21,6 +21,7 @@ import tenacity
 import trio
 
 from ._config import WarmConfig
+from ._jsonlog import split_lines
 from ._metrics import TelemetryMetrics
 from ._spool import CorruptBatch, Spool, SpooledBatch
 
@@ -47,7 +48,7 @@ class WarmBuffer(logging.Handler):
         """Rendered lines (each ending in a newline), from the pipeline's writer; an item
         may hold several (``count`` in all)."""
         if count is not None and count != len(lines):
-            lines = [line for item in lines for line in item.splitlines()]
+            lines = [line for item in lines for line in split_lines(item)]
         with self.lock:  # type: ignore[union-attr]
             self._lines.extend(line.rstrip("\n") for line in lines)
             full = len(self._lines) >= self.max_records
